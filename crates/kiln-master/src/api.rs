@@ -1,0 +1,715 @@
+//! The HTTP API (`/api/v1`, JSON) used by the CLI. Reads are open; writes
+//! need the bearer token.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use kiln_core::names::{check_arch, check_file_name, check_ident};
+use kiln_core::srpm::{inspect_srpm, plan_arches};
+use kiln_store::{ArtifactRow, BuildRow, Excluded, JobRow, NewBuild};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::logs::LogEvent;
+use crate::paths::{is_sha256, sha256_file};
+use crate::sched::Effects;
+use crate::{io_err, Core, MasterError};
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl From<kiln_store::StoreError> for ApiError {
+    fn from(e: kiln_store::StoreError) -> Self {
+        match e {
+            kiln_store::StoreError::NotFound(m) => ApiError::not_found(m),
+            kiln_store::StoreError::Invalid(m) => ApiError::bad(m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "code": self.code });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type S = State<Arc<Core>>;
+
+fn auth(core: &Core, headers: &HeaderMap) -> ApiResult<()> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call needs a token (Authorization: Bearer …; set KILN_TOKEN)",
+            )
+        })?;
+    let want = core.admin_token.as_bytes();
+    let ok = given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid token",
+        ))
+    }
+}
+
+pub async fn serve(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError> {
+    let listener = tokio::net::TcpListener::bind(core.cfg.api_listen)
+        .await
+        .map_err(io_err(format!("binding {}", core.cfg.api_listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("reading the API listener address"))?;
+    let app = router(core);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/targets", get(targets))
+        .route("/api/v1/builds", get(list_builds).post(submit))
+        .route("/api/v1/builds/{id}", get(show_build))
+        .route("/api/v1/builds/{id}/wait", get(wait_build))
+        .route("/api/v1/builds/{id}/cancel", post(cancel_build))
+        .route(
+            "/api/v1/blobs/{sha}",
+            put(put_blob).get(head_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}/log", get(job_log))
+        .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/workers/{name}/revoke", post(revoke_worker))
+        .route("/api/v1/tokens", post(create_token))
+        .with_state(core)
+}
+
+async fn targets(State(core): S) -> Json<Vec<crate::Target>> {
+    Json(core.cfg.targets.clone())
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: JobRow,
+    pub waiting: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct BuildView {
+    #[serde(flatten)]
+    pub build: BuildRow,
+    pub jobs: Vec<JobView>,
+    pub artifacts: Vec<ArtifactRow>,
+}
+
+async fn build_view(core: &Core, id: i64) -> ApiResult<BuildView> {
+    let (build, jobs, artifacts) = core
+        .store
+        .read(move |c| {
+            let b = kiln_store::get_build(c, id)?;
+            Ok(match b {
+                Some(b) => Some((b, kiln_store::jobs_of(c, id)?, kiln_store::artifacts_of(c, id)?)),
+                None => None,
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let s = core.sched();
+    let jobs = jobs
+        .into_iter()
+        .map(|j| JobView {
+            waiting: s.waiting_reason(j.id),
+            job: j,
+        })
+        .collect();
+    Ok(BuildView {
+        build,
+        jobs,
+        artifacts,
+    })
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn list_builds(State(core): S, Query(q): Query<Limit>) -> ApiResult<Json<Vec<BuildView>>> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let rows = core
+        .store
+        .read(move |c| {
+            let builds = kiln_store::list_builds(c, limit)?;
+            builds
+                .into_iter()
+                .map(|b| {
+                    let jobs = kiln_store::jobs_of(c, b.id)?;
+                    let arts = kiln_store::artifacts_of(c, b.id)?;
+                    Ok((b, jobs, arts))
+                })
+                .collect::<kiln_store::Result<Vec<_>>>()
+        })
+        .await?;
+    let s = core.sched();
+    Ok(Json(
+        rows.into_iter()
+            .map(|(build, jobs, artifacts)| BuildView {
+                build,
+                jobs: jobs
+                    .into_iter()
+                    .map(|j| JobView {
+                        waiting: s.waiting_reason(j.id),
+                        job: j,
+                    })
+                    .collect(),
+                artifacts,
+            })
+            .collect(),
+    ))
+}
+
+async fn show_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
+    Ok(Json(build_view(&core, id).await?))
+}
+
+/// Answer once the build has reached a final state.
+async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
+    let mut rx = core.build_done.subscribe();
+    loop {
+        let v = build_view(&core, id).await?;
+        if v.build.state.is_final() {
+            return Ok(Json(v));
+        }
+        loop {
+            match rx.recv().await {
+                Ok(b) if b == id => break,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(_) => return Err(ApiError::internal("the master is stopping")),
+            }
+        }
+    }
+}
+
+async fn cancel_build(
+    State(core): S,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<BuildView>> {
+    auth(&core, &headers)?;
+    let mut fx = Effects::default();
+    let r = core.sched().cancel(&mut fx, id);
+    core.apply(fx).await;
+    if let Err(e) = r {
+        let v = build_view(&core, id).await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_active",
+            format!("{e}: it is {}", v.build.state),
+        ));
+    }
+    Ok(Json(build_view(&core, id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    pub srpm_sha256: String,
+    pub srpm_name: String,
+    pub target: Option<String>,
+    pub arches: Option<Vec<String>>,
+    pub channel: Option<String>,
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub now: bool,
+    #[serde(default)]
+    pub scratch: bool,
+    #[serde(default)]
+    pub ci: bool,
+}
+
+/// Priority given by `--now`: ahead of everything submitted normally.
+pub const NOW_PRIORITY: i64 = 100;
+
+async fn submit(
+    State(core): S,
+    headers: HeaderMap,
+    Json(req): Json<SubmitRequest>,
+) -> ApiResult<(StatusCode, Json<BuildView>)> {
+    auth(&core, &headers)?;
+    let target_name = req.target.clone().unwrap_or_else(|| "default".into());
+    let target = core.cfg.target(&target_name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = core.cfg.targets.iter().map(|t| t.name.as_str()).collect();
+        ApiError::bad(format!(
+            "unknown target {target_name:?} (known: {})",
+            known.join(", ")
+        ))
+    })?;
+    let arches = req.arches.clone().unwrap_or_else(|| target.arches.clone());
+    if arches.is_empty() {
+        return Err(ApiError::bad("no arch given"));
+    }
+    for a in &arches {
+        check_arch(a).map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    let channel = req.channel.clone().unwrap_or_else(|| target.channel.clone());
+    check_ident("channel", &channel).map_err(|e| ApiError::bad(e.to_string()))?;
+    check_file_name(&req.srpm_name).map_err(|e| ApiError::bad(e.to_string()))?;
+    if !req.srpm_name.ends_with(".src.rpm") {
+        return Err(ApiError::bad(format!(
+            "{:?} is not a source rpm name (it must end in .src.rpm)",
+            req.srpm_name
+        )));
+    }
+    if !is_sha256(&req.srpm_sha256) {
+        return Err(ApiError::bad("malformed sha256"));
+    }
+    let sha = req.srpm_sha256.clone();
+    let size = core
+        .store
+        .read(move |c| kiln_store::has_blob(c, &sha))
+        .await?;
+    let path = core.paths.cas(&req.srpm_sha256);
+    let Some(size) = size.filter(|_| path.is_file()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "blob_missing",
+            "the master does not have this SRPM yet: upload it first",
+        ));
+    };
+    let info = tokio::task::spawn_blocking(move || inspect_srpm(&path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let plan = plan_arches(&info, &arches).map_err(|e| ApiError::bad(e.to_string()))?;
+    let nb = NewBuild {
+        target: target.name.clone(),
+        package: info.name.clone(),
+        evr: info.evr(),
+        srpm_name: req.srpm_name.clone(),
+        srpm_sha256: req.srpm_sha256.clone(),
+        srpm_size: size,
+        channel: channel.clone(),
+        disttag: target.disttag.clone(),
+        priority: req
+            .priority
+            .unwrap_or(if req.now { NOW_PRIORITY } else { 0 }),
+        scratch: req.scratch,
+        ci: req.ci,
+        excluded: plan
+            .excluded
+            .iter()
+            .map(|(arch, reason)| Excluded {
+                arch: arch.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        arches: plan.build.clone(),
+    };
+    // Durable before acknowledged: the build is committed before we answer.
+    let (build, jobs) = core
+        .store
+        .write(move |t| kiln_store::insert_build(t, &nb))
+        .await?;
+    let id = build.id;
+    let mut fx = Effects::default();
+    {
+        let mut s = core.sched();
+        s.add_build(build, jobs);
+        s.dispatch_jobs(&mut fx, &channel, &plan.build);
+    }
+    core.apply(fx).await;
+    tracing::info!("build {id} of {} accepted", info.nevra());
+    Ok((StatusCode::CREATED, Json(build_view(&core, id).await?)))
+}
+
+#[derive(Serialize)]
+struct BlobInfo {
+    sha256: String,
+    size: u64,
+    existing: bool,
+}
+
+async fn head_blob(State(core): S, Path(sha): Path<String>) -> ApiResult<Json<BlobInfo>> {
+    if !is_sha256(&sha) {
+        return Err(ApiError::bad("malformed sha256"));
+    }
+    let s2 = sha.clone();
+    match core.store.read(move |c| kiln_store::has_blob(c, &s2)).await? {
+        Some(size) => Ok(Json(BlobInfo {
+            sha256: sha,
+            size,
+            existing: true,
+        })),
+        None => Err(ApiError::not_found(format!("no blob {sha}"))),
+    }
+}
+
+/// Stream an SRPM into the content-addressed store. Checked for size (while
+/// it streams), sha256 and a valid source rpm header before it is kept.
+async fn put_blob(
+    State(core): S,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<BlobInfo>)> {
+    auth(&core, &headers)?;
+    if !is_sha256(&sha) {
+        return Err(ApiError::bad("malformed sha256"));
+    }
+    let s2 = sha.clone();
+    if let Some(size) = core.store.read(move |c| kiln_store::has_blob(c, &s2)).await? {
+        if core.paths.cas(&sha).is_file() {
+            return Ok((
+                StatusCode::OK,
+                Json(BlobInfo {
+                    sha256: sha,
+                    size,
+                    existing: true,
+                }),
+            ));
+        }
+    }
+    let max = core.cfg.max_upload;
+    let too_big = |n: u64| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("upload of {n} bytes exceeds the limit of {max} bytes (max_upload)"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max {
+            return Err(too_big(len));
+        }
+    }
+    let tmp = core
+        .paths
+        .tmp()
+        .join(format!("upload-{}-{}", &sha[..16], rand::random::<u64>()));
+    let result = receive(&core, &tmp, &sha, body, max).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    let size = match result {
+        Ok(size) => size,
+        Err(Some(n)) => return Err(too_big(n)),
+        Err(None) => return Err(ApiError::bad("upload interrupted")),
+    };
+    let t2 = tmp.clone();
+    let (got, _) = tokio::task::spawn_blocking(move || sha256_file(&t2))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if got != sha {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(ApiError::bad(format!(
+            "the uploaded content has sha256 {got}, not {sha}"
+        )));
+    }
+    let t2 = tmp.clone();
+    let checked = tokio::task::spawn_blocking(move || inspect_srpm(&t2))
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(e) = checked {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(ApiError::bad(e.to_string()));
+    }
+    tokio::fs::rename(&tmp, core.paths.cas(&sha))
+        .await
+        .map_err(ApiError::internal)?;
+    let s2 = sha.clone();
+    core.store
+        .write(move |t| kiln_store::add_blob(t, &s2, size))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BlobInfo {
+            sha256: sha,
+            size,
+            existing: false,
+        }),
+    ))
+}
+
+/// Write the body to `tmp`; Err(Some(n)) when it passes `max` bytes,
+/// Err(None) when it breaks off.
+async fn receive(
+    _core: &Core,
+    tmp: &std::path::Path,
+    _sha: &str,
+    body: Body,
+    max: u64,
+) -> Result<u64, Option<u64>> {
+    let mut f = tokio::fs::File::create(tmp).await.map_err(|_| None)?;
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| None)?;
+        n += chunk.len() as u64;
+        if n > max {
+            return Err(Some(n));
+        }
+        f.write_all(&chunk).await.map_err(|_| None)?;
+    }
+    f.sync_all().await.map_err(|_| None)?;
+    Ok(n)
+}
+
+async fn list_jobs(State(core): S, Query(q): Query<Limit>) -> ApiResult<Json<Vec<JobView>>> {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let jobs = core
+        .store
+        .read(move |c| kiln_store::list_jobs(c, limit))
+        .await?;
+    let s = core.sched();
+    Ok(Json(
+        jobs.into_iter()
+            .map(|j| JobView {
+                waiting: s.waiting_reason(j.id),
+                job: j,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct Follow {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The build log of a job; with `follow`, the response stays open and
+/// streams new lines until the job ends.
+async fn job_log(
+    State(core): S,
+    Path(id): Path<i64>,
+    Query(q): Query<Follow>,
+) -> ApiResult<Response> {
+    let job = core
+        .store
+        .read(move |c| kiln_store::get_job(c, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let build = job.build;
+    let active = core
+        .sched()
+        .job_current(id)
+        .is_some_and(|(_, _, _, _, st)| !st.is_final());
+    let mut sub = None;
+    if q.follow && active {
+        core.logs.open(build, id).map_err(ApiError::internal)?;
+        sub = core.logs.subscribe(id);
+    }
+    let logs_core = core.clone();
+    let start = tokio::task::spawn_blocking(move || logs_core.logs.read(build, id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let Some(mut rx) = sub else {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], start).into_response());
+    };
+    let mut sent = start.len() as u64;
+    let stream = async_stream(move |tx| async move {
+        if tx.send(Ok(bytes::Bytes::from(start))).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(LogEvent::Data { offset, data }) => {
+                    let end = offset + data.len() as u64;
+                    if end <= sent {
+                        continue;
+                    }
+                    let skip = sent.saturating_sub(offset) as usize;
+                    sent = end;
+                    if tx.send(Ok(data.slice(skip..))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(LogEvent::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let c = core.clone();
+                    let all = tokio::task::spawn_blocking(move || c.logs.read(build, id)).await;
+                    if let Ok(Ok(all)) = all {
+                        if (all.len() as u64) > sent {
+                            let rest = bytes::Bytes::from(all).slice(sent as usize..);
+                            sent += rest.len() as u64;
+                            if tx.send(Ok(rest)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A body stream fed by a task.
+fn async_stream<F, Fut>(
+    f: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct WorkerOut {
+    pub name: String,
+    pub arches: Vec<String>,
+    pub channels: Vec<String>,
+    pub capacity: u32,
+    pub running: usize,
+    pub running_jobs: Vec<i64>,
+    pub connected: bool,
+    pub draining: bool,
+    pub revoked: bool,
+    pub last_seen: Option<i64>,
+}
+
+async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerOut>>> {
+    let rows = core.store.read(kiln_store::list_workers).await?;
+    let live = core.sched().worker_views();
+    Ok(Json(
+        rows.into_iter()
+            .map(|w| match live.get(&w.name) {
+                Some(l) => WorkerOut {
+                    name: w.name,
+                    arches: l.arches.clone(),
+                    channels: l.channels.clone(),
+                    capacity: l.capacity,
+                    running: l.running.len(),
+                    running_jobs: l.running.clone(),
+                    connected: true,
+                    draining: l.draining,
+                    revoked: w.revoked,
+                    last_seen: Some(kiln_store::now_ms()),
+                },
+                None => WorkerOut {
+                    name: w.name,
+                    arches: w.arches,
+                    channels: w.channels,
+                    capacity: w.capacity,
+                    running: 0,
+                    running_jobs: vec![],
+                    connected: false,
+                    draining: false,
+                    revoked: w.revoked,
+                    last_seen: w.last_seen,
+                },
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke_worker(
+    State(core): S,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    auth(&core, &headers)?;
+    check_ident("worker", &name).map_err(|e| ApiError::bad(e.to_string()))?;
+    let n = name.clone();
+    let serial = core
+        .store
+        .write(move |t| kiln_store::revoke_worker(t, &n))
+        .await?;
+    if let Some(s) = serial {
+        core.revoked.revoke(s);
+    }
+    let mut fx = Effects::default();
+    core.sched().evict(&mut fx, &name);
+    core.apply(fx).await;
+    tracing::info!("worker {name} revoked");
+    Ok(Json(serde_json::json!({ "name": name, "revoked": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    worker: String,
+}
+
+async fn create_token(
+    State(core): S,
+    headers: HeaderMap,
+    Json(req): Json<TokenRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    auth(&core, &headers)?;
+    check_ident("worker", &req.worker).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (token, hash) = crate::tls::make_token(&core);
+    let expires = kiln_store::now_ms() + (core.cfg.token_ttl_secs as i64) * 1000;
+    let w = req.worker.clone();
+    core.store
+        .write(move |t| kiln_store::add_token(t, &hash, &w, expires))
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "token": token, "worker": req.worker, "expires_at": expires }),
+    ))
+}

@@ -1,0 +1,141 @@
+//! The master's settings. The binary layers a TOML file, `KILN_*`
+//! environment variables and flags over these defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kiln_core::names::{check_arch, check_ident};
+use kiln_store::Durability;
+use serde::{Deserialize, Serialize};
+
+/// Where a build goes: disttag, default arches and channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    #[serde(default)]
+    pub disttag: String,
+    #[serde(default = "default_arches")]
+    pub arches: Vec<String>,
+    #[serde(default = "default_channel")]
+    pub channel: String,
+}
+
+fn default_arches() -> Vec<String> {
+    vec![kiln_core::names::host_arch().to_string()]
+}
+
+fn default_channel() -> String {
+    "default".to_string()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterConfig {
+    pub data: PathBuf,
+    pub api_listen: SocketAddr,
+    pub worker_listen: SocketAddr,
+    /// Names (DNS or IP) put in the worker endpoint's certificate, besides
+    /// localhost, loopback and the host name.
+    pub server_names: Vec<String>,
+    #[serde(rename = "target")]
+    pub targets: Vec<Target>,
+    /// A running job's lease; heartbeats renew it, a lapse re-queues the job.
+    pub lease_secs: u64,
+    /// How many times a job is tried before it fails for good.
+    pub max_attempts: u32,
+    /// Largest SRPM accepted on upload, in bytes.
+    pub max_upload: u64,
+    /// Largest artifact a worker may upload, in bytes.
+    pub max_artifact: u64,
+    /// Build log cap per job, in bytes; past it the log is cut with a marker.
+    pub log_cap: u64,
+    /// Per-job build timeout, in seconds.
+    pub job_timeout_secs: u64,
+    /// How long an enrollment token stays valid, in seconds.
+    pub token_ttl_secs: u64,
+    /// Validity of worker certificates, in days.
+    pub cert_days: u32,
+    pub durability: Durability,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            data: PathBuf::from("/var/lib/kiln"),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            worker_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            server_names: Vec::new(),
+            targets: Vec::new(),
+            lease_secs: 60,
+            max_attempts: 3,
+            max_upload: 2 << 30,
+            max_artifact: 8 << 30,
+            log_cap: 64 << 20,
+            job_timeout_secs: 6 * 3600,
+            token_ttl_secs: 24 * 3600,
+            cert_days: 365,
+            durability: Durability::Full,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("target {0:?} is declared twice")]
+    DuplicateTarget(String),
+    #[error("target {target:?}: {msg}")]
+    BadTarget { target: String, msg: String },
+    #[error("{0}")]
+    Bad(String),
+}
+
+impl MasterConfig {
+    /// Check every value; with no target declared there is one, `default`.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.targets.is_empty() {
+            self.targets.push(Target {
+                name: "default".into(),
+                disttag: String::new(),
+                arches: default_arches(),
+                channel: default_channel(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.targets {
+            let bad = |msg: String| ConfigError::BadTarget {
+                target: t.name.clone(),
+                msg,
+            };
+            check_ident("target", &t.name).map_err(|e| bad(e.to_string()))?;
+            check_ident("channel", &t.channel).map_err(|e| bad(e.to_string()))?;
+            if t.arches.is_empty() {
+                return Err(bad("no arches".into()));
+            }
+            for a in &t.arches {
+                check_arch(a).map_err(|e| bad(e.to_string()))?;
+            }
+            if !t.disttag.is_empty()
+                && !t
+                    .disttag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+'))
+            {
+                return Err(bad(format!("disttag {:?} has a bad character", t.disttag)));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err(ConfigError::DuplicateTarget(t.name.clone()));
+            }
+        }
+        if self.lease_secs == 0 || self.max_attempts == 0 {
+            return Err(ConfigError::Bad(
+                "lease_secs and max_attempts must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}

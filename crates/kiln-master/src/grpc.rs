@@ -1,0 +1,482 @@
+//! The worker endpoint's gRPC service: the session stream, input fetch and
+//! artifact upload (resumable, checked by sha256).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use kiln_core::names::{check_arch, check_file_name, check_ident};
+use kiln_core::pki::PeerIdentity;
+use kiln_proto as pb;
+use pb::farm_server::{Farm, FarmServer};
+use pb::worker_msg::Msg as In;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::intake::{verify_and_file, JobRef};
+use crate::paths::{is_sha256, sha256_file};
+use crate::sched::Effects;
+use crate::Core;
+
+pub fn service(core: Arc<Core>) -> FarmServer<FarmService> {
+    FarmServer::new(FarmService { core })
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20)
+}
+
+pub struct FarmService {
+    core: Arc<Core>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl FarmService {
+    fn peer<T>(&self, req: &Request<T>) -> Result<PeerIdentity, Status> {
+        let p = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        if self.core.revoked.is_revoked(p.serial) {
+            return Err(Status::permission_denied("this worker's certificate is revoked"));
+        }
+        Ok(p)
+    }
+
+    /// The (build, arch) of a job the peer holds at this attempt.
+    fn held(&self, peer: &PeerIdentity, job: u64, attempt: u32) -> Result<JobRef, Status> {
+        let s = self.core.sched();
+        let job = job as i64;
+        match s.job_current(job) {
+            Some((build, cur, worker, arch, _)) if s.holds(&peer.name, job, attempt) => {
+                let _ = (cur, worker);
+                Ok(JobRef {
+                    build,
+                    job,
+                    attempt,
+                    arch,
+                })
+            }
+            Some((_, cur, _, _, _)) if cur != attempt => Err(Status::failed_precondition(
+                format!("stale attempt: job {job} is at attempt {cur}"),
+            )),
+            _ => Err(Status::failed_precondition(format!(
+                "job {job} is not held by worker {}",
+                peer.name
+            ))),
+        }
+    }
+}
+
+fn msg(m: pb::master_msg::Msg) -> pb::MasterMsg {
+    pb::MasterMsg { msg: Some(m) }
+}
+
+#[tonic::async_trait]
+impl Farm for FarmService {
+    type SessionStream = BoxStream<pb::MasterMsg>;
+    type FetchStream = BoxStream<pb::Chunk>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMsg>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = self.peer(&req)?;
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMsg {
+                msg: Some(In::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be hello")),
+        };
+        if hello.name != peer.name {
+            return Err(Status::permission_denied(format!(
+                "certificate is for worker {:?}, hello says {:?}",
+                peer.name, hello.name
+            )));
+        }
+        for a in &hello.arches {
+            check_arch(a).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        for c in &hello.channels {
+            check_ident("channel", c).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        if hello.arches.is_empty() || hello.channels.is_empty() {
+            return Err(Status::invalid_argument("a worker needs arches and channels"));
+        }
+        if !(1..=1024).contains(&hello.capacity) {
+            return Err(Status::invalid_argument("capacity must be between 1 and 1024"));
+        }
+        let name = peer.name.clone();
+        let row = self
+            .core
+            .store
+            .read({
+                let n = name.clone();
+                move |c| kiln_store::get_worker(c, &n)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match row {
+            Some(w) if !w.revoked && w.serial == Some(peer.serial) => {}
+            Some(w) if w.revoked => {
+                return Err(Status::permission_denied("this worker is revoked"))
+            }
+            _ => {
+                return Err(Status::permission_denied(
+                    "this certificate was superseded by a newer enrollment",
+                ))
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut fx = Effects::default();
+        let (conn, drop) = {
+            let mut s = self.core.sched();
+            let r = s.connect(
+                &mut fx,
+                &name,
+                peer.serial,
+                hello.arches.clone(),
+                hello.channels.clone(),
+                hello.capacity,
+                &hello.running,
+                tx.clone(),
+            );
+            s.fill_worker(&mut fx, &name);
+            r
+        };
+        let heartbeat_secs = (self.core.cfg.lease_secs / 3).max(1);
+        let _ = tx.send(msg(pb::master_msg::Msg::Welcome(pb::Welcome {
+            master_version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat_secs,
+            drop,
+        })));
+        let (arches, channels, cap) = (hello.arches, hello.channels, hello.capacity);
+        {
+            let n = name.clone();
+            let _ = self
+                .core
+                .store
+                .write(move |t| kiln_store::worker_seen(t, &n, &arches, &channels, cap));
+        }
+        tracing::info!("worker {name} connected");
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            core.apply(fx).await;
+            session_loop(core.clone(), &name, conn, inbound, tx).await;
+            let gone = core.sched().disconnect(&name, conn);
+            if gone {
+                tracing::info!("worker {name} disconnected");
+                let n = name.clone();
+                let _ = core.store.write(move |t| kiln_store::touch_worker(t, &n));
+            }
+        });
+        let out = UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn fetch(
+        &self,
+        req: Request<pb::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        self.peer(&req)?;
+        let r = req.into_inner();
+        if !is_sha256(&r.sha256) {
+            return Err(Status::invalid_argument("malformed sha256"));
+        }
+        let path = self.core.paths.cas(&r.sha256);
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| Status::not_found(format!("no input with sha256 {}", r.sha256)))?;
+        f.seek(std::io::SeekFrom::Start(r.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; pb::CHUNK_SIZE];
+            loop {
+                match f.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let chunk = pb::Chunk {
+                            data: buf[..n].to_vec(),
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn upload_status(
+        &self,
+        req: Request<pb::UploadKey>,
+    ) -> Result<Response<pb::UploadState>, Status> {
+        let peer = self.peer(&req)?;
+        let key = req.into_inner();
+        let j = self.held(&peer, key.job_id, key.attempt)?;
+        check_file_name(&key.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(self.state_of(&j, &key).await))
+    }
+
+    async fn upload(
+        &self,
+        req: Request<Streaming<pb::UploadChunk>>,
+    ) -> Result<Response<pb::UploadState>, Status> {
+        let peer = self.peer(&req)?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let key = first
+            .key
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first upload message needs a key"))?;
+        let j = self.held(&peer, key.job_id, key.attempt)?;
+        check_file_name(&key.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !is_sha256(&key.sha256) {
+            return Err(Status::invalid_argument("malformed sha256"));
+        }
+        if key.size > self.core.cfg.max_artifact {
+            return Err(Status::invalid_argument(format!(
+                "artifact {} of {} bytes exceeds the limit of {} bytes",
+                key.name, key.size, self.core.cfg.max_artifact
+            )));
+        }
+        let dir = self.core.paths.staging(j.job, j.attempt);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let part = dir.join(format!("{}.part", key.name));
+        let done = dir.join(&key.name);
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&part)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let have = f
+            .metadata()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .len();
+        if first.offset > have {
+            return Err(Status::failed_precondition(format!(
+                "upload of {} must resume at {have}, not {}",
+                key.name, first.offset
+            )));
+        }
+        f.set_len(first.offset)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        f.seek(std::io::SeekFrom::Start(first.offset))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut written = first.offset;
+        let mut chunk = Some(first);
+        while let Some(c) = chunk {
+            written += c.data.len() as u64;
+            if written > key.size {
+                drop(f);
+                let _ = tokio::fs::remove_file(&part).await;
+                return Err(Status::invalid_argument(format!(
+                    "artifact {} is larger than its declared {} bytes",
+                    key.name, key.size
+                )));
+            }
+            f.write_all(&c.data)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            chunk = stream.message().await?;
+        }
+        f.sync_all()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        drop(f);
+        if written < key.size {
+            return Ok(Response::new(pb::UploadState {
+                have: written,
+                complete: false,
+            }));
+        }
+        let p = part.clone();
+        let (sha, _) = tokio::task::spawn_blocking(move || sha256_file(&p))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if sha != key.sha256 {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(Status::data_loss(format!(
+                "artifact {}: sha256 {sha} does not match the declared {}",
+                key.name, key.sha256
+            )));
+        }
+        tokio::fs::rename(&part, &done)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::UploadState {
+            have: written,
+            complete: true,
+        }))
+    }
+}
+
+impl FarmService {
+    async fn state_of(&self, j: &JobRef, key: &pb::UploadKey) -> pb::UploadState {
+        let staged = self.core.paths.staging(j.job, j.attempt);
+        let done = staged.join(&key.name);
+        let filed = self.core.paths.incoming(j.build, &j.arch).join(&key.name);
+        for p in [&done, &filed] {
+            if let Ok(m) = tokio::fs::metadata(p).await {
+                if m.len() == key.size {
+                    return pb::UploadState {
+                        have: key.size,
+                        complete: true,
+                    };
+                }
+            }
+        }
+        let have = tokio::fs::metadata(staged.join(format!("{}.part", key.name)))
+            .await
+            .map(|m| m.len().min(key.size))
+            .unwrap_or(0);
+        pb::UploadState {
+            have,
+            complete: false,
+        }
+    }
+}
+
+async fn session_loop(
+    core: Arc<Core>,
+    name: &str,
+    conn: u64,
+    mut inbound: Streaming<pb::WorkerMsg>,
+    tx: mpsc::UnboundedSender<pb::MasterMsg>,
+) {
+    loop {
+        let m = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("worker {name} stream: {e}");
+                return;
+            }
+        };
+        if !core.sched().is_current(name, conn) {
+            return;
+        }
+        let Some(m) = m.msg else { continue };
+        match m {
+            In::Hello(_) => {}
+            In::Heartbeat(_) => core.sched().heartbeat(name, conn),
+            In::Draining(_) => {
+                tracing::info!("worker {name} is draining");
+                core.sched().drain(name, conn);
+            }
+            In::Accepted(a) => {
+                let mut fx = Effects::default();
+                core.sched()
+                    .accepted(&mut fx, name, a.job_id as i64, a.attempt);
+                core.apply(fx).await;
+            }
+            In::Log(l) => {
+                let job = l.job_id as i64;
+                let build = {
+                    let s = core.sched();
+                    s.holds(name, job, l.attempt)
+                        .then(|| s.job_current(job).map(|c| c.0))
+                        .flatten()
+                };
+                if let Some(build) = build {
+                    match zstd::bulk::decompress(&l.zdata, 8 << 20) {
+                        Ok(text) => {
+                            if let Err(e) = core.logs.append(build, job, &text) {
+                                tracing::warn!("log of job {job}: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("bad log chunk from {name}: {e}"),
+                    }
+                }
+            }
+            In::Finished(f) => {
+                let (core, name, tx) = (core.clone(), name.to_string(), tx.clone());
+                tokio::spawn(async move { finished(core, name, f, tx).await });
+            }
+        }
+    }
+}
+
+async fn finished(
+    core: Arc<Core>,
+    name: String,
+    f: pb::Finished,
+    tx: mpsc::UnboundedSender<pb::MasterMsg>,
+) {
+    let job = f.job_id as i64;
+    let cur = {
+        let s = core.sched();
+        s.holds(&name, job, f.attempt)
+            .then(|| s.job_current(job))
+            .flatten()
+    };
+    let mut fx = Effects::default();
+    let outcome = match cur {
+        None => {
+            let mut s = core.sched();
+            let why = s
+                .finish(&mut fx, &name, job, f.attempt, false, String::new(), vec![])
+                .err()
+                .unwrap_or_default();
+            s.fill_worker(&mut fx, &name);
+            Err(why)
+        }
+        Some((build, _, _, arch, _)) => {
+            let jr = JobRef {
+                build,
+                job,
+                attempt: f.attempt,
+                arch,
+            };
+            let paths = core.paths.clone();
+            let arts = f.artifacts.clone();
+            let verified = tokio::task::spawn_blocking(move || verify_and_file(&paths, &jr, &arts))
+                .await
+                .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+            let (success, message, rows) = match verified {
+                Ok(rows) => (f.success, f.message.clone(), rows),
+                Err(e) => {
+                    tracing::warn!("job {job} from {name}: {e}");
+                    (false, format!("artifacts refused: {e}"), vec![])
+                }
+            };
+            let mut s = core.sched();
+            let r = s.finish(&mut fx, &name, job, f.attempt, success, message, rows);
+            s.fill_worker(&mut fx, &name);
+            r
+        }
+    };
+    core.apply(fx).await;
+    let (accepted, message) = match outcome {
+        Ok(()) => (true, String::new()),
+        Err(e) => (false, e),
+    };
+    let _ = tx.send(msg(pb::master_msg::Msg::FinishAck(pb::FinishAck {
+        job_id: f.job_id,
+        attempt: f.attempt,
+        accepted,
+        message,
+    })));
+}

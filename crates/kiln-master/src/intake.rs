@@ -1,0 +1,162 @@
+//! Artifact intake: check every file a worker says it made (size, sha256,
+//! package header against the listing), then file them under
+//! `incoming/<build>/<arch>/` by rename.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use kiln_core::listing::{Listing, LISTING_NAME};
+use kiln_core::names::{check_file_name, compatible_arches};
+use kiln_core::srpm::inspect_package;
+use kiln_core::state::ArtifactKind;
+use kiln_proto as pb;
+use kiln_store::ArtifactRow;
+
+use crate::paths::{is_sha256, sha256_file, Paths};
+
+pub struct JobRef {
+    pub build: i64,
+    pub job: i64,
+    pub attempt: u32,
+    pub arch: String,
+}
+
+/// Where an artifact of this attempt is now: still staged, or already filed
+/// (a resent result after a master restart).
+fn locate(paths: &Paths, j: &JobRef, name: &str) -> Option<PathBuf> {
+    let staged = paths.staging(j.job, j.attempt).join(name);
+    if staged.is_file() {
+        return Some(staged);
+    }
+    let filed = paths.incoming(j.build, &j.arch).join(name);
+    filed.is_file().then_some(filed)
+}
+
+fn arch_ok(job_arch: &str, pkg_arch: &str) -> bool {
+    pkg_arch == job_arch || pkg_arch == "noarch" || compatible_arches(job_arch).contains(&pkg_arch)
+}
+
+/// Verify and file a job's artifacts. Blocking (hashes files): run it on a
+/// blocking thread.
+pub fn verify_and_file(
+    paths: &Paths,
+    j: &JobRef,
+    artifacts: &[pb::Artifact],
+) -> Result<Vec<ArtifactRow>, String> {
+    let mut rows = Vec::new();
+    let mut names = HashSet::new();
+    let mut listing: Option<PathBuf> = None;
+    let mut located = Vec::new();
+    for a in artifacts {
+        check_file_name(&a.name).map_err(|e| format!("artifact name refused: {e}"))?;
+        if !names.insert(a.name.clone()) {
+            return Err(format!("artifact {:?} is listed twice", a.name));
+        }
+        let kind: ArtifactKind = a
+            .kind
+            .parse()
+            .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+        if !is_sha256(&a.sha256) {
+            return Err(format!("artifact {:?}: malformed sha256", a.name));
+        }
+        let path = locate(paths, j, &a.name)
+            .ok_or_else(|| format!("artifact {:?} is listed but was never uploaded", a.name))?;
+        let (sha, size) =
+            sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?;
+        if size != a.size {
+            return Err(format!(
+                "artifact {:?}: listed size {} but {size} bytes arrived",
+                a.name, a.size
+            ));
+        }
+        if sha != a.sha256 {
+            return Err(format!("artifact {:?}: sha256 does not match the listing", a.name));
+        }
+        let nevra = match kind {
+            ArtifactKind::Rpm | ArtifactKind::Srpm => {
+                let info = inspect_package(&path)
+                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                if kind == ArtifactKind::Srpm && info.arch != "src" {
+                    return Err(format!("artifact {:?} is listed as a source rpm but is not one", a.name));
+                }
+                if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {
+                    return Err(format!(
+                        "artifact {:?}: package arch {} does not belong to a {} job",
+                        a.name, info.arch, j.arch
+                    ));
+                }
+                if info.nevra() != a.nevra {
+                    return Err(format!(
+                        "artifact {:?}: header says {} but the listing says {}",
+                        a.name,
+                        info.nevra(),
+                        a.nevra
+                    ));
+                }
+                Some(info.nevra())
+            }
+            _ => None,
+        };
+        if kind == ArtifactKind::Listing {
+            listing = Some(path.clone());
+        }
+        located.push(path);
+        rows.push(ArtifactRow {
+            job: j.job,
+            arch: j.arch.clone(),
+            name: a.name.clone(),
+            kind,
+            size,
+            sha256: sha,
+            nevra,
+        });
+    }
+    let listing = listing.ok_or_else(|| format!("no {LISTING_NAME} among the artifacts"))?;
+    check_listing(&listing, j, &rows)?;
+    file(paths, j, &located)?;
+    Ok(rows)
+}
+
+/// The listing file must name exactly the other artifacts, as reported.
+fn check_listing(path: &Path, j: &JobRef, rows: &[ArtifactRow]) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| format!("reading the listing: {e}"))?;
+    let l: Listing =
+        serde_json::from_slice(&text).map_err(|e| format!("malformed listing: {e}"))?;
+    if l.job != j.job as u64 || l.attempt != j.attempt || l.arch != j.arch {
+        return Err("the listing belongs to another job".into());
+    }
+    let mut want: Vec<(String, u64, String)> = rows
+        .iter()
+        .filter(|r| r.kind != ArtifactKind::Listing)
+        .map(|r| (r.name.clone(), r.size, r.sha256.clone()))
+        .collect();
+    let mut got: Vec<(String, u64, String)> = l
+        .artifacts
+        .iter()
+        .map(|e| (e.name.clone(), e.size, e.sha256.clone()))
+        .collect();
+    want.sort();
+    got.sort();
+    if want != got {
+        return Err("the listing file does not match the reported artifacts".into());
+    }
+    Ok(())
+}
+
+/// Rename the files into `incoming/<build>/<arch>/` and make it durable.
+fn file(paths: &Paths, j: &JobRef, files: &[PathBuf]) -> Result<(), String> {
+    let dest = paths.incoming(j.build, &j.arch);
+    std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    for f in files {
+        let Some(name) = f.file_name() else { continue };
+        let to = dest.join(name);
+        if *f != to {
+            std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+        }
+    }
+    if let Ok(d) = std::fs::File::open(&dest) {
+        let _ = d.sync_all();
+    }
+    let _ = std::fs::remove_dir_all(paths.staging(j.job, j.attempt));
+    Ok(())
+}

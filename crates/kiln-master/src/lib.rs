@@ -1,0 +1,196 @@
+//! The master: owns the database, the scheduler and the files; serves the
+//! worker endpoint (gRPC over mutual TLS) and the HTTP API.
+
+pub mod api;
+pub mod config;
+mod grpc;
+mod intake;
+pub mod logs;
+pub mod paths;
+pub mod sched;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kiln_core::pki::{Ca, RevocationList};
+use kiln_store::{Store, StoreError};
+use rand::RngCore;
+use tokio::sync::{broadcast, Notify};
+
+pub use config::{MasterConfig, Target};
+use logs::Logs;
+use paths::Paths;
+use sched::{Effects, Sched};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] kiln_core::pki::PkiError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
+    let what = what.into();
+    move |source| MasterError::Io { what, source }
+}
+
+/// Everything the master's tasks share.
+pub struct Core {
+    pub cfg: MasterConfig,
+    pub paths: Paths,
+    pub store: Store,
+    pub logs: Logs,
+    pub ca: Ca,
+    pub revoked: RevocationList,
+    pub admin_token: String,
+    sched: Mutex<Sched>,
+    lease_changed: Notify,
+    /// Build ids that reached a final state.
+    pub build_done: broadcast::Sender<i64>,
+}
+
+impl Core {
+    pub fn sched(&self) -> MutexGuard<'_, Sched> {
+        // A panic while holding the lock is a bug; keep serving with the
+        // state as it is rather than cascading the panic.
+        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run the effects of a scheduler decision: wait for the writes, send
+    /// the messages, close the logs of ended jobs and wake build waiters.
+    pub async fn apply(&self, fx: Effects) {
+        self.lease_changed.notify_one();
+        match fx.finish().await {
+            Ok((done, ended)) => {
+                for (build, job) in ended {
+                    self.logs.close(build, job);
+                }
+                for b in done {
+                    let _ = self.build_done.send(b);
+                }
+            }
+            Err(e) => tracing::error!("database write failed: {e}"),
+        }
+    }
+}
+
+/// A running master.
+pub struct Master {
+    pub core: Arc<Core>,
+    pub api_addr: SocketAddr,
+    pub worker_addr: SocketAddr,
+}
+
+fn read_or_create_token(path: &std::path::Path) -> Result<String, MasterError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    let token = hex::encode(b);
+    write_secret(path, &token)?;
+    Ok(token)
+}
+
+/// Write a secret file with mode 0600 (temporary name, then rename).
+pub fn write_secret(path: &std::path::Path, content: &str) -> Result<(), MasterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(format!("creating {}", tmp.display())))?;
+    f.write_all(content.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("renaming {}", tmp.display())))
+}
+
+impl Master {
+    /// Open the data directory, restore state and start both listeners.
+    pub async fn start(mut cfg: MasterConfig) -> Result<Master, MasterError> {
+        cfg.validate()?;
+        let paths = Paths::new(&cfg.data);
+        std::fs::create_dir_all(&cfg.data)
+            .map_err(io_err(format!("creating {}", cfg.data.display())))?;
+        paths
+            .create_dirs()
+            .map_err(io_err(format!("creating directories in {}", cfg.data.display())))?;
+        let store = Store::open(&paths.db(), cfg.durability)?;
+        let ca = Ca::load_or_create(&paths.ca_dir())?;
+        let admin_token = read_or_create_token(&paths.admin_token())?;
+        let revoked = RevocationList::new();
+        for s in store.read(kiln_store::revoked_serials).await? {
+            revoked.revoke(s);
+        }
+        let mut sched = Sched::new(
+            store.clone(),
+            Duration::from_secs(cfg.lease_secs),
+            cfg.max_attempts,
+            cfg.job_timeout_secs,
+        );
+        let active = store.read(kiln_store::active_builds).await?;
+        let n_active = active.len();
+        sched.restore(active);
+        let (build_done, _) = broadcast::channel(4096);
+        let core = Arc::new(Core {
+            logs: Logs::new(paths.clone(), cfg.log_cap),
+            paths,
+            store,
+            ca,
+            revoked,
+            admin_token,
+            sched: Mutex::new(sched),
+            lease_changed: Notify::new(),
+            build_done,
+            cfg,
+        });
+        if n_active > 0 {
+            tracing::info!("restored {n_active} active builds");
+        }
+        let worker_addr = tls::serve_workers(core.clone()).await?;
+        let api_addr = api::serve(core.clone()).await?;
+        tokio::spawn(lease_task(core.clone()));
+        Ok(Master {
+            core,
+            api_addr,
+            worker_addr,
+        })
+    }
+}
+
+/// Sleeps until the earliest lease deadline (or until leases change), then
+/// re-queues the jobs whose lease lapsed. A timer, not a polling loop.
+async fn lease_task(core: Arc<Core>) {
+    loop {
+        let mut fx = Effects::default();
+        let next = core.sched().expire_leases(&mut fx);
+        core.apply(fx).await;
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = core.lease_changed.notified() => {}
+                }
+            }
+            None => core.lease_changed.notified().await,
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The data directory layout. Every path the master writes is built here,
+//! from validated names, so nothing lands outside the data directory.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path) -> Paths {
+        Paths {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.root.join("kiln.db")
+    }
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+    pub fn admin_token(&self) -> PathBuf {
+        self.root.join("admin.token")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// Uploaded inputs, by content.
+    pub fn cas(&self, sha256: &str) -> PathBuf {
+        self.root.join("cas").join(sha256)
+    }
+    /// Artifacts of one job attempt while they arrive.
+    pub fn staging(&self, job: i64, attempt: u32) -> PathBuf {
+        self.root.join("uploads").join(format!("{job}-{attempt}"))
+    }
+    /// Verified artifacts waiting for the repository builder.
+    pub fn incoming(&self, build: i64, arch: &str) -> PathBuf {
+        self.root
+            .join("incoming")
+            .join(build.to_string())
+            .join(arch)
+    }
+    pub fn log(&self, build: i64, job: i64) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(build.to_string())
+            .join(format!("{job}.log"))
+    }
+    pub fn log_zst(&self, build: i64, job: i64) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(build.to_string())
+            .join(format!("{job}.log.zst"))
+    }
+
+    pub fn create_dirs(&self) -> std::io::Result<()> {
+        for d in ["cas", "uploads", "incoming", "logs", "tmp"] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        Ok(())
+    }
+}
+
+/// Is `s` a lowercase hex sha256?
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        n_total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), n_total))
+}

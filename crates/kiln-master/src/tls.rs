@@ -1,0 +1,268 @@
+//! The worker listener: one TLS port, two protocols chosen by ALPN before
+//! the handshake completes. `h2` is the gRPC endpoint and requires a client
+//! certificate from our CA (checked, with revocation, at the handshake);
+//! `kiln-enroll/1` takes a one-time token and a CSR and returns a
+//! certificate.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use kiln_core::pki::{self, PeerIdentity};
+use kiln_proto as pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tonic::transport::server::Connected;
+
+use crate::{io_err, Core, MasterError};
+
+/// A verified worker connection; its identity reaches every gRPC call as a
+/// request extension.
+pub struct WorkerConn {
+    inner: TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl Connected for WorkerConn {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for WorkerConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WorkerConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn server_names(core: &Core) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    let ip = core.cfg.worker_listen.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    names.extend(core.cfg.server_names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub async fn serve_workers(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError> {
+    let names = server_names(&core);
+    let (cert, key) = core.ca.issue_server_cert(&names)?;
+    let grpc_cfg = Arc::new(pki::worker_endpoint_config(
+        &core.ca,
+        &cert,
+        &key,
+        core.revoked.clone(),
+    )?);
+    let enroll_cfg = Arc::new(pki::enroll_endpoint_config(&cert, &key, &core.ca)?);
+    let listener = TcpListener::bind(core.cfg.worker_listen)
+        .await
+        .map_err(io_err(format!("binding {}", core.cfg.worker_listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("reading the worker listener address"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<WorkerConn, std::io::Error>>(64);
+    let accept_core = core.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("worker listener accept: {e}");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (grpc_cfg, enroll_cfg, tx, core) = (
+                grpc_cfg.clone(),
+                enroll_cfg.clone(),
+                tx.clone(),
+                accept_core.clone(),
+            );
+            tokio::spawn(async move {
+                let hs = tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    handshake(tcp, grpc_cfg, enroll_cfg),
+                )
+                .await;
+                match hs {
+                    Ok(Ok(Accepted::Worker(conn))) => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Ok(Accepted::Enroll(stream))) => {
+                        if let Err(e) = enroll(core, stream).await {
+                            tracing::info!("enrollment from {remote} failed: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::info!("TLS handshake with {remote} refused: {e}"),
+                    Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
+                }
+            });
+        }
+    });
+    let svc = crate::grpc::service(core.clone());
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("worker endpoint stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+enum Accepted {
+    Worker(WorkerConn),
+    Enroll(TlsStream<TcpStream>),
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    grpc_cfg: Arc<rustls::ServerConfig>,
+    enroll_cfg: Arc<rustls::ServerConfig>,
+) -> std::io::Result<Accepted> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let wants_enroll = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protos| protos.any(|p| p == pb::ALPN_ENROLL));
+    if wants_enroll {
+        let s = start.into_stream(enroll_cfg).await?;
+        return Ok(Accepted::Enroll(s));
+    }
+    let s = start.into_stream(grpc_cfg).await?;
+    let peer = {
+        let (_, conn) = s.get_ref();
+        let der = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| std::io::Error::other("no client certificate"))?;
+        pki::peer_identity(der.as_ref()).map_err(std::io::Error::other)?
+    };
+    Ok(Accepted::Worker(WorkerConn { inner: s, peer }))
+}
+
+/// Hash of an enrollment token's secret part, as stored.
+pub fn token_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Token format: `kiln1.<secret>.<ca sha256>`; the CA fingerprint lets the
+/// worker pin the master's CA during enrollment.
+pub fn make_token(core: &Core) -> (String, String) {
+    use rand::RngCore;
+    let mut b = [0u8; 20];
+    rand::rng().fill_bytes(&mut b);
+    let secret = hex::encode(b);
+    let token = format!("kiln1.{secret}.{}", core.ca.fingerprint());
+    (token, token_hash(&secret))
+}
+
+async fn enroll(core: Arc<Core>, mut s: TlsStream<TcpStream>) -> Result<(), String> {
+    let len = s.read_u32().await.map_err(|e| e.to_string())? as usize;
+    if len > 64 * 1024 {
+        return Err(format!("enrollment request of {len} bytes is too large"));
+    }
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    let resp = match pb::EnrollRequest::decode(&buf[..]) {
+        Ok(req) => match sign(&core, req).await {
+            Ok((name, cert)) => pb::EnrollResponse {
+                error: String::new(),
+                name,
+                cert_pem: cert,
+                ca_pem: core.ca.cert_pem().to_string(),
+            },
+            Err(e) => pb::EnrollResponse {
+                error: e,
+                ..Default::default()
+            },
+        },
+        Err(e) => pb::EnrollResponse {
+            error: format!("malformed enrollment request: {e}"),
+            ..Default::default()
+        },
+    };
+    let out = resp.encode_to_vec();
+    s.write_u32(out.len() as u32)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    s.shutdown().await.map_err(|e| e.to_string())?;
+    if resp.error.is_empty() {
+        tracing::info!("worker {} enrolled", resp.name);
+        Ok(())
+    } else {
+        Err(resp.error)
+    }
+}
+
+async fn sign(core: &Arc<Core>, req: pb::EnrollRequest) -> Result<(String, String), String> {
+    let parts: Vec<&str> = req.token.trim().split('.').collect();
+    let secret = match parts.as_slice() {
+        ["kiln1", secret, _fp] => secret.to_string(),
+        _ => return Err("malformed enrollment token".into()),
+    };
+    let hash = token_hash(&secret);
+    let signer = core.clone();
+    let csr = req.csr_pem;
+    let days = core.cfg.cert_days;
+    core.store
+        .write(move |t| {
+            let name = kiln_store::consume_token(t, &hash)?;
+            let serial = kiln_store::next_serial(t)?;
+            let cert = signer
+                .ca
+                .sign_worker_csr(&csr, &name, serial, days)
+                .map_err(|e| kiln_store::StoreError::Invalid(format!("bad CSR: {e}")))?;
+            kiln_store::enroll_worker(t, &name, serial)?;
+            Ok((name, cert))
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,227 @@
+//! Kiln's durable state behind a narrow interface.
+//!
+//! Every write goes through [`Store::write`], which hands the closure to one
+//! writer thread. That thread gathers whatever writes are waiting and commits
+//! them in one transaction (group commit: one fsync for many state changes),
+//! each in its own savepoint so one failing write does not undo the others.
+//! Reads run on a small pool of read connections (WAL lets them run beside the
+//! writer). Only this crate speaks SQL; a PostgreSQL backend would implement
+//! the same methods.
+
+mod model;
+mod schema;
+
+pub use model::*;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database writer has stopped")]
+    Closed,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync on every commit (survives power loss).
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints (survives a process crash, not a power cut).
+    Normal,
+}
+
+/// A write closure runs inside the group transaction and returns its reply,
+/// which is delivered only once the commit outcome is known.
+type Reply = Box<dyn FnOnce(bool) + Send>;
+type WriteFn = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<mpsc::Sender<WriteFn>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+fn open(path: &Path, durability: Durability, write: bool) -> Result<Connection> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if write {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Open (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        let mut conn = open(path, durability, true)?;
+        schema::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<WriteFn>();
+        std::thread::Builder::new()
+            .name("kiln-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Invalid(format!("cannot start writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    /// Queue `f` for the next group commit. The write is queued when this
+    /// function returns (so writes queued in order commit in order); the
+    /// future resolves once it is durable.
+    pub fn write<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteFn = Box::new(move |t| {
+            let r = run_in_savepoint(t, f);
+            Box::new(move |committed| {
+                let r = if committed {
+                    r
+                } else {
+                    Err(StoreError::Invalid("commit failed".into()))
+                };
+                let _ = tx.send(r);
+            })
+        });
+        let queued = self
+            .inner
+            .writer
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.send(job).is_ok()))
+            .unwrap_or(false);
+        async move {
+            if !queued {
+                return Err(StoreError::Closed);
+            }
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }
+    }
+
+    /// Run a read on a pooled read connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&inner.path, Durability::Normal, false)?,
+            };
+            let r = f(&conn);
+            if let Ok(mut v) = inner.readers.lock() {
+                if v.len() < 4 {
+                    v.push(conn);
+                }
+            }
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?
+    }
+
+    /// Stop accepting writes; queued writes still commit.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+    }
+}
+
+fn run_in_savepoint<T>(
+    t: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    t.execute_batch("SAVEPOINT op")?;
+    match f(t) {
+        Ok(v) => {
+            t.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            t.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+/// Gathers every waiting write into one transaction: one commit (one fsync)
+/// for many state changes.
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>) {
+    const MAX_BATCH: usize = 1024;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("cannot begin transaction: {e}");
+                continue; // dropping the closures drops their senders: callers see Closed
+            }
+        };
+        let replies: Vec<Reply> = batch.into_iter().map(|f| f(&tx)).collect();
+        let ok = match tx.commit() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("commit failed: {e}");
+                false
+            }
+        };
+        for r in replies {
+            r(ok);
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! Rows and the queries on them. Functions take a `&Connection`, so the same
+//! code serves reads (pooled connection) and writes (inside a group commit;
+//! a `Transaction` derefs to a `Connection`).
+
+use kiln_core::state::{ArtifactKind, BuildState, JobState};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, StoreError};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub arch: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRow {
+    pub id: i64,
+    pub target: String,
+    pub package: String,
+    pub evr: String,
+    pub srpm_name: String,
+    pub srpm_sha256: String,
+    pub srpm_size: u64,
+    pub channel: String,
+    pub disttag: String,
+    pub priority: i64,
+    pub scratch: bool,
+    pub ci: bool,
+    pub state: BuildState,
+    pub reason: Option<String>,
+    pub excluded_arches: Vec<Excluded>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub build: i64,
+    pub arch: String,
+    pub state: JobState,
+    pub worker: Option<String>,
+    pub attempt: u32,
+    pub message: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactRow {
+    pub job: i64,
+    pub arch: String,
+    pub name: String,
+    pub kind: ArtifactKind,
+    pub size: u64,
+    pub sha256: String,
+    pub nevra: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub serial: Option<u64>,
+    pub revoked: bool,
+    pub arches: Vec<String>,
+    pub channels: Vec<String>,
+    pub capacity: u32,
+    pub enrolled_at: Option<i64>,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub target: String,
+    pub package: String,
+    pub evr: String,
+    pub srpm_name: String,
+    pub srpm_sha256: String,
+    pub srpm_size: u64,
+    pub channel: String,
+    pub disttag: String,
+    pub priority: i64,
+    pub scratch: bool,
+    pub ci: bool,
+    pub excluded: Vec<Excluded>,
+    pub arches: Vec<String>,
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn list(s: String) -> Vec<String> {
+    kiln_core::names::split_list(&s)
+}
+
+const BUILD_COLS: &str = "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
+     disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at";
+
+fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
+    let excluded: String = r.get(14)?;
+    Ok(BuildRow {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        package: r.get(2)?,
+        evr: r.get(3)?,
+        srpm_name: r.get(4)?,
+        srpm_sha256: r.get(5)?,
+        srpm_size: r.get::<_, i64>(6)? as u64,
+        channel: r.get(7)?,
+        disttag: r.get(8)?,
+        priority: r.get(9)?,
+        scratch: r.get(10)?,
+        ci: r.get(11)?,
+        state: parse(r.get(12)?)?,
+        reason: r.get(13)?,
+        excluded_arches: serde_json::from_str(&excluded).unwrap_or_default(),
+        created_at: r.get(15)?,
+        finished_at: r.get(16)?,
+    })
+}
+
+const JOB_COLS: &str =
+    "id, build_id, arch, state, worker, attempt, message, created_at, started_at, finished_at";
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        build: r.get(1)?,
+        arch: r.get(2)?,
+        state: parse(r.get(3)?)?,
+        worker: r.get(4)?,
+        attempt: r.get::<_, i64>(5)? as u32,
+        message: r.get(6)?,
+        created_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+    })
+}
+
+fn artifact_row(r: &Row<'_>) -> rusqlite::Result<ArtifactRow> {
+    Ok(ArtifactRow {
+        job: r.get(0)?,
+        arch: r.get(1)?,
+        name: r.get(2)?,
+        kind: parse(r.get(3)?)?,
+        size: r.get::<_, i64>(4)? as u64,
+        sha256: r.get(5)?,
+        nevra: r.get(6)?,
+    })
+}
+
+fn worker_row(r: &Row<'_>) -> rusqlite::Result<WorkerRow> {
+    Ok(WorkerRow {
+        name: r.get(0)?,
+        serial: r.get::<_, Option<i64>>(1)?.map(|s| s as u64),
+        revoked: r.get(2)?,
+        arches: list(r.get(3)?),
+        channels: list(r.get(4)?),
+        capacity: r.get::<_, i64>(5)? as u32,
+        enrolled_at: r.get(6)?,
+        last_seen: r.get(7)?,
+    })
+}
+
+// ---- builds and jobs ----
+
+pub fn insert_build(c: &Connection, b: &NewBuild) -> Result<(BuildRow, Vec<JobRow>)> {
+    let now = now_ms();
+    let excluded = serde_json::to_string(&b.excluded)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
+    c.execute(
+        "INSERT INTO builds (target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
+         disttag, priority, scratch, ci, state, excluded, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', ?12, ?13)",
+        params![
+            b.target,
+            b.package,
+            b.evr,
+            b.srpm_name,
+            b.srpm_sha256,
+            b.srpm_size as i64,
+            b.channel,
+            b.disttag,
+            b.priority,
+            b.scratch,
+            b.ci,
+            excluded,
+            now
+        ],
+    )?;
+    let id = c.last_insert_rowid();
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO jobs (build_id, arch, state, attempt, created_at) VALUES (?1, ?2, 'pending', 1, ?3)",
+    )?;
+    for arch in &b.arches {
+        stmt.execute(params![id, arch, now])?;
+    }
+    let build = get_build(c, id)?.ok_or_else(|| StoreError::NotFound(format!("build {id}")))?;
+    let jobs = jobs_of(c, id)?;
+    Ok((build, jobs))
+}
+
+pub fn get_build(c: &Connection, id: i64) -> Result<Option<BuildRow>> {
+    Ok(c.prepare_cached(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"))?
+        .query_row([id], build_row)
+        .optional()?)
+}
+
+pub fn list_builds(c: &Connection, limit: u32) -> Result<Vec<BuildRow>> {
+    let mut stmt =
+        c.prepare_cached(&format!("SELECT {BUILD_COLS} FROM builds ORDER BY id DESC LIMIT ?1"))?;
+    let rows = stmt.query_map([limit], build_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Builds not yet in a final state, oldest first, each with its jobs.
+pub fn active_builds(c: &Connection) -> Result<Vec<(BuildRow, Vec<JobRow>)>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {BUILD_COLS} FROM builds WHERE state IN ('queued', 'building') ORDER BY id"
+    ))?;
+    let builds: Vec<BuildRow> = stmt
+        .query_map([], build_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    builds
+        .into_iter()
+        .map(|b| {
+            let jobs = jobs_of(c, b.id)?;
+            Ok((b, jobs))
+        })
+        .collect()
+}
+
+pub fn jobs_of(c: &Connection, build: i64) -> Result<Vec<JobRow>> {
+    let mut stmt =
+        c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE build_id = ?1 ORDER BY id"))?;
+    let rows = stmt.query_map([build], job_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn get_job(c: &Connection, id: i64) -> Result<Option<JobRow>> {
+    Ok(c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_row)
+        .optional()?)
+}
+
+pub fn list_jobs(c: &Connection, limit: u32) -> Result<Vec<JobRow>> {
+    let mut stmt =
+        c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"))?;
+    let rows = stmt.query_map([limit], job_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Write a job's whole mutable state.
+pub fn save_job(c: &Connection, j: &JobRow) -> Result<()> {
+    let n = c
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, worker = ?3, attempt = ?4, message = ?5, \
+             started_at = ?6, finished_at = ?7 WHERE id = ?1",
+        )?
+        .execute(params![
+            j.id,
+            j.state.as_str(),
+            j.worker,
+            j.attempt as i64,
+            j.message,
+            j.started_at,
+            j.finished_at
+        ])?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("job {}", j.id)));
+    }
+    Ok(())
+}
+
+pub fn set_build_state(
+    c: &Connection,
+    id: i64,
+    state: BuildState,
+    reason: Option<&str>,
+) -> Result<()> {
+    let finished = state.is_final().then(now_ms);
+    c.prepare_cached(
+        "UPDATE builds SET state = ?2, reason = COALESCE(?3, reason), finished_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, state.as_str(), reason, finished])?;
+    Ok(())
+}
+
+pub fn add_artifact(c: &Connection, build: i64, a: &ArtifactRow) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO artifacts (build_id, job_id, arch, name, kind, size, sha256, nevra) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (build_id, arch, name) DO UPDATE SET job_id = excluded.job_id, \
+         kind = excluded.kind, size = excluded.size, sha256 = excluded.sha256, nevra = excluded.nevra",
+    )?
+    .execute(params![
+        build,
+        a.job,
+        a.arch,
+        a.name,
+        a.kind.as_str(),
+        a.size as i64,
+        a.sha256,
+        a.nevra
+    ])?;
+    Ok(())
+}
+
+pub fn artifacts_of(c: &Connection, build: i64) -> Result<Vec<ArtifactRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT job_id, arch, name, kind, size, sha256, nevra FROM artifacts WHERE build_id = ?1 ORDER BY arch, name",
+    )?;
+    let rows = stmt.query_map([build], artifact_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+// ---- content-addressed inputs ----
+
+pub fn has_blob(c: &Connection, sha256: &str) -> Result<Option<u64>> {
+    Ok(c.prepare_cached("SELECT size FROM blobs WHERE sha256 = ?1")?
+        .query_row([sha256], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|s| s as u64))
+}
+
+pub fn add_blob(c: &Connection, sha256: &str, size: u64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![sha256, size as i64, now_ms()])?;
+    Ok(())
+}
+
+// ---- enrollment tokens, workers, revocation ----
+
+pub fn add_token(c: &Connection, hash: &str, worker: &str, expires_at: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO tokens (hash, worker, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![hash, worker, now_ms(), expires_at],
+    )?;
+    Ok(())
+}
+
+/// Use a one-time token: returns the worker name it was made for.
+pub fn consume_token(c: &Connection, hash: &str) -> Result<String> {
+    let row: Option<(String, i64, Option<i64>)> = c
+        .query_row(
+            "SELECT worker, expires_at, used_at FROM tokens WHERE hash = ?1",
+            [hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let (worker, expires, used) =
+        row.ok_or_else(|| StoreError::Invalid("invalid enrollment token".into()))?;
+    if used.is_some() {
+        return Err(StoreError::Invalid("enrollment token already used".into()));
+    }
+    if expires < now_ms() {
+        return Err(StoreError::Invalid("enrollment token expired".into()));
+    }
+    c.execute(
+        "UPDATE tokens SET used_at = ?2 WHERE hash = ?1",
+        params![hash, now_ms()],
+    )?;
+    Ok(worker)
+}
+
+/// Take the next certificate serial number.
+pub fn next_serial(c: &Connection) -> Result<u64> {
+    let cur: Option<String> = c
+        .query_row("SELECT value FROM meta WHERE key = 'serial'", [], |r| r.get(0))
+        .optional()?;
+    let next = cur.and_then(|s| s.parse::<u64>().ok()).unwrap_or(1) + 1;
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES ('serial', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [next.to_string()],
+    )?;
+    Ok(next)
+}
+
+pub fn enroll_worker(c: &Connection, name: &str, serial: u64) -> Result<()> {
+    // A re-enrollment replaces the previous certificate: revoke the old one.
+    if let Some(old) = get_worker(c, name)?.and_then(|w| w.serial) {
+        c.execute(
+            "INSERT OR IGNORE INTO revoked_serials (serial) VALUES (?1)",
+            [old as i64],
+        )?;
+    }
+    c.execute(
+        "INSERT INTO workers (name, serial, revoked, enrolled_at) VALUES (?1, ?2, 0, ?3) \
+         ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, revoked = 0, enrolled_at = excluded.enrolled_at",
+        params![name, serial as i64, now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn get_worker(c: &Connection, name: &str) -> Result<Option<WorkerRow>> {
+    Ok(c.prepare_cached(
+        "SELECT name, serial, revoked, arches, channels, capacity, enrolled_at, last_seen FROM workers WHERE name = ?1",
+    )?
+    .query_row([name], worker_row)
+    .optional()?)
+}
+
+pub fn list_workers(c: &Connection) -> Result<Vec<WorkerRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT name, serial, revoked, arches, channels, capacity, enrolled_at, last_seen FROM workers ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], worker_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn worker_seen(
+    c: &Connection,
+    name: &str,
+    arches: &[String],
+    channels: &[String],
+    capacity: u32,
+) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE workers SET arches = ?2, channels = ?3, capacity = ?4, last_seen = ?5 WHERE name = ?1",
+    )?
+    .execute(params![
+        name,
+        arches.join(","),
+        channels.join(","),
+        capacity as i64,
+        now_ms()
+    ])?;
+    Ok(())
+}
+
+pub fn touch_worker(c: &Connection, name: &str) -> Result<()> {
+    c.prepare_cached("UPDATE workers SET last_seen = ?2 WHERE name = ?1")?
+        .execute(params![name, now_ms()])?;
+    Ok(())
+}
+
+/// Revoke a worker for good: its certificate serial joins the revocation list.
+pub fn revoke_worker(c: &Connection, name: &str) -> Result<Option<u64>> {
+    let w = get_worker(c, name)?
+        .ok_or_else(|| StoreError::NotFound(format!("no worker named {name:?}")))?;
+    c.execute("UPDATE workers SET revoked = 1 WHERE name = ?1", [name])?;
+    if let Some(s) = w.serial {
+        c.execute(
+            "INSERT OR IGNORE INTO revoked_serials (serial) VALUES (?1)",
+            [s as i64],
+        )?;
+    }
+    Ok(w.serial)
+}
+
+pub fn revoked_serials(c: &Connection) -> Result<Vec<u64>> {
+    let mut stmt = c.prepare_cached("SELECT serial FROM revoked_serials")?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0).map(|s| s as u64))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Durability, Store};
+
+    fn nb(arches: &[&str]) -> NewBuild {
+        NewBuild {
+            target: "default".into(),
+            package: "hello".into(),
+            evr: "1.0-1".into(),
+            srpm_name: "hello-1.0-1.src.rpm".into(),
+            srpm_sha256: "00".repeat(32),
+            srpm_size: 10,
+            channel: "default".into(),
+            disttag: String::new(),
+            priority: 0,
+            scratch: false,
+            ci: false,
+            excluded: vec![],
+            arches: arches.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn builds_jobs_and_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..50 {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move {
+                s.write(|t| insert_build(t, &nb(&["x86_64", "i686"]))).await
+            }));
+        }
+        for h in handles {
+            let (b, jobs) = h.await.unwrap().unwrap();
+            assert_eq!(b.state, BuildState::Queued);
+            assert_eq!(jobs.len(), 2);
+        }
+        let active = store.read(active_builds).await.unwrap();
+        assert_eq!(active.len(), 50);
+        // A failing write does not undo the others in its batch.
+        let bad = store.write(|t| consume_token(t, "nope")).await;
+        assert!(bad.is_err());
+        store.close();
+        drop(store);
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        assert_eq!(store.read(|c| list_builds(c, 100)).await.unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_one_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Normal).unwrap();
+        store
+            .write(|t| add_token(t, "h", "w1", now_ms() + 60_000))
+            .await
+            .unwrap();
+        assert_eq!(store.write(|t| consume_token(t, "h")).await.unwrap(), "w1");
+        assert!(store.write(|t| consume_token(t, "h")).await.is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! Schema migrations, embedded in the binary; `PRAGMA user_version` records
+//! how far a database has been migrated.
+
+use rusqlite::Connection;
+
+use crate::Result;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the spine
+    r#"
+    CREATE TABLE blobs (
+        sha256     TEXT PRIMARY KEY,
+        size       INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE builds (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        target      TEXT NOT NULL,
+        package     TEXT NOT NULL,
+        evr         TEXT NOT NULL,
+        srpm_name   TEXT NOT NULL,
+        srpm_sha256 TEXT NOT NULL,
+        srpm_size   INTEGER NOT NULL,
+        channel     TEXT NOT NULL,
+        disttag     TEXT NOT NULL,
+        priority    INTEGER NOT NULL,
+        scratch     INTEGER NOT NULL,
+        ci          INTEGER NOT NULL,
+        state       TEXT NOT NULL,
+        reason      TEXT,
+        excluded    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX builds_state ON builds(state);
+    CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        build_id    INTEGER NOT NULL REFERENCES builds(id),
+        arch        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        worker      TEXT,
+        attempt     INTEGER NOT NULL,
+        message     TEXT,
+        created_at  INTEGER NOT NULL,
+        started_at  INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX jobs_build ON jobs(build_id);
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE TABLE artifacts (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        build_id INTEGER NOT NULL REFERENCES builds(id),
+        job_id   INTEGER NOT NULL REFERENCES jobs(id),
+        arch     TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        sha256   TEXT NOT NULL,
+        nevra    TEXT,
+        UNIQUE (build_id, arch, name)
+    );
+    CREATE TABLE workers (
+        name        TEXT PRIMARY KEY,
+        serial      INTEGER,
+        revoked     INTEGER NOT NULL DEFAULT 0,
+        arches      TEXT NOT NULL DEFAULT '',
+        channels    TEXT NOT NULL DEFAULT '',
+        capacity    INTEGER NOT NULL DEFAULT 0,
+        enrolled_at INTEGER,
+        last_seen   INTEGER
+    );
+    CREATE TABLE revoked_serials (
+        serial INTEGER PRIMARY KEY
+    );
+    CREATE TABLE tokens (
+        hash       TEXT PRIMARY KEY,
+        worker     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

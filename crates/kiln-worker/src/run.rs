@@ -1,0 +1,690 @@
+//! The worker's main loop: connect out, keep the session stream, run jobs,
+//! upload results, reconnect with backoff and jitter, drain on request.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_core::listing::{Listing, ListingEntry, LISTING_NAME};
+use kiln_core::pki;
+use kiln_core::srpm::inspect_package;
+use kiln_core::state::ArtifactKind;
+use kiln_proto as pb;
+use pb::farm_client::FarmClient;
+use pb::master_msg::Msg as In;
+use pb::worker_msg::Msg as Out;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::Channel;
+
+use crate::backend::{Backend, JobSpec, LogSink};
+use crate::{files, io_err, parse_master_url, WorkerError};
+
+pub struct WorkerConfig {
+    /// Where `enroll` left the key, certificate, CA and master URL.
+    pub dir: PathBuf,
+    pub name: Option<String>,
+    pub master: Option<String>,
+    pub arches: Vec<String>,
+    pub channels: Vec<String>,
+    pub capacity: u32,
+    /// Job directories and the input cache.
+    pub work: PathBuf,
+    pub backend: Arc<dyn Backend>,
+    /// Print `connected …` on stdout each time a session is established.
+    pub announce: bool,
+}
+
+/// The current session, as job tasks see it.
+#[derive(Clone, Default)]
+struct Session {
+    gen: u64,
+    client: Option<FarmClient<Channel>>,
+    out: Option<mpsc::Sender<pb::WorkerMsg>>,
+}
+
+struct LocalJob {
+    attempt: u32,
+    cancel: watch::Sender<bool>,
+    ack: Option<oneshot::Sender<pb::FinishAck>>,
+}
+
+struct Shared {
+    cfg: WorkerConfig,
+    name: String,
+    session: watch::Sender<Session>,
+    jobs: Mutex<HashMap<u64, LocalJob>>,
+    /// One download at a time per input.
+    fetching: tokio::sync::Mutex<()>,
+    idle: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LocalJob>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, m: Out) {
+        if let Some(out) = self.session.borrow().out.clone() {
+            let _ = out.try_send(pb::WorkerMsg { msg: Some(m) });
+        }
+    }
+}
+
+fn read_trim(path: &Path) -> Result<String, WorkerError> {
+    Ok(std::fs::read_to_string(path)
+        .map_err(io_err(format!(
+            "reading {} (run `kiln worker enroll` first)",
+            path.display()
+        )))?
+        .trim()
+        .to_string())
+}
+
+/// Run the worker until `stop` turns true (drain: running jobs finish and
+/// upload, no new ones are taken) and every job is reported.
+pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    let enrolled_name = read_trim(&cfg.dir.join(files::NAME))?;
+    let name = cfg.name.clone().unwrap_or(enrolled_name.clone());
+    if name != enrolled_name {
+        return Err(WorkerError::Other(format!(
+            "this directory holds the certificate of worker {enrolled_name:?}, not {name:?}"
+        )));
+    }
+    let master = match &cfg.master {
+        Some(m) => m.clone(),
+        None => read_trim(&cfg.dir.join(files::MASTER))?,
+    };
+    let (host, port) = parse_master_url(&master)?;
+    let tls = Arc::new(pki::worker_client_config(
+        &read_trim(&cfg.dir.join(files::CA))?,
+        &read_trim(&cfg.dir.join(files::CERT))?,
+        &read_trim(&cfg.dir.join(files::KEY))?,
+    )?);
+    for d in ["cache", "jobs"] {
+        std::fs::create_dir_all(cfg.work.join(d))
+            .map_err(io_err(format!("creating {}", cfg.work.join(d).display())))?;
+    }
+    let (session, _) = watch::channel(Session::default());
+    let shared = Arc::new(Shared {
+        cfg,
+        name,
+        session,
+        jobs: Mutex::new(HashMap::new()),
+        fetching: tokio::sync::Mutex::new(()),
+        idle: tokio::sync::Notify::new(),
+    });
+    let mut failures: u32 = 0;
+    let mut draining = *stop.borrow();
+    loop {
+        if draining && shared.jobs().is_empty() {
+            return Ok(());
+        }
+        let r = session_once(&shared, &host, port, tls.clone(), &mut stop, &mut draining).await;
+        shared.session.send_modify(|s| {
+            s.client = None;
+            s.out = None;
+        });
+        match r {
+            Ok(()) if draining && shared.jobs().is_empty() => return Ok(()),
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                eprintln!("worker {}: {e}", shared.name);
+            }
+        }
+        // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to 30 s.
+        let base = 500u64.saturating_mul(1 << failures.min(6)).min(30_000);
+        let jitter = rand::random::<u64>() % (base / 2 + 1);
+        let wait = Duration::from_millis(base / 2 + jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed(), if !draining => { draining = true; }
+        }
+    }
+}
+
+async fn session_once(
+    shared: &Arc<Shared>,
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    stop: &mut watch::Receiver<bool>,
+    draining: &mut bool,
+) -> Result<(), WorkerError> {
+    let channel = crate::conn::channel(host, port, tls).await?;
+    let mut client = FarmClient::new(channel)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(4 << 20);
+    let (out_tx, out_rx) = mpsc::channel::<pb::WorkerMsg>(1024);
+    let running: Vec<pb::RunningJob> = shared
+        .jobs()
+        .iter()
+        .map(|(id, j)| pb::RunningJob {
+            job_id: *id,
+            attempt: j.attempt,
+        })
+        .collect();
+    let hello = pb::Hello {
+        name: shared.name.clone(),
+        arches: shared.cfg.arches.clone(),
+        channels: shared.cfg.channels.clone(),
+        capacity: shared.cfg.capacity,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        running,
+        backend: shared.cfg.backend.name().to_string(),
+    };
+    let _ = out_tx
+        .send(pb::WorkerMsg {
+            msg: Some(Out::Hello(hello)),
+        })
+        .await;
+    let resp = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await
+        .map_err(|s| WorkerError::Connect(s.message().to_string()))?;
+    let mut inbound = resp.into_inner();
+    let welcome = match inbound.message().await {
+        Ok(Some(pb::MasterMsg {
+            msg: Some(In::Welcome(w)),
+        })) => w,
+        Ok(_) => return Err(WorkerError::Connect("the master closed the session".into())),
+        Err(s) => return Err(WorkerError::Connect(s.message().to_string())),
+    };
+    for d in &welcome.drop {
+        // The master no longer wants these (re-queued or canceled meanwhile).
+        if let Some(j) = shared.jobs().remove(&d.job_id) {
+            let _ = j.cancel.send(true);
+        }
+    }
+    if shared.cfg.announce {
+        let mut o = std::io::stdout();
+        let _ = writeln!(o, "connected {} to {host}:{port}", shared.name);
+        let _ = o.flush();
+    }
+    tracing::info!("session with {host}:{port} established");
+    shared.session.send_modify(|s| {
+        s.gen += 1;
+        s.client = Some(client.clone());
+        s.out = Some(out_tx.clone());
+    });
+    if *draining {
+        shared.send(Out::Draining(pb::Draining {}));
+    }
+    let mut beat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                let running = shared.jobs().iter().map(|(id, j)| pb::RunningJob { job_id: *id, attempt: j.attempt }).collect();
+                shared.send(Out::Heartbeat(pb::Heartbeat { running }));
+            }
+            m = inbound.message() => {
+                let m = match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(WorkerError::Connect("the master ended the session".into())),
+                    Err(s) => return Err(WorkerError::Connect(s.message().to_string())),
+                };
+                match m.msg {
+                    Some(In::Assign(a)) => start_job(shared, a),
+                    Some(In::Cancel(c)) => {
+                        let jobs = shared.jobs();
+                        if let Some(j) = jobs.get(&c.job_id).filter(|j| j.attempt == c.attempt) {
+                            tracing::info!("job {} canceled: {}", c.job_id, c.reason);
+                            let _ = j.cancel.send(true);
+                        }
+                    }
+                    Some(In::FinishAck(a)) => {
+                        let ack = shared.jobs().get_mut(&a.job_id).and_then(|j| j.ack.take());
+                        if let Some(tx) = ack {
+                            let _ = tx.send(a);
+                        }
+                    }
+                    Some(In::Welcome(_)) | None => {}
+                }
+            }
+            _ = stop.changed(), if !*draining => {
+                *draining = true;
+                tracing::info!("draining: finishing {} running jobs", shared.jobs().len());
+                shared.send(Out::Draining(pb::Draining {}));
+            }
+            _ = shared.idle.notified(), if *draining => {}
+        }
+        if *draining && shared.jobs().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
+    let (cancel, cancel_rx) = watch::channel(false);
+    {
+        let mut jobs = shared.jobs();
+        if jobs.contains_key(&a.job_id) {
+            return;
+        }
+        jobs.insert(
+            a.job_id,
+            LocalJob {
+                attempt: a.attempt,
+                cancel,
+                ack: None,
+            },
+        );
+    }
+    shared.send(Out::Accepted(pb::Accepted {
+        job_id: a.job_id,
+        attempt: a.attempt,
+    }));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let (job, attempt) = (a.job_id, a.attempt);
+        let dir = shared.cfg.work.join("jobs").join(format!("{job}-{attempt}"));
+        job_task(&shared, a, &dir, cancel_rx).await;
+        let still_ours = shared
+            .jobs()
+            .get(&job)
+            .is_some_and(|j| j.attempt == attempt);
+        if still_ours {
+            shared.jobs().remove(&job);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        shared.idle.notify_one();
+    });
+}
+
+/// Streams a job's log to its build.log file and, compressed, to the master.
+struct JobLog {
+    shared: Arc<Shared>,
+    job: u64,
+    attempt: u32,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl LogSink for JobLog {
+    fn write(&self, data: &[u8]) {
+        if let Ok(mut f) = self.file.lock() {
+            if let Some(f) = f.as_mut() {
+                let _ = f.write_all(data);
+            }
+        }
+        if let Ok(z) = zstd::bulk::compress(data, 3) {
+            self.shared.send(Out::Log(pb::LogChunk {
+                job_id: self.job,
+                attempt: self.attempt,
+                zdata: z,
+            }));
+        }
+    }
+}
+
+async fn wait_client(shared: &Shared) -> (u64, FarmClient<Channel>) {
+    let mut rx = shared.session.subscribe();
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            if let Some(c) = s.client.clone() {
+                return (s.gen, c);
+            }
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch::Receiver<bool>) {
+    let (job, attempt) = (a.job_id, a.attempt);
+    let _ = std::fs::remove_dir_all(dir);
+    let finished = match build(shared, &a, dir, cancel.clone()).await {
+        Ok(f) => f,
+        Err(e) => pb::Finished {
+            job_id: job,
+            attempt,
+            success: false,
+            message: format!("worker error: {e}"),
+            artifacts: vec![],
+        },
+    };
+    // Report until the master acknowledges (across reconnects).
+    loop {
+        let (gen, mut client) = wait_client(shared).await;
+        let uploaded = if finished.artifacts.is_empty() {
+            Ok(())
+        } else {
+            upload_all(&mut client, dir, job, attempt, &finished.artifacts).await
+        };
+        match uploaded {
+            Ok(()) => {}
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::info!("job {job}: the master no longer wants this result: {}", s.message());
+                return;
+            }
+            Err(s) => {
+                tracing::warn!("job {job}: upload failed: {}", s.message());
+                wait_new_session(shared, gen).await;
+                continue;
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        match shared.jobs().get_mut(&job) {
+            Some(j) if j.attempt == attempt => j.ack = Some(tx),
+            _ => return,
+        }
+        shared.send(Out::Finished(finished.clone()));
+        tokio::select! {
+            ack = rx => {
+                if let Ok(ack) = ack {
+                    if !ack.accepted {
+                        tracing::info!("job {job}: result not taken: {}", ack.message);
+                    }
+                }
+                return;
+            }
+            _ = wait_new_session(shared, gen) => continue,
+        }
+    }
+}
+
+async fn wait_new_session(shared: &Shared, gen: u64) {
+    let mut rx = shared.session.subscribe();
+    loop {
+        if rx.borrow_and_update().gen != gen {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn build(
+    shared: &Arc<Shared>,
+    a: &pb::Assign,
+    dir: &Path,
+    cancel: watch::Receiver<bool>,
+) -> Result<pb::Finished, WorkerError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let log_path = dir.join("build.log");
+    let file = std::fs::File::create(&log_path)
+        .map_err(io_err(format!("creating {}", log_path.display())))?;
+    let log = JobLog {
+        shared: shared.clone(),
+        job: a.job_id,
+        attempt: a.attempt,
+        file: Mutex::new(Some(file)),
+    };
+    log.write(
+        format!(
+            "kiln: job {} attempt {} ({}) on worker {} with backend {}\n",
+            a.job_id,
+            a.attempt,
+            a.arch,
+            shared.name,
+            shared.cfg.backend.name()
+        )
+        .as_bytes(),
+    );
+    let srpm = fetch_input(shared, &a.srpm_sha256, a.srpm_size, &log).await?;
+    let spec = JobSpec {
+        job: a.job_id,
+        attempt: a.attempt,
+        arch: a.arch.clone(),
+        disttag: a.disttag.clone(),
+        srpm,
+        timeout: Duration::from_secs(a.timeout_secs.max(1)),
+    };
+    let outcome = shared
+        .cfg
+        .backend
+        .build(&spec, dir, &log, cancel)
+        .await
+        .map_err(|e| WorkerError::Other(e.to_string()))?;
+    if let Ok(mut f) = log.file.lock() {
+        if let Some(f) = f.take() {
+            let _ = f.sync_all();
+        }
+    }
+    if outcome.message == "canceled" {
+        return Ok(pb::Finished {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            success: false,
+            message: outcome.message,
+            artifacts: vec![],
+        });
+    }
+    // Gather artifacts into the job directory's top level. The source rpm
+    // goes back too when the backend did not write one.
+    let mut entries = Vec::new();
+    let mut paths: Vec<PathBuf> = outcome.packages.clone();
+    if outcome.success && !paths.iter().any(|p| p.to_string_lossy().ends_with(".src.rpm")) {
+        kiln_core::names::check_file_name(&a.srpm_name)
+            .map_err(|e| WorkerError::Other(e.to_string()))?;
+        let copy = dir.join(&a.srpm_name);
+        if std::fs::hard_link(&spec.srpm, &copy).is_err() {
+            std::fs::copy(&spec.srpm, &copy)
+                .map_err(io_err(format!("copying the SRPM to {}", copy.display())))?;
+        }
+        paths.push(copy);
+    }
+    paths.push(log_path);
+    for p in paths {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| WorkerError::Other(format!("odd file name {}", p.display())))?
+            .to_string();
+        let top = dir.join(&name);
+        if p != top {
+            std::fs::rename(&p, &top).map_err(io_err(format!("moving {}", p.display())))?;
+        }
+        let (kind, nevra) = if name.ends_with(".src.rpm") {
+            let i = inspect_package(&top).map_err(|e| WorkerError::Other(e.to_string()))?;
+            (ArtifactKind::Srpm, Some(i.nevra()))
+        } else if name.ends_with(".rpm") {
+            let i = inspect_package(&top).map_err(|e| WorkerError::Other(e.to_string()))?;
+            (ArtifactKind::Rpm, Some(i.nevra()))
+        } else {
+            (ArtifactKind::Log, None)
+        };
+        let (sha256, size) = hash_file(&top)?;
+        entries.push(ListingEntry {
+            name,
+            kind,
+            size,
+            sha256,
+            nevra,
+        });
+    }
+    let listing = Listing {
+        job: a.job_id,
+        attempt: a.attempt,
+        arch: a.arch.clone(),
+        artifacts: entries.clone(),
+    };
+    let lpath = dir.join(LISTING_NAME);
+    let text = serde_json::to_vec_pretty(&listing)
+        .map_err(|e| WorkerError::Other(format!("encoding the listing: {e}")))?;
+    std::fs::write(&lpath, &text).map_err(io_err("writing the listing"))?;
+    let (sha256, size) = hash_file(&lpath)?;
+    entries.push(ListingEntry {
+        name: LISTING_NAME.to_string(),
+        kind: ArtifactKind::Listing,
+        size,
+        sha256,
+        nevra: None,
+    });
+    Ok(pb::Finished {
+        job_id: a.job_id,
+        attempt: a.attempt,
+        success: outcome.success,
+        message: outcome.message,
+        artifacts: entries
+            .into_iter()
+            .map(|e| pb::Artifact {
+                name: e.name,
+                kind: e.kind.as_str().to_string(),
+                size: e.size,
+                sha256: e.sha256,
+                nevra: e.nevra.unwrap_or_default(),
+            })
+            .collect(),
+    })
+}
+
+fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).map_err(io_err(format!("reading {}", p.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err(format!("reading {}", p.display())))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((hex::encode(h.finalize()), total))
+}
+
+/// Fetch an input into the cache by sha256 (resuming a partial download);
+/// a cached input is not downloaded again.
+async fn fetch_input(
+    shared: &Arc<Shared>,
+    sha: &str,
+    size: u64,
+    log: &JobLog,
+) -> Result<PathBuf, WorkerError> {
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(WorkerError::Other("malformed input sha256".into()));
+    }
+    let path = shared.cfg.work.join("cache").join(sha);
+    let _guard = shared.fetching.lock().await;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
+        log.write(format!("kiln: input {sha} is cached, nothing to download\n").as_bytes());
+        return Ok(path);
+    }
+    let part = path.with_extension("part");
+    loop {
+        let (gen, mut client) = wait_client(shared).await;
+        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        let r = async {
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&part)
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            let mut s = client
+                .fetch(pb::FetchRequest {
+                    sha256: sha.to_string(),
+                    offset: have,
+                })
+                .await?
+                .into_inner();
+            while let Some(c) = s.message().await? {
+                f.write_all(&c.data)
+                    .await
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            }
+            f.sync_all()
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        match r {
+            Ok(()) => break,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(WorkerError::Other(s.message().to_string()))
+            }
+            Err(s) => {
+                log.write(format!("kiln: download interrupted ({}), resuming\n", s.message()).as_bytes());
+                wait_new_session(shared, gen).await;
+            }
+        }
+    }
+    let (got, n) = hash_file(&part)?;
+    if got != sha || n != size {
+        let _ = std::fs::remove_file(&part);
+        return Err(WorkerError::Other(format!(
+            "downloaded input does not match its sha256 {sha}"
+        )));
+    }
+    std::fs::rename(&part, &path).map_err(io_err("filing the input in the cache"))?;
+    log.write(format!("kiln: fetched input {sha} ({size} bytes)\n").as_bytes());
+    Ok(path)
+}
+
+/// Upload every artifact, resuming from what the master already holds.
+async fn upload_all(
+    client: &mut FarmClient<Channel>,
+    dir: &Path,
+    job: u64,
+    attempt: u32,
+    artifacts: &[pb::Artifact],
+) -> Result<(), tonic::Status> {
+    for a in artifacts {
+        let key = pb::UploadKey {
+            job_id: job,
+            attempt,
+            name: a.name.clone(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        };
+        let st = client.upload_status(key.clone()).await?.into_inner();
+        if st.complete {
+            continue;
+        }
+        let mut f = tokio::fs::File::open(dir.join(&a.name))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        f.seek(std::io::SeekFrom::Start(st.have))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<pb::UploadChunk>(4);
+        let offset = st.have;
+        let reader = tokio::spawn(async move {
+            let mut first = true;
+            let mut buf = vec![0u8; pb::CHUNK_SIZE];
+            loop {
+                let n = match f.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(_) => return,
+                };
+                if n == 0 && !first {
+                    return;
+                }
+                let chunk = pb::UploadChunk {
+                    key: first.then(|| key.clone()),
+                    offset: if first { offset } else { 0 },
+                    data: buf[..n].to_vec(),
+                };
+                first = false;
+                if tx.send(chunk).await.is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        let st = client
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let _ = reader.await;
+        if !st.complete {
+            return Err(tonic::Status::unavailable(format!(
+                "upload of {} stopped at {} bytes",
+                a.name, st.have
+            )));
+        }
+    }
+    Ok(())
+}

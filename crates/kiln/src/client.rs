@@ -1,0 +1,147 @@
+//! The CLI's HTTP client. Reads `KILN_URL` and `KILN_TOKEN` (or
+//! `KILN_TOKEN_FILE`), else `~/.config/kiln/client.toml`.
+
+use anyhow::{anyhow, bail, Context};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    url: Option<String>,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+}
+
+pub struct Client {
+    pub base: String,
+    token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+/// An error answer from the master.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Client> {
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .build()
+                .context("creating the HTTP client")?,
+        })
+    }
+
+    pub fn from_env() -> anyhow::Result<Client> {
+        let file: ClientFile = match std::env::var_os("HOME") {
+            Some(h) => {
+                let p = std::path::Path::new(&h).join(".config/kiln/client.toml");
+                match std::fs::read_to_string(&p) {
+                    Ok(t) => toml::from_str(&t).with_context(|| format!("in {}", p.display()))?,
+                    Err(_) => ClientFile::default(),
+                }
+            }
+            None => ClientFile::default(),
+        };
+        let base = std::env::var("KILN_URL")
+            .ok()
+            .or(file.url)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let token_file = std::env::var_os("KILN_TOKEN_FILE")
+            .map(std::path::PathBuf::from)
+            .or(file.token_file);
+        let token = match (std::env::var("KILN_TOKEN").ok().or(file.token), token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading token file {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .build()
+                .context("creating the HTTP client")?,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the master at {}: {}", self.base, root(&e)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        #[derive(Deserialize)]
+        struct E {
+            error: String,
+            #[serde(default)]
+            code: String,
+        }
+        match serde_json::from_str::<E>(&text) {
+            Ok(e) => Err(ApiError {
+                code: e.code,
+                message: e.error,
+            }
+            .into()),
+            Err(_) => bail!("the master answered {status}: {}", text.trim()),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let r = self.send(self.http.get(self.url(path))).await?;
+        r.json().await.context("reading the master's answer")
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let r = self.send(self.http.post(self.url(path)).json(body)).await?;
+        r.json().await.context("reading the master's answer")
+    }
+}
+
+fn root(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}

@@ -1,0 +1,163 @@
+//! `kiln`: the one binary. Master, worker and CLI.
+
+mod client;
+mod commands;
+mod settings;
+mod up;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: a build farm for Linux distributions")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the master (scheduler, worker endpoint, HTTP API).
+    Master(settings::MasterArgs),
+    /// Run a worker, or enroll / revoke one.
+    Worker(WorkerCmd),
+    /// Master and one worker in one process; builds the shipped examples.
+    Up(up::UpArgs),
+    /// Submit a source RPM.
+    Submit(commands::SubmitArgs),
+    /// List builds.
+    Builds(commands::ListArgs),
+    /// One build.
+    Build {
+        #[command(subcommand)]
+        cmd: BuildCmd,
+    },
+    /// List jobs.
+    Jobs(commands::ListArgs),
+    /// Print a job's build log.
+    Logs(commands::LogsArgs),
+    /// Cancel a queued or running build.
+    Cancel {
+        id: i64,
+    },
+    /// List workers.
+    Workers(commands::JsonArg),
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BuildCmd {
+    /// Show a build, its jobs (and why they wait) and its artifacts.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a one-time enrollment token for a worker.
+    Create {
+        #[arg(long)]
+        worker: String,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct WorkerCmd {
+    #[command(subcommand)]
+    sub: Option<WorkerSub>,
+    #[command(flatten)]
+    run: settings::WorkerArgs,
+}
+
+#[derive(Subcommand)]
+enum WorkerSub {
+    /// Make this worker's key and have the master sign its certificate.
+    Enroll {
+        #[arg(long, env = "KILN_MASTER")]
+        master: String,
+        #[arg(long, env = "KILN_ENROLL_TOKEN")]
+        token: String,
+        #[arg(long, env = "KILN_WORKER_DIR", default_value = "/var/lib/kiln-worker")]
+        dir: PathBuf,
+    },
+    /// Cut a worker off, at once and for good.
+    Revoke { name: String },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async {
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Master(a) => {
+            init_tracing();
+            settings::run_master(a).await
+        }
+        Cmd::Worker(w) => match w.sub {
+            Some(WorkerSub::Enroll { master, token, dir }) => {
+                let name = kiln_worker::enroll::enroll(&master, &token, &dir).await?;
+                println!("enrolled worker {name} in {}", dir.display());
+                Ok(0)
+            }
+            Some(WorkerSub::Revoke { name }) => commands::revoke(&name).await,
+            None => {
+                init_tracing();
+                settings::run_worker(w.run).await
+            }
+        },
+        Cmd::Up(a) => {
+            init_tracing();
+            up::up(a).await
+        }
+        Cmd::Submit(a) => commands::submit(a).await,
+        Cmd::Builds(a) => commands::builds(a).await,
+        Cmd::Build {
+            cmd: BuildCmd::Show { id, json },
+        } => commands::build_show(id, json).await,
+        Cmd::Jobs(a) => commands::jobs(a).await,
+        Cmd::Logs(a) => commands::logs(a).await,
+        Cmd::Cancel { id } => commands::cancel(id).await,
+        Cmd::Workers(a) => commands::workers(a.json).await,
+        Cmd::Token {
+            cmd: TokenCmd::Create { worker },
+        } => commands::token_create(&worker).await,
+    }
+}

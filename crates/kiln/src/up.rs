@@ -1,0 +1,183 @@
+//! `kiln up`: the whole farm on this machine. A master and one worker in one
+//! process, a data directory with SQLite and a self-made CA, and the example
+//! packages shipped with Kiln built and shown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::commands::{print_build, submit_with, wait_build, SubmitArgs};
+use crate::settings::{self, MasterArgs, WorkerArgs};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Data directory.
+    #[arg(long, env = "KILN_DATA", default_value = "/var/lib/kiln")]
+    pub data: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub worker_listen: SocketAddr,
+    /// Jobs the local worker runs at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: u32,
+    /// Exit after the examples are built instead of serving on.
+    #[arg(long)]
+    pub once: bool,
+    /// TOML config file for the master.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The example packages, shipped inside the binary.
+const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "hello-kiln",
+        &[(
+            "hello-kiln.spec",
+            include_str!("../../../examples/hello-kiln/hello-kiln.spec"),
+        )],
+    ),
+    (
+        "hello-c",
+        &[
+            (
+                "hello-c.spec",
+                include_str!("../../../examples/hello-c/hello-c.spec"),
+            ),
+            ("hello.c", include_str!("../../../examples/hello-c/hello.c")),
+        ],
+    ),
+];
+
+fn make_srpms(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let top = dir.join("rpmbuild");
+    let mut out = Vec::new();
+    for (name, files) in EXAMPLES {
+        let src = dir.join(name);
+        std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+        for (f, text) in *files {
+            std::fs::write(src.join(f), text)
+                .with_context(|| format!("writing {}", src.join(f).display()))?;
+        }
+        let spec = src.join(format!("{name}.spec"));
+        let o = std::process::Command::new("rpmbuild")
+            .arg("-bs")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .arg("--define")
+            .arg(format!("_sourcedir {}", src.display()))
+            .arg(&spec)
+            .output()
+            .context("running rpmbuild -bs (is rpm installed?)")?;
+        if !o.status.success() {
+            bail!(
+                "rpmbuild -bs {} failed: {}",
+                spec.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&o.stdout);
+        let wrote = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Wrote: "))
+            .context("rpmbuild -bs did not say what it wrote")?;
+        out.push(PathBuf::from(wrote.trim()));
+    }
+    Ok(out)
+}
+
+pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
+    let cfg = MasterArgs {
+        config: a.config.clone(),
+        data: Some(a.data.clone()),
+        api_listen: Some(a.api_listen),
+        worker_listen: Some(a.worker_listen),
+        ..Default::default()
+    }
+    .into_config()?;
+    let host_arch = kiln_core::names::host_arch().to_string();
+    let m = settings::start_master(cfg).await?;
+    let api = format!("http://{}", m.api_addr);
+    let worker_url = format!("https://{}", m.worker_addr);
+    println!("master: api {api}, workers {worker_url}, data {}", a.data.display());
+    let c = Client::new(&api, Some(m.core.admin_token.clone()))?;
+
+    let wdir = a.data.join("local-worker");
+    if !wdir.join(kiln_worker::files::CERT).exists() {
+        let v: Value = c
+            .post("/api/v1/tokens", &serde_json::json!({ "worker": "local" }))
+            .await?;
+        let token = v["token"].as_str().context("no token in the answer")?;
+        kiln_worker::enroll::enroll(&worker_url, token, &wdir).await?;
+        println!("worker: enrolled `local` in {}", wdir.display());
+    }
+    let mut wcfg = settings::worker_config(WorkerArgs {
+        dir: Some(wdir),
+        master: Some(worker_url),
+        arch: vec![host_arch.clone()],
+        channel: vec!["default".into()],
+        capacity: Some(a.capacity),
+        ..Default::default()
+    })?;
+    wcfg.announce = false;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(kiln_worker::run(wcfg, stop_rx));
+
+    let srpms = make_srpms(&a.data.join("examples"))?;
+    let mut ids = Vec::new();
+    for srpm in &srpms {
+        let args = SubmitArgs {
+            file: srpm.clone(),
+            target: None,
+            arch: vec![host_arch.clone()],
+            channel: None,
+            now: false,
+            priority: None,
+            scratch: false,
+            ci: false,
+            wait: false,
+            json: false,
+        };
+        let (b, _) = submit_with(&c, &args).await?;
+        let id = b["id"].as_i64().context("no build id")?;
+        println!("submitted {} as build {id}", srpm.display());
+        ids.push(id);
+    }
+    let mut ok = true;
+    for id in ids {
+        let b = wait_build(&c, id).await?;
+        print_build(&b);
+        ok &= b["state"] == "succeeded";
+        for art in b["artifacts"].as_array().into_iter().flatten() {
+            if art["kind"] == "rpm" {
+                let arch = art["arch"].as_str().unwrap_or("");
+                let name = art["name"].as_str().unwrap_or("");
+                println!(
+                    "  RPM: {}",
+                    a.data
+                        .join("incoming")
+                        .join(id.to_string())
+                        .join(arch)
+                        .join(name)
+                        .display()
+                );
+            }
+        }
+    }
+    if !a.once {
+        println!(
+            "kiln is up. Try: KILN_URL={api} KILN_TOKEN=$(cat {}) kiln builds   (Ctrl-C stops)",
+            m.core.paths.admin_token().display()
+        );
+        settings::wait_for_signal().await?;
+    }
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    m.core.store.close();
+    Ok(if ok { 0 } else { 1 })
+}

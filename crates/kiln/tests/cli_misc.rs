@@ -1,0 +1,212 @@
+//! The worker's SIGTERM drain, `kiln logs --follow`, `kiln workers --json`,
+//! and the CLI's errors.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn sigterm_drains_the_worker() {
+    require_build_tools();
+    let m = Master::start();
+    let mut w = m.start_worker("dr", "x86_64,noarch", "default", 1);
+
+    let s = Pkg::noarch("cm-drain-running").sleep(5).build_srpm(&m.scratch);
+    let t = Pkg::noarch("cm-drain-later").build_srpm(&m.scratch);
+    let sid = build_id(&m.submit(&s, &[]));
+    let job = m.wait_job_running(sid);
+    assert_eq!(job_worker(&job).as_deref(), Some("dr"));
+
+    w.signal(libc::SIGTERM);
+    // Submitted after the SIGTERM: a draining worker takes nothing new.
+    let tid = build_id(&m.submit(&t, &[]));
+
+    let status = w
+        .wait_exit(BUILD_TIMEOUT)
+        .unwrap_or_else(|| panic!("the worker did not exit after SIGTERM:\n{}", w.diagnostics()));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a drained worker exits 0:\n{}",
+        w.diagnostics()
+    );
+
+    // The running build finished and was uploaded before the exit.
+    let b = m.wait_build_done(sid, Duration::from_secs(15));
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+    assert_eq!(job_worker(&only_job(&b)).as_deref(), Some("dr"));
+    check_artifacts_on_disk(&m, &b);
+
+    // The later one was not taken.
+    let b = m.build(tid);
+    assert_eq!(jstr(&b, "state"), "queued", "{b}");
+    let j = only_job(&b);
+    assert_eq!(jstr(&j, "state"), "pending", "{b}");
+    assert!(job_worker(&j).is_none(), "{b}");
+
+    wait_until("dr to be listed as disconnected", Duration::from_secs(15), || {
+        match m.worker_info("dr") {
+            None => Some(()),
+            Some(i) => (i.get("connected") == Some(&Value::Bool(false))).then_some(()),
+        }
+    });
+}
+
+#[test]
+fn logs_follow_prints_live_and_ends_with_the_job() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("lf", "x86_64,noarch", "default", 1);
+
+    let pkg = Pkg::noarch("cm-follow").sleep(6);
+    let srpm = pkg.build_srpm(&m.scratch);
+    let id = build_id(&m.submit(&srpm, &[]));
+    let job = m.wait_job_running(id);
+    let job_id = ju64(&job, "id").to_string();
+
+    let mut follow = Proc::spawn(
+        m.cli_cmd(&["logs", &job_id, "--follow"]),
+        &m.scratch.join("follow.stderr"),
+        "kiln logs --follow",
+    );
+    let begin = pkg.begin_marker();
+    let end = pkg.end_marker();
+    let got_begin = follow.wait_line(|l| l.contains(&begin), 1, Duration::from_secs(60));
+    assert!(
+        got_begin.is_some(),
+        "`kiln logs --follow` did not print the running build's output:\n{}",
+        follow.diagnostics()
+    );
+    let t_begin = Instant::now();
+    // Still following while the build sleeps.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        follow.try_status().is_none(),
+        "`kiln logs --follow` ended while the job was running:\n{}",
+        follow.diagnostics()
+    );
+
+    let status = follow
+        .wait_exit(BUILD_TIMEOUT)
+        .unwrap_or_else(|| panic!("`kiln logs --follow` did not end:\n{}", follow.diagnostics()));
+    let t_exit = Instant::now();
+    assert!(
+        status.success(),
+        "`kiln logs --follow` failed:\n{}",
+        follow.diagnostics()
+    );
+    assert!(
+        t_exit - t_begin >= Duration::from_secs(2),
+        "the first lines came only {:?} before the end: not live",
+        t_exit - t_begin
+    );
+    let wait = follow.wait_line(|l| l.contains(&end), 1, Duration::from_secs(5));
+    assert!(
+        wait.is_some(),
+        "`kiln logs --follow` ended without the end of the build:\n{}",
+        follow.diagnostics()
+    );
+
+    // It ended because the job did.
+    let b = m.wait_build(id, "the job to end", Duration::from_secs(10), |b| {
+        is_terminal_job_state(&jstr(&only_job(b), "state"))
+    });
+    assert_eq!(jstr(&only_job(&b), "state"), "succeeded", "{b}");
+
+    // Without --follow, the whole log.
+    let all = m.cli(&["logs", &job_id]).assert_ok();
+    assert!(all.stdout.contains(&begin) && all.stdout.contains(&end));
+}
+
+#[test]
+fn workers_json_shape() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("shape", "x86_64,noarch", "default", 2);
+
+    let ws = m.workers();
+    assert_eq!(ws.len(), 1, "{ws:?}");
+    let w = &ws[0];
+    assert_eq!(jstr(w, "name"), "shape");
+    let arches: Vec<&str> = jarr(w, "arches").iter().filter_map(Value::as_str).collect();
+    assert!(
+        arches.contains(&"x86_64") && arches.contains(&"noarch"),
+        "{w}"
+    );
+    let channels: Vec<&str> = jarr(w, "channels")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(channels, ["default"], "{w}");
+    assert_eq!(ju64(w, "capacity"), 2, "{w}");
+    assert_eq!(running_count(w), 0, "{w}");
+    assert_eq!(w.get("connected"), Some(&Value::Bool(true)), "{w}");
+    assert!(
+        w.get("last_seen").is_some_and(|v| !v.is_null()),
+        "last_seen: {w}"
+    );
+
+    // A running job shows.
+    let s = Pkg::noarch("cm-shape").sleep(3).build_srpm(&m.scratch);
+    let id = build_id(&m.submit(&s, &[]));
+    m.wait_job_running(id);
+    let w = m.worker_info("shape").unwrap();
+    assert_eq!(running_count(&w), 1, "{w}");
+    m.wait_build_succeeded(id);
+    wait_until("no running job on shape", Duration::from_secs(10), || {
+        (running_count(&m.worker_info("shape").unwrap()) == 0).then_some(())
+    });
+
+    // The human listing works too.
+    let human = m.cli(&["workers"]).assert_ok();
+    assert!(human.stdout.contains("shape"), "{}", human.stdout);
+}
+
+#[test]
+fn a_wrong_token_is_refused_with_one_error_line() {
+    let m = Master::start();
+    let srpm = Pkg::noarch("cm-token").build_srpm(&m.scratch);
+    let cas_before = files_under(&m.data.join("cas"));
+    let auth = [
+        "token",
+        "auth",
+        "401",
+        "403",
+        "denied",
+        "forbidden",
+        "permission",
+    ];
+
+    let out = m.cli_token(
+        "not-the-admin-token",
+        &["submit", srpm.to_str().unwrap(), "--json"],
+    );
+    out.assert_error_line(&auth);
+    let out = m.cli_token("not-the-admin-token", &["token", "create", "--worker", "x"]);
+    out.assert_error_line(&auth);
+    assert!(out.stdout.trim().is_empty(), "no token printed: {out:?}");
+
+    assert!(m.builds().is_empty(), "a refused submit stored a build");
+    assert_eq!(files_under(&m.data.join("cas")), cas_before);
+
+    // With the right token the same submit is accepted.
+    m.submit(&srpm, &[]);
+    assert_eq!(m.builds().len(), 1);
+}
+
+#[test]
+fn an_unreachable_master_is_one_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let mut cmd = Command::new(kiln());
+    cmd.args(["builds", "--json"])
+        .env("KILN_URL", format!("http://127.0.0.1:{port}"))
+        .env("KILN_TOKEN", "whatever")
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME");
+    let out = run_timeout(cmd, CLI_TIMEOUT, "kiln builds (nobody listening)");
+    out.assert_error_line(&["connect", "refused", "127.0.0.1", "reach", "unavailable"]);
+}
