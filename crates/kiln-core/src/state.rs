@@ -101,10 +101,25 @@ mod tests {
         assert_eq!("running".parse::<JobState>(), Ok(JobState::Running));
         assert!("nope".parse::<BuildState>().is_err());
         use JobState::*;
-        assert_eq!(build_state_from_jobs(&[Pending, Pending]), BuildState::Queued);
-        assert_eq!(build_state_from_jobs(&[Running, Pending]), BuildState::Building);
-        assert_eq!(build_state_from_jobs(&[Succeeded, Failed]), BuildState::Failed);
-        assert_eq!(build_state_from_jobs(&[Succeeded, Succeeded]), BuildState::Succeeded);
-        assert_eq!(build_state_from_jobs(&[Canceled, Succeeded]), BuildState::Canceled);
+        assert_eq!(
+            build_state_from_jobs(&[Pending, Pending]),
+            BuildState::Queued
+        );
+        assert_eq!(
+            build_state_from_jobs(&[Running, Pending]),
+            BuildState::Building
+        );
+        assert_eq!(
+            build_state_from_jobs(&[Succeeded, Failed]),
+            BuildState::Failed
+        );
+        assert_eq!(
+            build_state_from_jobs(&[Succeeded, Succeeded]),
+            BuildState::Succeeded
+        );
+        assert_eq!(
+            build_state_from_jobs(&[Canceled, Succeeded]),
+            BuildState::Canceled
+        );
     }
 }

@@ -122,11 +122,14 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/builds/{id}/cancel", post(cancel_build))
         .route(
             "/api/v1/blobs/{sha}",
-            put(put_blob).get(head_blob).layer(DefaultBodyLimit::disable()),
+            put(put_blob)
+                .get(head_blob)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}/log", get(job_log))
         .route("/api/v1/workers", get(list_workers))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/workers/{name}/revoke", post(revoke_worker))
         .route("/api/v1/tokens", post(create_token))
         .with_state(core)
@@ -157,7 +160,11 @@ async fn build_view(core: &Core, id: i64) -> ApiResult<BuildView> {
         .read(move |c| {
             let b = kiln_store::get_build(c, id)?;
             Ok(match b {
-                Some(b) => Some((b, kiln_store::jobs_of(c, id)?, kiln_store::artifacts_of(c, id)?)),
+                Some(b) => Some((
+                    b,
+                    kiln_store::jobs_of(c, id)?,
+                    kiln_store::artifacts_of(c, id)?,
+                )),
                 None => None,
             })
         })
@@ -301,7 +308,10 @@ async fn submit(
     for a in &arches {
         check_arch(a).map_err(|e| ApiError::bad(e.to_string()))?;
     }
-    let channel = req.channel.clone().unwrap_or_else(|| target.channel.clone());
+    let channel = req
+        .channel
+        .clone()
+        .unwrap_or_else(|| target.channel.clone());
     check_ident("channel", &channel).map_err(|e| ApiError::bad(e.to_string()))?;
     check_file_name(&req.srpm_name).map_err(|e| ApiError::bad(e.to_string()))?;
     if !req.srpm_name.ends_with(".src.rpm") {
@@ -384,7 +394,11 @@ async fn head_blob(State(core): S, Path(sha): Path<String>) -> ApiResult<Json<Bl
         return Err(ApiError::bad("malformed sha256"));
     }
     let s2 = sha.clone();
-    match core.store.read(move |c| kiln_store::has_blob(c, &s2)).await? {
+    match core
+        .store
+        .read(move |c| kiln_store::has_blob(c, &s2))
+        .await?
+    {
         Some(size) => Ok(Json(BlobInfo {
             sha256: sha,
             size,
@@ -407,7 +421,11 @@ async fn put_blob(
         return Err(ApiError::bad("malformed sha256"));
     }
     let s2 = sha.clone();
-    if let Some(size) = core.store.read(move |c| kiln_store::has_blob(c, &s2)).await? {
+    if let Some(size) = core
+        .store
+        .read(move |c| kiln_store::has_blob(c, &s2))
+        .await?
+    {
         if core.paths.cas(&sha).is_file() {
             return Ok((
                 StatusCode::OK,
@@ -580,9 +598,7 @@ async fn job_log(
                         return;
                     }
                 }
-                Ok(LogEvent::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return
-                }
+                Ok(LogEvent::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     let c = core.clone();
                     let all = tokio::task::spawn_blocking(move || c.logs.read(build, id)).await;
@@ -617,6 +633,40 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(f(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Every durable state change as newline-delimited JSON, live.
+async fn events(State(core): S) -> Response {
+    let mut rx = core.events.subscribe();
+    let stream = async_stream(move |tx| async move {
+        // Tell the client it is subscribed: events after this line are complete.
+        if tx
+            .send(Ok(bytes::Bytes::from_static(b"{\"kind\":\"subscribed\"}\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let line = match rx.recv().await {
+                Ok(e) => serde_json::to_vec(&e).unwrap_or_default(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("{{\"kind\":\"lagged\",\"missed\":{n}}}").into_bytes()
+                }
+                Err(_) => return,
+            };
+            let mut line = line;
+            line.push(b'\n');
+            if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 #[derive(Serialize, Deserialize)]

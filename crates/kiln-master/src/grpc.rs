@@ -41,7 +41,9 @@ impl FarmService {
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         if self.core.revoked.is_revoked(p.serial) {
-            return Err(Status::permission_denied("this worker's certificate is revoked"));
+            return Err(Status::permission_denied(
+                "this worker's certificate is revoked",
+            ));
         }
         Ok(p)
     }
@@ -60,9 +62,9 @@ impl FarmService {
                     arch,
                 })
             }
-            Some((_, cur, _, _, _)) if cur != attempt => Err(Status::failed_precondition(
-                format!("stale attempt: job {job} is at attempt {cur}"),
-            )),
+            Some((_, cur, _, _, _)) if cur != attempt => Err(Status::failed_precondition(format!(
+                "stale attempt: job {job} is at attempt {cur}"
+            ))),
             _ => Err(Status::failed_precondition(format!(
                 "job {job} is not held by worker {}",
                 peer.name
@@ -105,10 +107,14 @@ impl Farm for FarmService {
             check_ident("channel", c).map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         if hello.arches.is_empty() || hello.channels.is_empty() {
-            return Err(Status::invalid_argument("a worker needs arches and channels"));
+            return Err(Status::invalid_argument(
+                "a worker needs arches and channels",
+            ));
         }
         if !(1..=1024).contains(&hello.capacity) {
-            return Err(Status::invalid_argument("capacity must be between 1 and 1024"));
+            return Err(Status::invalid_argument(
+                "capacity must be between 1 and 1024",
+            ));
         }
         let name = peer.name.clone();
         let row = self
@@ -157,10 +163,12 @@ impl Farm for FarmService {
         let (arches, channels, cap) = (hello.arches, hello.channels, hello.capacity);
         {
             let n = name.clone();
-            let _ = self
-                .core
-                .store
-                .write(move |t| kiln_store::worker_seen(t, &n, &arches, &channels, cap));
+            // Queued now; nothing waits on it.
+            std::mem::drop(
+                self.core
+                    .store
+                    .write(move |t| kiln_store::worker_seen(t, &n, &arches, &channels, cap)),
+            );
         }
         tracing::info!("worker {name} connected");
         let core = self.core.clone();
@@ -171,7 +179,7 @@ impl Farm for FarmService {
             if gone {
                 tracing::info!("worker {name} disconnected");
                 let n = name.clone();
-                let _ = core.store.write(move |t| kiln_store::touch_worker(t, &n));
+                std::mem::drop(core.store.write(move |t| kiln_store::touch_worker(t, &n)));
             }
         });
         let out = UnboundedReceiverStream::new(rx).map(Ok);

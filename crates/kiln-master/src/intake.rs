@@ -70,14 +70,20 @@ pub fn verify_and_file(
             ));
         }
         if sha != a.sha256 {
-            return Err(format!("artifact {:?}: sha256 does not match the listing", a.name));
+            return Err(format!(
+                "artifact {:?}: sha256 does not match the listing",
+                a.name
+            ));
         }
         let nevra = match kind {
             ArtifactKind::Rpm | ArtifactKind::Srpm => {
-                let info = inspect_package(&path)
-                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                let info =
+                    inspect_package(&path).map_err(|e| format!("artifact {:?}: {e}", a.name))?;
                 if kind == ArtifactKind::Srpm && info.arch != "src" {
-                    return Err(format!("artifact {:?} is listed as a source rpm but is not one", a.name));
+                    return Err(format!(
+                        "artifact {:?} is listed as a source rpm but is not one",
+                        a.name
+                    ));
                 }
                 if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {
                     return Err(format!(

@@ -55,8 +55,12 @@ pub struct Core {
     pub admin_token: String,
     sched: Mutex<Sched>,
     lease_changed: Notify,
+    /// The lease timer has no deadline and waits to be told of a new lease.
+    lease_idle: std::sync::atomic::AtomicBool,
     /// Build ids that reached a final state.
     pub build_done: broadcast::Sender<i64>,
+    /// Every durable state change, for live views.
+    pub events: broadcast::Sender<sched::Event>,
 }
 
 impl Core {
@@ -69,9 +73,16 @@ impl Core {
     /// Run the effects of a scheduler decision: wait for the writes, send
     /// the messages, close the logs of ended jobs and wake build waiters.
     pub async fn apply(&self, fx: Effects) {
-        self.lease_changed.notify_one();
+        // A new lease never ends before the ones already running, so the
+        // timer only needs a nudge when it has no deadline at all.
+        if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
+            self.lease_changed.notify_one();
+        }
         match fx.finish().await {
-            Ok((done, ended)) => {
+            Ok((done, ended, events)) => {
+                for e in events {
+                    let _ = self.events.send(e);
+                }
                 for (build, job) in ended {
                     self.logs.close(build, job);
                 }
@@ -130,9 +141,10 @@ impl Master {
         let paths = Paths::new(&cfg.data);
         std::fs::create_dir_all(&cfg.data)
             .map_err(io_err(format!("creating {}", cfg.data.display())))?;
-        paths
-            .create_dirs()
-            .map_err(io_err(format!("creating directories in {}", cfg.data.display())))?;
+        paths.create_dirs().map_err(io_err(format!(
+            "creating directories in {}",
+            cfg.data.display()
+        )))?;
         let store = Store::open(&paths.db(), cfg.durability)?;
         let ca = Ca::load_or_create(&paths.ca_dir())?;
         let admin_token = read_or_create_token(&paths.admin_token())?;
@@ -150,6 +162,7 @@ impl Master {
         let n_active = active.len();
         sched.restore(active);
         let (build_done, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(16384);
         let core = Arc::new(Core {
             logs: Logs::new(paths.clone(), cfg.log_cap),
             paths,
@@ -159,7 +172,9 @@ impl Master {
             admin_token,
             sched: Mutex::new(sched),
             lease_changed: Notify::new(),
+            lease_idle: std::sync::atomic::AtomicBool::new(true),
             build_done,
+            events,
             cfg,
         });
         if n_active > 0 {
@@ -179,17 +194,19 @@ impl Master {
 /// Sleeps until the earliest lease deadline (or until leases change), then
 /// re-queues the jobs whose lease lapsed. A timer, not a polling loop.
 async fn lease_task(core: Arc<Core>) {
+    use std::sync::atomic::Ordering;
     loop {
+        // Idle first, then look: a lease added after the look finds the
+        // flag set and wakes us.
+        core.lease_idle.store(true, Ordering::SeqCst);
         let mut fx = Effects::default();
         let next = core.sched().expire_leases(&mut fx);
+        if next.is_some() {
+            core.lease_idle.store(false, Ordering::SeqCst);
+        }
         core.apply(fx).await;
         match next {
-            Some(deadline) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.into()) => {}
-                    _ = core.lease_changed.notified() => {}
-                }
-            }
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
             None => core.lease_changed.notified().await,
         }
     }

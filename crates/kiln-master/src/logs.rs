@@ -15,7 +15,10 @@ use crate::paths::Paths;
 #[derive(Debug, Clone)]
 pub enum LogEvent {
     /// Bytes written at `offset` of the log file.
-    Data { offset: u64, data: Bytes },
+    Data {
+        offset: u64,
+        data: Bytes,
+    },
     End,
 }
 
@@ -154,7 +157,7 @@ fn compress(plain: &std::path::Path, zst: &std::path::Path) -> std::io::Result<(
     {
         let input = std::fs::File::open(plain)?;
         let out = std::fs::File::create(&tmp)?;
-        let mut enc = zstd::stream::Encoder::new(out, 9)?;
+        let mut enc = zstd::stream::Encoder::new(out, 3)?;
         std::io::copy(&mut std::io::BufReader::new(input), &mut enc)?;
         enc.finish()?.sync_all()?;
     }

@@ -29,6 +29,26 @@ pub struct Effects {
     sends: Vec<(mpsc::UnboundedSender<pb::MasterMsg>, pb::MasterMsg)>,
     pub done_builds: Vec<i64>,
     pub ended_jobs: Vec<(i64, i64)>,
+    /// State changes to announce once durable.
+    pub events: Vec<Event>,
+}
+
+/// A state change, as announced on the event stream.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Event {
+    Job {
+        build: i64,
+        job: i64,
+        arch: String,
+        state: JobState,
+        worker: Option<String>,
+        attempt: u32,
+    },
+    Build {
+        build: i64,
+        state: BuildState,
+    },
 }
 
 impl Effects {
@@ -36,19 +56,20 @@ impl Effects {
         &mut self,
         f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) {
-        self.commits.push(Box::pin(async move { f.await.map(|_| ()) }));
+        self.commits
+            .push(Box::pin(async move { f.await.map(|_| ()) }));
     }
 
     /// Wait for the writes; then send the messages. Returns the builds that
     /// reached a final state and the (build, job) pairs that ended.
-    pub async fn finish(self) -> Result<(Vec<i64>, Vec<(i64, i64)>), StoreError> {
+    pub async fn finish(self) -> Result<(Vec<i64>, Vec<(i64, i64)>, Vec<Event>), StoreError> {
         for c in self.commits {
             c.await?;
         }
         for (tx, msg) in self.sends {
             let _ = tx.send(msg);
         }
-        Ok((self.done_builds, self.ended_jobs))
+        Ok((self.done_builds, self.ended_jobs, self.events))
     }
 }
 
@@ -213,6 +234,14 @@ impl Sched {
     }
 
     fn save(&self, fx: &mut Effects, row: &JobRow) {
+        fx.events.push(Event::Job {
+            build: row.build,
+            job: row.id,
+            arch: row.arch.clone(),
+            state: row.state,
+            worker: row.worker.clone(),
+            attempt: row.attempt,
+        });
         let row = row.clone();
         fx.commit(self.store.write(move |t| kiln_store::save_job(t, &row)));
     }
@@ -226,14 +255,20 @@ impl Sched {
         let states: Vec<JobState> = b
             .jobs
             .iter()
-            .map(|id| self.jobs.get(id).map(|j| j.row.state).unwrap_or(JobState::Succeeded))
+            .map(|id| {
+                self.jobs
+                    .get(id)
+                    .map(|j| j.row.state)
+                    .unwrap_or(JobState::Succeeded)
+            })
             .collect();
         let mut new = build_state_from_jobs(&states);
         if b.row.state == BuildState::Canceled {
             new = BuildState::Canceled;
         }
-        let changed = new != b.row.state;
+        let changed = new != b.row.state || (new.is_final() && new == BuildState::Canceled);
         if changed {
+            fx.events.push(Event::Build { build, state: new });
             fx.commit(
                 self.store
                     .write(move |t| kiln_store::set_build_state(t, build, new, None)),
@@ -392,8 +427,7 @@ impl Sched {
                 self.leased.insert(id);
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.lease_until = lease_until;
-                    if j.row.state != JobState::Running || j.row.worker.as_deref() != Some(name)
-                    {
+                    if j.row.state != JobState::Running || j.row.worker.as_deref() != Some(name) {
                         j.row.state = JobState::Running;
                         j.row.worker = Some(name.to_string());
                         if j.row.started_at.is_none() {
@@ -405,7 +439,7 @@ impl Sched {
                     }
                 }
             } else {
-                drop.push(r.clone());
+                drop.push(*r);
             }
         }
         // Jobs we believe this worker has but it does not know: the Assign
@@ -516,9 +550,10 @@ impl Sched {
         message: String,
         artifacts: Vec<ArtifactRow>,
     ) -> Result<(), String> {
-        let newer_here = self.jobs.get(&job).is_some_and(|j| {
-            j.row.attempt != attempt && j.row.worker.as_deref() == Some(name)
-        });
+        let newer_here = self
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.row.attempt != attempt && j.row.worker.as_deref() == Some(name));
         if !newer_here {
             if let Some(w) = self.workers.get_mut(name) {
                 w.running.remove(&job);
@@ -547,6 +582,14 @@ impl Sched {
         j.row.finished_at = Some(now_ms());
         let row = j.row.clone();
         let build = row.build;
+        fx.events.push(Event::Job {
+            build,
+            job,
+            arch: row.arch.clone(),
+            state: row.state,
+            worker: row.worker.clone(),
+            attempt: row.attempt,
+        });
         fx.commit(self.store.write(move |t| {
             for a in &artifacts {
                 kiln_store::add_artifact(t, build, a)?;
@@ -566,7 +609,12 @@ impl Sched {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if let Some(w) = j.row.worker.as_deref().and_then(|w| self.workers.get_mut(w)) {
+        if let Some(w) = j
+            .row
+            .worker
+            .as_deref()
+            .and_then(|w| self.workers.get_mut(w))
+        {
             w.running.remove(&job);
             let _ = w.tx.send(pb::MasterMsg {
                 msg: Some(pb::master_msg::Msg::Cancel(pb::Cancel {
@@ -762,8 +810,14 @@ mod tests {
     #[test]
     fn queue_order_is_priority_then_age() {
         let mut h = BinaryHeap::new();
-        h.push(QEntry { priority: 0, job: 1 });
-        h.push(QEntry { priority: 0, job: 2 });
+        h.push(QEntry {
+            priority: 0,
+            job: 1,
+        });
+        h.push(QEntry {
+            priority: 0,
+            job: 2,
+        });
         h.push(QEntry {
             priority: 100,
             job: 3,

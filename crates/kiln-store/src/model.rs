@@ -214,14 +214,17 @@ pub fn insert_build(c: &Connection, b: &NewBuild) -> Result<(BuildRow, Vec<JobRo
 }
 
 pub fn get_build(c: &Connection, id: i64) -> Result<Option<BuildRow>> {
-    Ok(c.prepare_cached(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"))?
-        .query_row([id], build_row)
-        .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"))?
+            .query_row([id], build_row)
+            .optional()?,
+    )
 }
 
 pub fn list_builds(c: &Connection, limit: u32) -> Result<Vec<BuildRow>> {
-    let mut stmt =
-        c.prepare_cached(&format!("SELECT {BUILD_COLS} FROM builds ORDER BY id DESC LIMIT ?1"))?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {BUILD_COLS} FROM builds ORDER BY id DESC LIMIT ?1"
+    ))?;
     let rows = stmt.query_map([limit], build_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -244,21 +247,25 @@ pub fn active_builds(c: &Connection) -> Result<Vec<(BuildRow, Vec<JobRow>)>> {
 }
 
 pub fn jobs_of(c: &Connection, build: i64) -> Result<Vec<JobRow>> {
-    let mut stmt =
-        c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE build_id = ?1 ORDER BY id"))?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE build_id = ?1 ORDER BY id"
+    ))?;
     let rows = stmt.query_map([build], job_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn get_job(c: &Connection, id: i64) -> Result<Option<JobRow>> {
-    Ok(c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
-        .query_row([id], job_row)
-        .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
+            .query_row([id], job_row)
+            .optional()?,
+    )
 }
 
 pub fn list_jobs(c: &Connection, limit: u32) -> Result<Vec<JobRow>> {
-    let mut stmt =
-        c.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"))?;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"
+    ))?;
     let rows = stmt.query_map([limit], job_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -330,17 +337,17 @@ pub fn artifacts_of(c: &Connection, build: i64) -> Result<Vec<ArtifactRow>> {
 // ---- content-addressed inputs ----
 
 pub fn has_blob(c: &Connection, sha256: &str) -> Result<Option<u64>> {
-    Ok(c.prepare_cached("SELECT size FROM blobs WHERE sha256 = ?1")?
-        .query_row([sha256], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|s| s as u64))
+    Ok(
+        c.prepare_cached("SELECT size FROM blobs WHERE sha256 = ?1")?
+            .query_row([sha256], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64),
+    )
 }
 
 pub fn add_blob(c: &Connection, sha256: &str, size: u64) -> Result<()> {
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![sha256, size as i64, now_ms()])?;
+    c.prepare_cached("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![sha256, size as i64, now_ms()])?;
     Ok(())
 }
 
@@ -381,7 +388,9 @@ pub fn consume_token(c: &Connection, hash: &str) -> Result<String> {
 /// Take the next certificate serial number.
 pub fn next_serial(c: &Connection) -> Result<u64> {
     let cur: Option<String> = c
-        .query_row("SELECT value FROM meta WHERE key = 'serial'", [], |r| r.get(0))
+        .query_row("SELECT value FROM meta WHERE key = 'serial'", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     let next = cur.and_then(|s| s.parse::<u64>().ok()).unwrap_or(1) + 1;
     c.execute(

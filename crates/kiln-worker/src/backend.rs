@@ -229,7 +229,13 @@ impl Backend for Rpmbuild {
                 ),
                 RunEnd::Canceled => (false, "canceled".to_string()),
             };
-            log.write(format!("kiln: {}\n", if success { "build succeeded" } else { &message }).as_bytes());
+            log.write(
+                format!(
+                    "kiln: {}\n",
+                    if success { "build succeeded" } else { &message }
+                )
+                .as_bytes(),
+            );
             Ok(Outcome {
                 success,
                 message,
@@ -373,7 +379,8 @@ mod tests {
         let log = Buf(Mutex::new(Vec::new()));
         let task = async {
             // Wait for the grandchild to exist, then cancel.
-            while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+            while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty()
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tx.send(true).unwrap();
@@ -383,7 +390,11 @@ mod tests {
             task
         );
         assert!(matches!(end.unwrap(), RunEnd::Canceled));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The grandchild is gone (or a zombie reaped by init).
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
             && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -282,7 +282,11 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let (job, attempt) = (a.job_id, a.attempt);
-        let dir = shared.cfg.work.join("jobs").join(format!("{job}-{attempt}"));
+        let dir = shared
+            .cfg
+            .work
+            .join("jobs")
+            .join(format!("{job}-{attempt}"));
         job_task(&shared, a, &dir, cancel_rx).await;
         let still_ours = shared
             .jobs()
@@ -360,7 +364,10 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
         match uploaded {
             Ok(()) => {}
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                tracing::info!("job {job}: the master no longer wants this result: {}", s.message());
+                tracing::info!(
+                    "job {job}: the master no longer wants this result: {}",
+                    s.message()
+                );
                 return;
             }
             Err(s) => {
@@ -461,7 +468,11 @@ async fn build(
     // goes back too when the backend did not write one.
     let mut entries = Vec::new();
     let mut paths: Vec<PathBuf> = outcome.packages.clone();
-    if outcome.success && !paths.iter().any(|p| p.to_string_lossy().ends_with(".src.rpm")) {
+    if outcome.success
+        && !paths
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".src.rpm"))
+    {
         kiln_core::names::check_file_name(&a.srpm_name)
             .map_err(|e| WorkerError::Other(e.to_string()))?;
         let copy = dir.join(&a.srpm_name);
@@ -607,7 +618,9 @@ async fn fetch_input(
                 return Err(WorkerError::Other(s.message().to_string()))
             }
             Err(s) => {
-                log.write(format!("kiln: download interrupted ({}), resuming\n", s.message()).as_bytes());
+                log.write(
+                    format!("kiln: download interrupted ({}), resuming\n", s.message()).as_bytes(),
+                );
                 wait_new_session(shared, gen).await;
             }
         }

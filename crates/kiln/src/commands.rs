@@ -67,8 +67,7 @@ pub struct SubmitArgs {
 
 fn hash_file(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;
@@ -102,7 +101,7 @@ async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> any
             if show {
                 eprint!(
                     "\ruploading {:>3}% ({sent}/{size} bytes)",
-                    if size == 0 { 100 } else { sent * 100 / size }
+                    (sent * 100).checked_div(size).unwrap_or(100)
                 );
             }
         }
@@ -142,7 +141,9 @@ fn tokio_util_stream(
 pub async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let (mut build, sent) = submit_with(&c, &a).await?;
-    let id = build["id"].as_i64().context("the master's answer has no build id")?;
+    let id = build["id"]
+        .as_i64()
+        .context("the master's answer has no build id")?;
     if !a.json {
         let arches: Vec<&str> = build["jobs"]
             .as_array()
@@ -154,7 +155,11 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
             build["evr"].as_str().unwrap_or("?"),
             arches.join(", "),
             build["target"].as_str().unwrap_or("?"),
-            if sent == 0 { ", SRPM already on the master" } else { "" }
+            if sent == 0 {
+                ", SRPM already on the master"
+            } else {
+                ""
+            }
         );
         if let Some(ex) = build["excluded_arches"].as_array() {
             for e in ex {
@@ -387,7 +392,10 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
 pub async fn cancel(id: i64) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Value = c
-        .post(&format!("/api/v1/builds/{id}/cancel"), &serde_json::json!({}))
+        .post(
+            &format!("/api/v1/builds/{id}/cancel"),
+            &serde_json::json!({}),
+        )
         .await?;
     println!("build {id} {}", s(&v["state"]));
     Ok(0)

@@ -1,5 +1,6 @@
 //! `kiln`: the one binary. Master, worker and CLI.
 
+mod bench;
 mod client;
 mod commands;
 mod settings;
@@ -9,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Kiln: a build farm for Linux distributions")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a build farm for Linux distributions"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -37,11 +42,11 @@ enum Cmd {
     /// Print a job's build log.
     Logs(commands::LogsArgs),
     /// Cancel a queued or running build.
-    Cancel {
-        id: i64,
-    },
+    Cancel { id: i64 },
     /// List workers.
     Workers(commands::JsonArg),
+    /// Measure the scheduling spine (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -148,6 +153,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             up::up(a).await
         }
         Cmd::Submit(a) => commands::submit(a).await,
+        Cmd::Bench(a) => bench::bench(a).await,
         Cmd::Builds(a) => commands::builds(a).await,
         Cmd::Build {
             cmd: BuildCmd::Show { id, json },

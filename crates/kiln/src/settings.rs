@@ -132,10 +132,7 @@ pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
         "listening api=http://{} worker=https://{}",
         m.api_addr, m.worker_addr
     );
-    tracing::info!(
-        "admin token in {}",
-        m.core.paths.admin_token().display()
-    );
+    tracing::info!("admin token in {}", m.core.paths.admin_token().display());
     wait_for_signal().await?;
     tracing::info!("stopping");
     m.core.store.close();

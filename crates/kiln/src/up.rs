@@ -54,7 +54,7 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
-fn make_srpms(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn make_srpms(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let top = dir.join("rpmbuild");
     let mut out = Vec::new();
     for (name, files) in EXAMPLES {
@@ -104,7 +104,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
     let m = settings::start_master(cfg).await?;
     let api = format!("http://{}", m.api_addr);
     let worker_url = format!("https://{}", m.worker_addr);
-    println!("master: api {api}, workers {worker_url}, data {}", a.data.display());
+    println!(
+        "master: api {api}, workers {worker_url}, data {}",
+        a.data.display()
+    );
     let c = Client::new(&api, Some(m.core.admin_token.clone()))?;
 
     let wdir = a.data.join("local-worker");
