@@ -69,7 +69,14 @@ fn random_bytes_are_not_an_srpm() {
         &file,
         &[],
         &[
-            "rpm", "lead", "magic", "header", "package", "invalid", "malformed", "corrupt",
+            "rpm",
+            "lead",
+            "magic",
+            "header",
+            "package",
+            "invalid",
+            "malformed",
+            "corrupt",
             "not a",
         ],
     );
@@ -113,7 +120,12 @@ fn a_truncated_srpm_is_refused() {
 fn an_unknown_target_is_refused() {
     let m = Master::start();
     let srpm = Pkg::noarch("bi-target").build_srpm(&m.scratch);
-    assert_refused(&m, &srpm, &["--target", "nosuch-target"], &["nosuch-target"]);
+    assert_refused(
+        &m,
+        &srpm,
+        &["--target", "nosuch-target"],
+        &["nosuch-target"],
+    );
     assert_eq!(m.builds().len(), 0);
     assert_still_accepts(&m);
 }
@@ -134,7 +146,10 @@ fn an_oversized_upload_is_refused() {
     let m = Master::start_with(MasterOpts::default().arg("--max-upload", "1000"));
     let srpm = Pkg::noarch("bi-big").build_srpm(&m.scratch);
     let size = fs::metadata(&srpm).unwrap().len();
-    assert!(size > 1000, "the test SRPM should exceed the limit ({size})");
+    assert!(
+        size > 1000,
+        "the test SRPM should exceed the limit ({size})"
+    );
     assert_refused(
         &m,
         &srpm,

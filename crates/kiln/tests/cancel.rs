@@ -51,9 +51,11 @@ fn cancel_a_running_build_kills_it_and_frees_the_slot() {
     let job = m.wait_job_running(id);
     let job_id = ju64(&job, "id");
     assert_eq!(job_worker(&job).as_deref(), Some("w1"));
-    wait_until("the build's `sleep 67` to start", Duration::from_secs(30), || {
-        (!pids_with_argv(&["sleep", "67"]).is_empty()).then_some(())
-    });
+    wait_until(
+        "the build's `sleep 67` to start",
+        Duration::from_secs(30),
+        || (!pids_with_argv(&["sleep", "67"]).is_empty()).then_some(()),
+    );
 
     let t0 = Instant::now();
     m.cancel(id).assert_ok();
@@ -93,9 +95,13 @@ fn cancel_a_running_build_kills_it_and_frees_the_slot() {
         "the slot was not freed by the cancel (took {:?})",
         t0.elapsed()
     );
-    wait_until("w1 to report no running job", Duration::from_secs(10), || {
-        let w = m.worker_info("w1").expect("w1 in kiln workers");
-        (running_count(&w) == 0).then_some(())
-    });
+    wait_until(
+        "w1 to report no running job",
+        Duration::from_secs(10),
+        || {
+            let w = m.worker_info("w1").expect("w1 in kiln workers");
+            (running_count(&w) == 0).then_some(())
+        },
+    );
     assert_eq!(jstr(&m.build(id), "state"), "canceled");
 }

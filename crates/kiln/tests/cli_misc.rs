@@ -14,7 +14,9 @@ fn sigterm_drains_the_worker() {
     let m = Master::start();
     let mut w = m.start_worker("dr", "x86_64,noarch", "default", 1);
 
-    let s = Pkg::noarch("cm-drain-running").sleep(5).build_srpm(&m.scratch);
+    let s = Pkg::noarch("cm-drain-running")
+        .sleep(5)
+        .build_srpm(&m.scratch);
     let t = Pkg::noarch("cm-drain-later").build_srpm(&m.scratch);
     let sid = build_id(&m.submit(&s, &[]));
     let job = m.wait_job_running(sid);
@@ -24,9 +26,12 @@ fn sigterm_drains_the_worker() {
     // Submitted after the SIGTERM: a draining worker takes nothing new.
     let tid = build_id(&m.submit(&t, &[]));
 
-    let status = w
-        .wait_exit(BUILD_TIMEOUT)
-        .unwrap_or_else(|| panic!("the worker did not exit after SIGTERM:\n{}", w.diagnostics()));
+    let status = w.wait_exit(BUILD_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "the worker did not exit after SIGTERM:\n{}",
+            w.diagnostics()
+        )
+    });
     assert_eq!(
         status.code(),
         Some(0),
@@ -47,12 +52,14 @@ fn sigterm_drains_the_worker() {
     assert_eq!(jstr(&j, "state"), "pending", "{b}");
     assert!(job_worker(&j).is_none(), "{b}");
 
-    wait_until("dr to be listed as disconnected", Duration::from_secs(15), || {
-        match m.worker_info("dr") {
+    wait_until(
+        "dr to be listed as disconnected",
+        Duration::from_secs(15),
+        || match m.worker_info("dr") {
             None => Some(()),
             Some(i) => (i.get("connected") == Some(&Value::Bool(false))).then_some(()),
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -81,6 +88,12 @@ fn logs_follow_prints_live_and_ends_with_the_job() {
         follow.diagnostics()
     );
     let t_begin = Instant::now();
+    let b = m.build(id);
+    assert_eq!(
+        jstr(&only_job(&b), "state"),
+        "running",
+        "the first output of `kiln logs --follow` came only after the job ended: not live: {b}"
+    );
     // Still following while the build sleeps.
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -89,9 +102,12 @@ fn logs_follow_prints_live_and_ends_with_the_job() {
         follow.diagnostics()
     );
 
-    let status = follow
-        .wait_exit(BUILD_TIMEOUT)
-        .unwrap_or_else(|| panic!("`kiln logs --follow` did not end:\n{}", follow.diagnostics()));
+    let status = follow.wait_exit(BUILD_TIMEOUT).unwrap_or_else(|| {
+        panic!(
+            "`kiln logs --follow` did not end:\n{}",
+            follow.diagnostics()
+        )
+    });
     let t_exit = Instant::now();
     assert!(
         status.success(),

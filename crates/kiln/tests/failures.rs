@@ -37,7 +37,11 @@ fn worker_killed_mid_build_job_finishes_on_the_other() {
     let j = only_job(&b);
     assert_eq!(jstr(&j, "state"), "succeeded", "{b}");
     assert_eq!(job_worker(&j).as_deref(), Some(survivor), "{b}");
-    assert_eq!(ju64(&j, "attempt"), 2, "the job should be on its 2nd attempt: {b}");
+    assert_eq!(
+        ju64(&j, "attempt"),
+        2,
+        "the job should be on its 2nd attempt: {b}"
+    );
     let arts = check_artifacts_on_disk(&m, &b);
     assert_eq!(artifacts_of_kind(&b, "rpm").len(), 1, "{arts:?}");
     // One job, not one per attempt.
@@ -92,10 +96,7 @@ fn master_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
         assert_eq!(artifacts_of_kind(&b, "srpm").len(), 1, "{b}");
         let dir = incoming_dir(&m, id, "noarch");
         let names = dir_names(&dir);
-        let binaries = names
-            .iter()
-            .filter(|n| n.ends_with(".noarch.rpm"))
-            .count();
+        let binaries = names.iter().filter(|n| n.ends_with(".noarch.rpm")).count();
         assert_eq!(binaries, 1, "binary rpms in {}: {names:?}", dir.display());
     }
     // Nothing doubled: one job per build.
@@ -118,12 +119,14 @@ fn a_revoked_worker_is_cut_off_for_good() {
     assert_eq!(job_worker(&only_job(&b)).as_deref(), Some("r1"));
 
     m.cli(&["worker", "revoke", "r1"]).assert_ok();
-    wait_until("r1 to be disconnected", Duration::from_secs(15), || {
-        match m.worker_info("r1") {
+    wait_until(
+        "r1 to be disconnected",
+        Duration::from_secs(15),
+        || match m.worker_info("r1") {
             None => Some(()),
             Some(w) => (w.get("connected") == Some(&Value::Bool(false))).then_some(()),
-        }
-    });
+        },
+    );
 
     // A build for its channel and arch is not run by it: only r1 serves
     // them, so it waits.
@@ -135,7 +138,11 @@ fn a_revoked_worker_is_cut_off_for_good() {
     let j = only_job(&b);
     assert_eq!(jstr(&j, "state"), "pending", "{b}");
     assert!(job_worker(&j).is_none(), "{b}");
-    assert_eq!(r.connected_count(), 1, "the revoked worker got a new session");
+    assert_eq!(
+        r.connected_count(),
+        1,
+        "the revoked worker got a new session"
+    );
 
     // For good: the same worker started again does not get in.
     r.restart();
@@ -202,8 +209,12 @@ fn a_certificate_from_another_ca_is_refused() {
     w.opts.master = None;
     w.restart();
     w.wait_connected(1);
-    wait_until("m2 to list stranger as connected", Duration::from_secs(10), || {
-        m2.worker_info("stranger")
-            .filter(|i| i.get("connected") == Some(&Value::Bool(true)))
-    });
+    wait_until(
+        "m2 to list stranger as connected",
+        Duration::from_secs(10),
+        || {
+            m2.worker_info("stranger")
+                .filter(|i| i.get("connected") == Some(&Value::Bool(true)))
+        },
+    );
 }

@@ -60,7 +60,10 @@ fn a_job_nobody_can_take_waits_and_says_why() {
     assert!(job_worker(&j).is_none(), "{b}");
     assert_eq!(jstr(&b, "state"), "queued", "{b}");
     let why = jstr(&j, "waiting");
-    assert!(why.contains("aarch64"), "`waiting` should name aarch64: {why:?}");
+    assert!(
+        why.contains("aarch64"),
+        "`waiting` should name aarch64: {why:?}"
+    );
 
     // No worker builds x86_64 on channel `heavy` (b is noarch only).
     let b2 = m.submit(&c, &["--arch", "x86_64", "--channel", "heavy"]);
@@ -140,8 +143,14 @@ fn worker_capacity_is_never_exceeded() {
     }
     let a = max_overlap(&per_worker["a"]);
     let b = max_overlap(&per_worker["b"]);
-    assert!(a <= 2, "worker a (capacity 2) ran {a} jobs at once: {per_worker:?}");
-    assert!(b <= 1, "worker b (capacity 1) ran {b} jobs at once: {per_worker:?}");
+    assert!(
+        a <= 2,
+        "worker a (capacity 2) ran {a} jobs at once: {per_worker:?}"
+    );
+    assert!(
+        b <= 1,
+        "worker b (capacity 1) ran {b} jobs at once: {per_worker:?}"
+    );
     // a's two slots were both used: five 2-second builds were queued at once.
     assert_eq!(a, 2, "worker a never used its 2 slots: {per_worker:?}");
 }
@@ -156,9 +165,7 @@ fn now_jumps_the_queue_then_oldest_first() {
     let z = Pkg::noarch("rt-prio-z").build_srpm(&m.scratch);
 
     // Hold b's only slot.
-    let hold = Pkg::noarch("rt-prio-hold")
-        .sleep(6)
-        .build_srpm(&m.scratch);
+    let hold = Pkg::noarch("rt-prio-hold").sleep(6).build_srpm(&m.scratch);
     let s = build_id(&m.submit(&hold, &["--channel", "heavy"]));
     let running = m.wait_job_running(s);
     assert_eq!(job_worker(&running).as_deref(), Some("b"));

@@ -738,7 +738,10 @@ impl Pkg {
     pub fn spec_text(&self) -> String {
         let n = &self.name;
         let mut s = String::new();
-        s += &format!("Name: {n}\nVersion: {}\nRelease: {}\n", self.version, self.release);
+        s += &format!(
+            "Name: {n}\nVersion: {}\nRelease: {}\n",
+            self.version, self.release
+        );
         s += &format!("Summary: Kiln integration test package {n}\nLicense: MIT\n");
         if let PkgKind::C = self.kind {
             s += &format!("Source0: {n}-{}.tar.gz\n", self.version);
@@ -836,7 +839,11 @@ impl Pkg {
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -1030,7 +1037,10 @@ impl Master {
         let api = api.unwrap_or_else(|| panic!("no api= in `{line}`"));
         let worker = worker.unwrap_or_else(|| panic!("no worker= in `{line}`"));
         assert!(api.starts_with("http://127.0.0.1:"), "api url: {line}");
-        assert!(worker.starts_with("https://127.0.0.1:"), "worker url: {line}");
+        assert!(
+            worker.starts_with("https://127.0.0.1:"),
+            "worker url: {line}"
+        );
         let port = |u: &str| -> u16 {
             u.trim_end_matches('/')
                 .rsplit(':')
@@ -1088,7 +1098,10 @@ impl Master {
         let (old_api, old_worker) = (self.api_url.clone(), self.worker_url.clone());
         self.launch(&api, &worker, 10);
         assert_eq!(self.api_url, old_api, "the master moved its API port");
-        assert_eq!(self.worker_url, old_worker, "the master moved its worker port");
+        assert_eq!(
+            self.worker_url, old_worker,
+            "the master moved its worker port"
+        );
     }
 
     pub fn stderr_text(&self) -> String {
@@ -1243,7 +1256,11 @@ impl Master {
     /// Waits for a build to succeed (panics if it ends otherwise).
     pub fn wait_build_succeeded(&self, id: u64) -> Value {
         let b = self.wait_build_done(id, BUILD_TIMEOUT);
-        assert_eq!(jstr(&b, "state"), "succeeded", "build {id} did not succeed: {b}");
+        assert_eq!(
+            jstr(&b, "state"),
+            "succeeded",
+            "build {id} did not succeed: {b}"
+        );
         b
     }
 
@@ -1267,9 +1284,7 @@ impl Master {
 
     /// `kiln token create --worker NAME`: the one-time token.
     pub fn create_worker_token(&self, name: &str) -> String {
-        let out = self
-            .cli(&["token", "create", "--worker", name])
-            .assert_ok();
+        let out = self.cli(&["token", "create", "--worker", name]).assert_ok();
         let t = out.stdout.trim().to_string();
         assert!(
             !t.is_empty() && !t.contains(char::is_whitespace),
@@ -1393,10 +1408,7 @@ impl Worker {
             cmd.arg("--master").arg(m);
         }
         cmd.env("HOME", &self.home).env_remove("XDG_CONFIG_HOME");
-        let err = self
-            .tmp
-            .path()
-            .join(format!("worker-{}.stderr", self.runs));
+        let err = self.tmp.path().join(format!("worker-{}.stderr", self.runs));
         self.proc = Some(Proc::spawn(
             cmd,
             &err,
@@ -1420,8 +1432,7 @@ impl Worker {
     /// Waits until it printed `connected` at least `n` times (this run).
     pub fn wait_connected(&self, n: usize) {
         let p = self.proc_ref();
-        if p
-            .wait_line(|l| l.starts_with("connected"), n, CONNECT_TIMEOUT)
+        if p.wait_line(|l| l.starts_with("connected"), n, CONNECT_TIMEOUT)
             .is_none()
         {
             panic!(
@@ -1454,7 +1465,10 @@ impl Worker {
     }
 
     pub fn stderr_text(&self) -> String {
-        self.proc.as_ref().map(Proc::stderr_text).unwrap_or_default()
+        self.proc
+            .as_ref()
+            .map(Proc::stderr_text)
+            .unwrap_or_default()
     }
 
     pub fn diagnostics(&self) -> String {
@@ -1471,10 +1485,7 @@ impl Worker {
 
 /// The directory a job's artifacts are filed in.
 pub fn incoming_dir(m: &Master, build: u64, arch: &str) -> PathBuf {
-    m.data
-        .join("incoming")
-        .join(build.to_string())
-        .join(arch)
+    m.data.join("incoming").join(build.to_string()).join(arch)
 }
 
 /// Checks every artifact of a finished single-job build against the files in
@@ -1503,10 +1514,7 @@ pub fn check_artifacts_on_disk(m: &Master, b: &Value) -> Vec<Value> {
                 "artifact {name} of build {id} is not at {}: {e} (dir has {:?})",
                 path.display(),
                 fs::read_dir(&dir)
-                    .map(|rd| rd
-                        .flatten()
-                        .map(|e| e.file_name())
-                        .collect::<Vec<_>>())
+                    .map(|rd| rd.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
                     .unwrap_or_default()
             )
         });
