@@ -118,6 +118,17 @@ pub fn inspect_package(path: &Path) -> Result<PackageInfo, PackageError> {
     read(path).map(|(_, info)| info)
 }
 
+/// Do two package files hold the same package (the same main header, so
+/// the same payload digest), whatever their signatures?
+pub fn same_package(a: &Path, b: &Path) -> Result<bool, PackageError> {
+    let header = |p: &Path| -> Result<Vec<u8>, PackageError> {
+        let (meta, _) = read(p)?;
+        meta.header_bytes()
+            .map_err(|e| PackageError::Parse(e.to_string()))
+    };
+    Ok(header(a)? == header(b)?)
+}
+
 /// Which arches a build of this source package gets, and which requested
 /// arches its header rules out (with why).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -132,6 +132,13 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/workers/{name}/revoke", post(revoke_worker))
         .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/targets/{target}/repo", get(repo_file))
+        .route("/api/v1/targets/{target}/packages", get(repo_packages))
+        .route("/api/v1/targets/{target}/regen", post(repo_regen))
+        .nest_service(
+            "/repos",
+            tower_http::services::ServeDir::new(core.paths.repos()),
+        )
         .with_state(core)
 }
 
@@ -341,6 +348,11 @@ async fn submit(
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let plan = plan_arches(&info, &arches).map_err(|e| ApiError::bad(e.to_string()))?;
+    let skip = if req.scratch {
+        None
+    } else {
+        version_gate(&core, &target.name, &info, req.ci).await?
+    };
     let nb = NewBuild {
         target: target.name.clone(),
         package: info.name.clone(),
@@ -365,6 +377,19 @@ async fn submit(
             .collect(),
         arches: plan.build.clone(),
     };
+    if let Some(reason) = skip {
+        let b = core
+            .store
+            .write(move |t| kiln_store::insert_skipped(t, &nb, &reason))
+            .await?;
+        tracing::info!("build {} of {} skipped", b.id, info.nevra());
+        let _ = core.events.send(crate::sched::Event::Build {
+            build: b.id,
+            state: kiln_core::state::BuildState::Skipped,
+        });
+        let _ = core.build_done.send(b.id);
+        return Ok((StatusCode::CREATED, Json(build_view(&core, b.id).await?)));
+    }
     // Durable before acknowledged: the build is committed before we answer.
     let (build, jobs) = core
         .store
@@ -380,6 +405,108 @@ async fn submit(
     core.apply(fx).await;
     tracing::info!("build {id} of {} accepted", info.nevra());
     Ok((StatusCode::CREATED, Json(build_view(&core, id).await?)))
+}
+
+/// The seed's rule: a release build must be newer than the newest
+/// succeeded build of the package in the target; a CI build may be equal.
+/// Returns why the build is skipped, if it is.
+async fn version_gate(
+    core: &Core,
+    target: &str,
+    info: &kiln_core::srpm::PackageInfo,
+    ci: bool,
+) -> ApiResult<Option<String>> {
+    use kiln_core::srpm::compare_evr;
+    use std::cmp::Ordering;
+    let (t, p) = (target.to_string(), info.name.clone());
+    let evrs = core
+        .store
+        .read(move |c| kiln_store::succeeded_evrs(c, &t, &p))
+        .await?;
+    let Some(newest) = evrs.into_iter().max_by(|a, b| compare_evr(a, b)) else {
+        return Ok(None);
+    };
+    let evr = info.evr();
+    Ok(match compare_evr(&evr, &newest) {
+        Ordering::Less => Some(format!(
+            "{} {evr} is older than {newest}, the newest build in target {target}",
+            info.name
+        )),
+        Ordering::Equal if !ci => Some(format!(
+            "{} {evr} equals the newest build in target {target} ({newest}); only a CI build (--ci) rebuilds an equal version",
+            info.name
+        )),
+        _ => None,
+    })
+}
+
+fn target_of<'a>(core: &'a Core, name: &str) -> ApiResult<&'a crate::Target> {
+    core.cfg
+        .target(name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown target {name:?}")))
+}
+
+/// A `.repo` file for a target, pointing at this master as the client
+/// reached it.
+async fn repo_file(
+    State(core): S,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> ApiResult<Response> {
+    let t = target_of(&core, &target)?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| core.cfg.api_listen.to_string());
+    let base = format!("http://{host}/repos/{}", t.name);
+    let signed = t.sign_key.is_some();
+    let gpg = if signed {
+        format!(
+            "gpgcheck=1\nrepo_gpgcheck=1\ngpgkey={base}/RPM-GPG-KEY-kiln-{}\n",
+            t.name
+        )
+    } else {
+        "gpgcheck=0\nrepo_gpgcheck=0\n".to_string()
+    };
+    let text = format!(
+        "[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}metadata_expire=60\n\n\
+         [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}metadata_expire=60\n",
+        n = t.name
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn repo_packages(
+    State(core): S,
+    Path(target): Path<String>,
+) -> ApiResult<Json<Vec<kiln_store::RepoPackage>>> {
+    let t = target_of(&core, &target)?.name.clone();
+    let rows = core
+        .store
+        .read(move |c| kiln_store::repo_packages(c, &t))
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| r.retired_gen.is_none())
+            .collect(),
+    ))
+}
+
+async fn repo_regen(
+    State(core): S,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    auth(&core, &headers)?;
+    let t = target_of(&core, &target)?.name.clone();
+    core.repo
+        .request_regen(&t)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "target": t, "regen": "queued" })),
+    ))
 }
 
 #[derive(Serialize)]
@@ -641,7 +768,9 @@ async fn events(State(core): S) -> Response {
     let stream = async_stream(move |tx| async move {
         // Tell the client it is subscribed: events after this line are complete.
         if tx
-            .send(Ok(bytes::Bytes::from_static(b"{\"kind\":\"subscribed\"}\n")))
+            .send(Ok(bytes::Bytes::from_static(
+                b"{\"kind\":\"subscribed\"}\n",
+            )))
             .await
             .is_err()
         {

@@ -19,6 +19,21 @@ pub struct Target {
     pub arches: Vec<String>,
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// Versions of each package kept in the repositories.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+    /// Armored OpenPGP secret key (no passphrase, mode 0600): packages and
+    /// repomd.xml are signed with it.
+    #[serde(default)]
+    pub sign_key: Option<PathBuf>,
+    /// Every published package is also copied to `<tosign_dir>/<target>/`
+    /// for an outside signer.
+    #[serde(default)]
+    pub tosign_dir: Option<PathBuf>,
+}
+
+fn default_keep() -> u32 {
+    1
 }
 
 fn default_arches() -> Vec<String> {
@@ -57,6 +72,8 @@ pub struct MasterConfig {
     /// Validity of worker certificates, in days.
     pub cert_days: u32,
     pub durability: Durability,
+    /// The createrepo_c program.
+    pub createrepo: PathBuf,
 }
 
 impl Default for MasterConfig {
@@ -76,6 +93,7 @@ impl Default for MasterConfig {
             token_ttl_secs: 24 * 3600,
             cert_days: 365,
             durability: Durability::Full,
+            createrepo: PathBuf::from("createrepo_c"),
         }
     }
 }
@@ -99,6 +117,9 @@ impl MasterConfig {
                 disttag: String::new(),
                 arches: default_arches(),
                 channel: default_channel(),
+                keep: default_keep(),
+                sign_key: None,
+                tosign_dir: None,
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -122,6 +143,9 @@ impl MasterConfig {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+'))
             {
                 return Err(bad(format!("disttag {:?} has a bad character", t.disttag)));
+            }
+            if t.keep == 0 {
+                return Err(bad("keep must be at least 1".into()));
             }
             if !seen.insert(t.name.clone()) {
                 return Err(ConfigError::DuplicateTarget(t.name.clone()));

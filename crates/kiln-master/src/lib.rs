@@ -37,6 +37,8 @@ pub enum MasterError {
     Pki(#[from] kiln_core::pki::PkiError),
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Repo(#[from] kiln_repo::RepoError),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -61,6 +63,7 @@ pub struct Core {
     pub build_done: broadcast::Sender<i64>,
     /// Every durable state change, for live views.
     pub events: broadcast::Sender<sched::Event>,
+    pub repo: Arc<kiln_repo::RepoBuilder>,
 }
 
 impl Core {
@@ -80,6 +83,11 @@ impl Core {
         }
         match fx.finish().await {
             Ok((done, ended, events)) => {
+                if !done.is_empty() {
+                    // Succeeded builds were queued for publication in the
+                    // same commit.
+                    self.repo.kick();
+                }
                 for e in events {
                     let _ = self.events.send(e);
                 }
@@ -162,7 +170,42 @@ impl Master {
         let n_active = active.len();
         sched.restore(active);
         let (build_done, _) = broadcast::channel(4096);
-        let (events, _) = broadcast::channel(16384);
+        let (events, _) = broadcast::channel::<sched::Event>(16384);
+        let mut repo_targets = Vec::new();
+        for t in &cfg.targets {
+            let signer = match &t.sign_key {
+                Some(key) => Some(kiln_repo::Signer::setup(
+                    key,
+                    &paths.gnupg(&t.name),
+                    &paths.pubkey(&t.name),
+                )?),
+                None => None,
+            };
+            repo_targets.push(kiln_repo::TargetRepo {
+                name: t.name.clone(),
+                arches: t.arches.clone(),
+                keep: t.keep,
+                signer,
+                tosign_dir: t.tosign_dir.clone(),
+            });
+        }
+        let ev = events.clone();
+        let repo = kiln_repo::RepoBuilder::new(
+            store.clone(),
+            paths.repo_layout(),
+            cfg.createrepo.clone(),
+            repo_targets,
+            Arc::new(move |build, state| {
+                let _ = ev.send(sched::Event::Publish {
+                    build,
+                    state: state.to_string(),
+                });
+            }),
+        );
+        for t in repo.unpublished_targets() {
+            repo.request_regen(&t)?;
+        }
+        tokio::spawn(repo.clone().run());
         let core = Arc::new(Core {
             logs: Logs::new(paths.clone(), cfg.log_cap),
             paths,
@@ -175,6 +218,7 @@ impl Master {
             lease_idle: std::sync::atomic::AtomicBool::new(true),
             build_done,
             events,
+            repo,
             cfg,
         });
         if n_active > 0 {

@@ -54,8 +54,28 @@ impl Paths {
             .join(format!("{job}.log.zst"))
     }
 
+    pub fn repos(&self) -> PathBuf {
+        self.root.join("repos")
+    }
+    pub fn gnupg(&self, target: &str) -> PathBuf {
+        self.root.join("gnupg").join(target)
+    }
+    pub fn pubkey(&self, target: &str) -> PathBuf {
+        self.repos()
+            .join(target)
+            .join(format!("RPM-GPG-KEY-kiln-{target}"))
+    }
+    pub fn repo_layout(&self) -> kiln_repo::Layout {
+        kiln_repo::Layout {
+            repos: self.repos(),
+            incoming: self.root.join("incoming"),
+            work: self.root.join("repowork"),
+            cache: self.root.join("repocache"),
+        }
+    }
+
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for d in ["cas", "uploads", "incoming", "logs", "tmp"] {
+        for d in ["cas", "uploads", "incoming", "logs", "tmp", "repos"] {
             std::fs::create_dir_all(self.root.join(d))?;
         }
         Ok(())

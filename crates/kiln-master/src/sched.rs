@@ -49,6 +49,11 @@ pub enum Event {
         build: i64,
         state: BuildState,
     },
+    /// A build's publication to its target's repositories.
+    Publish {
+        build: i64,
+        state: String,
+    },
 }
 
 impl Effects {

@@ -40,6 +40,9 @@ pub struct BuildRow {
     pub excluded_arches: Vec<Excluded>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Publication to the target's repository: pending, published, failed.
+    pub publish: Option<String>,
+    pub publish_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +110,8 @@ fn list(s: String) -> Vec<String> {
 }
 
 const BUILD_COLS: &str = "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
-     disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at";
+     disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at, publish, \
+     publish_error";
 
 fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
     let excluded: String = r.get(14)?;
@@ -129,6 +133,8 @@ fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
         excluded_arches: serde_json::from_str(&excluded).unwrap_or_default(),
         created_at: r.get(15)?,
         finished_at: r.get(16)?,
+        publish: r.get(17)?,
+        publish_error: r.get(18)?,
     })
 }
 
@@ -299,10 +305,139 @@ pub fn set_build_state(
     reason: Option<&str>,
 ) -> Result<()> {
     let finished = state.is_final().then(now_ms);
+    // A succeeded build that is not scratch is queued for publication in
+    // the same commit.
     c.prepare_cached(
-        "UPDATE builds SET state = ?2, reason = COALESCE(?3, reason), finished_at = ?4 WHERE id = ?1",
+        "UPDATE builds SET state = ?2, reason = COALESCE(?3, reason), finished_at = ?4, \
+         publish = CASE WHEN ?2 = 'succeeded' AND scratch = 0 THEN 'pending' ELSE publish END \
+         WHERE id = ?1",
     )?
     .execute(params![id, state.as_str(), reason, finished])?;
+    Ok(())
+}
+
+/// Insert a build that the version gate skipped: no jobs, final at once.
+pub fn insert_skipped(c: &Connection, b: &NewBuild, reason: &str) -> Result<BuildRow> {
+    let mut nb = b.clone();
+    nb.arches.clear();
+    let (row, _) = insert_build(c, &nb)?;
+    set_build_state(c, row.id, BuildState::Skipped, Some(reason))?;
+    get_build(c, row.id)?.ok_or_else(|| StoreError::NotFound(format!("build {}", row.id)))
+}
+
+/// EVRs of the succeeded, non-scratch builds of a package in a target.
+pub fn succeeded_evrs(c: &Connection, target: &str, package: &str) -> Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT evr FROM builds WHERE target = ?1 AND package = ?2 AND state = 'succeeded' AND scratch = 0",
+    )?;
+    let rows = stmt.query_map(params![target, package], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Builds waiting for publication (or whose publication failed and is to
+/// be retried), oldest first: (build, target).
+pub fn pending_publications(c: &Connection, retry_failed: bool) -> Result<Vec<(i64, String)>> {
+    let sql = if retry_failed {
+        "SELECT id, target FROM builds WHERE publish IN ('pending', 'failed') ORDER BY id"
+    } else {
+        "SELECT id, target FROM builds WHERE publish = 'pending' ORDER BY id"
+    };
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn set_publish(c: &Connection, build: i64, state: &str, error: Option<&str>) -> Result<()> {
+    c.prepare_cached("UPDATE builds SET publish = ?2, publish_error = ?3 WHERE id = ?1")?
+        .execute(params![build, state, error])?;
+    Ok(())
+}
+
+/// A package file in a published repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoPackage {
+    pub target: String,
+    pub repo: String,
+    pub file: String,
+    pub name: String,
+    pub epoch: u32,
+    pub version: String,
+    pub release: String,
+    pub arch: String,
+    pub build: i64,
+    /// The generation whose metadata dropped it; None while it is live.
+    pub retired_gen: Option<i64>,
+}
+
+fn repo_pkg_row(r: &Row<'_>) -> rusqlite::Result<RepoPackage> {
+    Ok(RepoPackage {
+        target: r.get(0)?,
+        repo: r.get(1)?,
+        file: r.get(2)?,
+        name: r.get(3)?,
+        epoch: r.get::<_, i64>(4)? as u32,
+        version: r.get(5)?,
+        release: r.get(6)?,
+        arch: r.get(7)?,
+        build: r.get(8)?,
+        retired_gen: r.get(9)?,
+    })
+}
+
+/// Every row of a target's repositories (live and retired).
+pub fn repo_packages(c: &Connection, target: &str) -> Result<Vec<RepoPackage>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT target, repo, file, name, epoch, version, release, arch, build_id, retired_gen \
+         FROM repo_packages WHERE target = ?1 ORDER BY repo, name, file",
+    )?;
+    let rows = stmt.query_map([target], repo_pkg_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn put_repo_package(c: &Connection, p: &RepoPackage) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO repo_packages (target, repo, file, name, epoch, version, release, arch, build_id, retired_gen) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (target, repo, file) DO UPDATE SET name = excluded.name, epoch = excluded.epoch, \
+         version = excluded.version, release = excluded.release, arch = excluded.arch, \
+         build_id = excluded.build_id, retired_gen = excluded.retired_gen",
+    )?
+    .execute(params![
+        p.target,
+        p.repo,
+        p.file,
+        p.name,
+        p.epoch as i64,
+        p.version,
+        p.release,
+        p.arch,
+        p.build,
+        p.retired_gen
+    ])?;
+    Ok(())
+}
+
+pub fn delete_repo_package(c: &Connection, target: &str, repo: &str, file: &str) -> Result<()> {
+    c.prepare_cached("DELETE FROM repo_packages WHERE target = ?1 AND repo = ?2 AND file = ?3")?
+        .execute(params![target, repo, file])?;
+    Ok(())
+}
+
+pub fn repo_gen(c: &Connection, target: &str, repo: &str) -> Result<i64> {
+    Ok(
+        c.prepare_cached("SELECT gen FROM repo_gens WHERE target = ?1 AND repo = ?2")?
+            .query_row(params![target, repo], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0),
+    )
+}
+
+pub fn set_repo_gen(c: &Connection, target: &str, repo: &str, gen: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO repo_gens (target, repo, gen) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (target, repo) DO UPDATE SET gen = excluded.gen",
+    )?
+    .execute(params![target, repo, gen])?;
     Ok(())
 }
 

@@ -84,6 +84,32 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: the repository builder
+    r#"
+    ALTER TABLE builds ADD COLUMN publish TEXT;
+    ALTER TABLE builds ADD COLUMN publish_error TEXT;
+    CREATE INDEX builds_publish ON builds(publish);
+    CREATE INDEX builds_gate ON builds(target, package, state);
+    CREATE TABLE repo_packages (
+        target      TEXT NOT NULL,
+        repo        TEXT NOT NULL,
+        file        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        version     TEXT NOT NULL,
+        release     TEXT NOT NULL,
+        arch        TEXT NOT NULL,
+        build_id    INTEGER NOT NULL,
+        retired_gen INTEGER,
+        PRIMARY KEY (target, repo, file)
+    );
+    CREATE TABLE repo_gens (
+        target TEXT NOT NULL,
+        repo   TEXT NOT NULL,
+        gen    INTEGER NOT NULL,
+        PRIMARY KEY (target, repo)
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

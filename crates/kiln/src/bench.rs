@@ -59,7 +59,13 @@ impl Drop for Master {
 fn start_master(data: &Path, durability: &str) -> anyhow::Result<Master> {
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let mut child = std::process::Command::new(exe)
-        .args(["master", "--api-listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0"])
+        .args([
+            "master",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data")
         .arg(data)
         .args(["--durability", durability])
@@ -156,7 +162,9 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
                 if v["kind"] == "subscribed" {
                     let _ = ready_tx.send(true);
                 }
@@ -374,8 +382,16 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
         rss_loaded as f64 / 1024.0
     );
     if a.memory_workers > a.workers {
-        spawn_workers(&c, &master, &wbase, a.workers, a.memory_workers, a.slots, &stop_rx)
-            .await?;
+        spawn_workers(
+            &c,
+            &master,
+            &wbase,
+            a.workers,
+            a.memory_workers,
+            a.slots,
+            &stop_rx,
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = rss_kib(pid)?;
         println!(

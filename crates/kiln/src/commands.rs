@@ -469,3 +469,83 @@ pub async fn revoke(name: &str) -> anyhow::Result<i32> {
     println!("worker {name} revoked");
     Ok(0)
 }
+
+/// `rpmdev-vercmp`'s convention: print the relation, exit 0 when equal, 11
+/// when A is newer, 12 when B is newer.
+pub fn vercmp(a: &str, b: &str) -> i32 {
+    use std::cmp::Ordering;
+    match kiln_core::srpm::compare_evr(a, b) {
+        Ordering::Equal => {
+            println!("{a} == {b}");
+            0
+        }
+        Ordering::Greater => {
+            println!("{a} > {b}");
+            11
+        }
+        Ordering::Less => {
+            println!("{a} < {b}");
+            12
+        }
+    }
+}
+
+fn check_target(target: &str) -> anyhow::Result<()> {
+    kiln_core::names::check_ident("target", target)?;
+    Ok(())
+}
+
+pub async fn repo_file(target: &str) -> anyhow::Result<i32> {
+    check_target(target)?;
+    let c = Client::from_env()?;
+    let r = c
+        .send(c.http.get(c.url(&format!("/api/v1/targets/{target}/repo"))))
+        .await?;
+    print!("{}", r.text().await.context("reading the .repo file")?);
+    Ok(0)
+}
+
+pub async fn repo_ls(target: &str, json: bool) -> anyhow::Result<i32> {
+    check_target(target)?;
+    let c = Client::from_env()?;
+    let v: Vec<Value> = c.get(&format!("/api/v1/targets/{target}/packages")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("{:<10} {:<50} {:>7}", "REPO", "PACKAGE", "BUILD");
+    for p in &v {
+        let epoch = p["epoch"].as_u64().unwrap_or(0);
+        println!(
+            "{:<10} {:<50} {:>7}",
+            s(&p["repo"]),
+            format!(
+                "{}-{}{}-{}.{}",
+                s(&p["name"]),
+                if epoch > 0 {
+                    format!("{epoch}:")
+                } else {
+                    String::new()
+                },
+                s(&p["version"]),
+                s(&p["release"]),
+                s(&p["arch"])
+            ),
+            s(&p["build"])
+        );
+    }
+    Ok(0)
+}
+
+pub async fn repo_regen(target: &str) -> anyhow::Result<i32> {
+    check_target(target)?;
+    let c = Client::from_env()?;
+    let _: Value = c
+        .post(
+            &format!("/api/v1/targets/{target}/regen"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!("regeneration of {target} queued");
+    Ok(0)
+}

@@ -45,6 +45,14 @@ enum Cmd {
     Cancel { id: i64 },
     /// List workers.
     Workers(commands::JsonArg),
+    /// Published repositories.
+    Repo {
+        #[command(subcommand)]
+        cmd: RepoCmd,
+    },
+    /// Compare two [epoch:]version-release strings as rpm does
+    /// (exit 0: equal, 11: A newer, 12: B newer).
+    Vercmp { a: String, b: String },
     /// Measure the scheduling spine (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Enrollment tokens.
@@ -62,6 +70,20 @@ enum BuildCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum RepoCmd {
+    /// Print a .repo file for a target.
+    File { target: String },
+    /// List the packages published in a target.
+    Ls {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Regenerate a target's repositories now.
+    Regen { target: String },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +176,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Submit(a) => commands::submit(a).await,
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::Vercmp { a, b } => Ok(commands::vercmp(&a, &b)),
+        Cmd::Repo { cmd } => match cmd {
+            RepoCmd::File { target } => commands::repo_file(&target).await,
+            RepoCmd::Ls { target, json } => commands::repo_ls(&target, json).await,
+            RepoCmd::Regen { target } => commands::repo_regen(&target).await,
+        },
         Cmd::Builds(a) => commands::builds(a).await,
         Cmd::Build {
             cmd: BuildCmd::Show { id, json },
