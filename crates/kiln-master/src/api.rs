@@ -397,14 +397,27 @@ async fn submit(
         .await?;
     let id = build.id;
     let mut fx = Effects::default();
-    {
+    let view = {
         let mut s = core.sched();
-        s.add_build(build, jobs);
+        s.add_build(build.clone(), jobs.clone());
         s.dispatch_jobs(&mut fx, &channel, &plan.build);
-    }
+        // The answer shows the build as committed; a dispatch in progress
+        // shows in the next look.
+        BuildView {
+            build,
+            jobs: jobs
+                .into_iter()
+                .map(|j| JobView {
+                    waiting: s.waiting_reason(j.id),
+                    job: j,
+                })
+                .collect(),
+            artifacts: vec![],
+        }
+    };
     core.apply(fx).await;
-    tracing::info!("build {id} of {} accepted", info.nevra());
-    Ok((StatusCode::CREATED, Json(build_view(&core, id).await?)))
+    tracing::debug!("build {id} of {} accepted", info.nevra());
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// The seed's rule: a release build must be newer than the newest
@@ -419,11 +432,11 @@ async fn version_gate(
     use kiln_core::srpm::compare_evr;
     use std::cmp::Ordering;
     let (t, p) = (target.to_string(), info.name.clone());
-    let evrs = core
+    let Some(newest) = core
         .store
-        .read(move |c| kiln_store::succeeded_evrs(c, &t, &p))
-        .await?;
-    let Some(newest) = evrs.into_iter().max_by(|a, b| compare_evr(a, b)) else {
+        .read(move |c| kiln_store::newest_evr(c, &t, &p))
+        .await?
+    else {
         return Ok(None);
     };
     let evr = info.evr();

@@ -309,7 +309,7 @@ impl Farm for FarmService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             chunk = stream.message().await?;
         }
-        f.sync_all()
+        f.flush()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         drop(f);
@@ -409,13 +409,8 @@ async fn session_loop(
                         .flatten()
                 };
                 if let Some(build) = build {
-                    match zstd::bulk::decompress(&l.zdata, 8 << 20) {
-                        Ok(text) => {
-                            if let Err(e) = core.logs.append(build, job, &text) {
-                                tracing::warn!("log of job {job}: {e}");
-                            }
-                        }
-                        Err(e) => tracing::warn!("bad log chunk from {name}: {e}"),
+                    if let Err(e) = core.logs.append_frame(build, job, &l.zdata) {
+                        tracing::warn!("log of job {job} from {name}: {e}");
                     }
                 }
             }

@@ -63,6 +63,10 @@ pub fn verify_and_file(
             .ok_or_else(|| format!("artifact {:?} is listed but was never uploaded", a.name))?;
         let (sha, size) =
             sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?;
+        // Durable before the result is committed.
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
         if size != a.size {
             return Err(format!(
                 "artifact {:?}: listed size {} but {size} bytes arrived",

@@ -1,9 +1,12 @@
-//! Build logs: appended while the job runs (with a cap and a marker where
-//! it was cut), followed live, and compressed with zstd when the job ends.
+//! Build logs. Workers send zstd frames; the master appends them as they
+//! come to `logs/<build>/<job>.log.zst` (a concatenation of frames is a
+//! valid zstd stream), so a log is stored compressed from its first byte
+//! and needs no pass at the end. A cap per job keeps a runaway log from
+//! filling the disk: past it one marker frame is written and the rest is
+//! dropped while the build goes on. Followers get the text live.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -11,10 +14,16 @@ use tokio::sync::broadcast;
 
 use crate::paths::Paths;
 
+thread_local! {
+    /// One decompression context per thread, reused for every frame.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
 /// One event on a job's live log.
 #[derive(Debug, Clone)]
 pub enum LogEvent {
-    /// Bytes written at `offset` of the log file.
+    /// Text at `offset` of the (uncompressed) log.
     Data {
         offset: u64,
         data: Bytes,
@@ -24,6 +33,7 @@ pub enum LogEvent {
 
 struct Open {
     file: std::fs::File,
+    /// Uncompressed bytes so far.
     written: u64,
     capped: bool,
     tx: broadcast::Sender<LogEvent>,
@@ -55,7 +65,7 @@ impl Logs {
             .lock()
             .map_err(|_| std::io::Error::other("log table poisoned"))?;
         if let std::collections::hash_map::Entry::Vacant(e) = map.entry(job) {
-            let path = self.paths.log(build, job);
+            let path = self.paths.log_zst(build, job);
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
             }
@@ -63,7 +73,12 @@ impl Logs {
                 .create(true)
                 .append(true)
                 .open(&path)?;
-            let written = file.metadata()?.len();
+            // After a master restart the log goes on where it was.
+            let written = if file.metadata()?.len() > 0 {
+                decode_file(&path)?.len() as u64
+            } else {
+                0
+            };
             let (tx, _) = broadcast::channel(1024);
             e.insert(Open {
                 file,
@@ -78,31 +93,44 @@ impl Logs {
         Ok(f(open))
     }
 
-    /// Append text to a job's log, honouring the cap.
-    pub fn append(&self, build: i64, job: i64, data: &[u8]) -> std::io::Result<()> {
+    /// Append one zstd frame from a worker. Returns an error for a frame
+    /// that does not decode (nothing is written then).
+    pub fn append_frame(&self, build: i64, job: i64, frame: &[u8]) -> std::io::Result<()> {
+        let text = DECOMPRESSOR.with(|d| match d.borrow_mut().as_mut() {
+            Some(d) => d.decompress(frame, 8 << 20),
+            None => zstd::bulk::decompress(frame, 8 << 20),
+        })?;
         let cap = self.cap;
         self.with_open(build, job, |o| -> std::io::Result<()> {
             if o.capped {
                 return Ok(());
             }
             let room = cap.saturating_sub(o.written) as usize;
-            let mut chunk = data[..data.len().min(room)].to_vec();
-            if data.len() > room {
-                chunk.extend_from_slice(
+            let (frame, text): (Vec<u8>, Vec<u8>) = if text.len() <= room {
+                (frame.to_vec(), text)
+            } else {
+                let mut t = text[..room].to_vec();
+                t.extend_from_slice(
                     format!("\n[kiln: log cut here: it reached the cap of {cap} bytes; the build goes on]\n")
                         .as_bytes(),
                 );
                 o.capped = true;
-            }
-            o.file.write_all(&chunk)?;
+                (zstd::bulk::compress(&t, 3)?, t)
+            };
+            o.file.write_all(&frame)?;
             let offset = o.written;
-            o.written += chunk.len() as u64;
+            o.written += text.len() as u64;
             let _ = o.tx.send(LogEvent::Data {
                 offset,
-                data: Bytes::from(chunk),
+                data: Bytes::from(text),
             });
             Ok(())
         })?
+    }
+
+    /// Append text (compressed here).
+    pub fn append(&self, build: i64, job: i64, text: &[u8]) -> std::io::Result<()> {
+        self.append_frame(build, job, &zstd::bulk::compress(text, 3)?)
     }
 
     /// Subscribe to a running job's log; None once the job's log is closed.
@@ -116,53 +144,40 @@ impl Logs {
         self.with_open(build, job, |_| ())
     }
 
-    /// The job ended: tell followers, then compress the log.
-    pub fn close(&self, build: i64, job: i64) {
+    /// The job ended: tell followers and close the file.
+    pub fn close(&self, _build: i64, job: i64) {
         let removed = self.open.lock().ok().and_then(|mut m| m.remove(&job));
         if let Some(o) = removed {
             let _ = o.tx.send(LogEvent::End);
         }
-        let (plain, zst) = (self.paths.log(build, job), self.paths.log_zst(build, job));
-        if plain.exists() {
-            if let Err(e) = compress(&plain, &zst) {
-                tracing::warn!("cannot compress log {}: {e}", plain.display());
-            }
-        }
     }
 
-    /// The whole log as text, compressed or not.
+    /// The whole log as text.
     pub fn read(&self, build: i64, job: i64) -> std::io::Result<Vec<u8>> {
-        let plain = self.paths.log(build, job);
-        match std::fs::read(&plain) {
-            Ok(v) => Ok(v),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let zst = self.paths.log_zst(build, job);
-                match std::fs::File::open(&zst) {
-                    Ok(f) => zstd::stream::decode_all(f),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let path = self.paths.log_zst(build, job);
+        match decode_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            r => r,
         }
-    }
-
-    pub fn path(&self, build: i64, job: i64) -> PathBuf {
-        self.paths.log(build, job)
     }
 }
 
-fn compress(plain: &std::path::Path, zst: &std::path::Path) -> std::io::Result<()> {
-    let tmp = zst.with_extension("zst.tmp");
-    {
-        let input = std::fs::File::open(plain)?;
-        let out = std::fs::File::create(&tmp)?;
-        let mut enc = zstd::stream::Encoder::new(out, 3)?;
-        std::io::copy(&mut std::io::BufReader::new(input), &mut enc)?;
-        enc.finish()?.sync_all()?;
+/// Decode a stream of zstd frames; a frame cut short by a crash ends the
+/// text instead of failing the whole read.
+fn decode_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)?;
+    let mut dec = zstd::stream::read::Decoder::new(std::io::BufReader::new(f))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
     }
-    std::fs::rename(&tmp, zst)?;
-    std::fs::remove_file(plain)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -170,7 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cap_cuts_with_marker_and_compresses() {
+    fn cap_cuts_with_marker_and_stays_compressed() {
         let dir = tempfile::tempdir().unwrap();
         let logs = Logs::new(Paths::new(dir.path()), 20);
         logs.append(1, 2, b"0123456789").unwrap();
@@ -180,6 +195,23 @@ mod tests {
         let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
         assert!(text.starts_with("01234567890123456789\n[kiln: log cut here"));
         assert!(!text.contains("more"));
-        assert!(Paths::new(dir.path()).log_zst(1, 2).exists());
+        let raw = std::fs::read(Paths::new(dir.path()).log_zst(1, 2)).unwrap();
+        assert_eq!(&raw[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+        assert!(logs.append_frame(1, 3, b"not zstd").is_err());
+    }
+
+    #[test]
+    fn truncated_tail_is_tolerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let logs = Logs::new(paths.clone(), 1 << 20);
+        logs.append(1, 2, b"first line\n").unwrap();
+        logs.append(1, 2, b"second line\n").unwrap();
+        logs.close(1, 2);
+        let p = paths.log_zst(1, 2);
+        let raw = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &raw[..raw.len() - 3]).unwrap();
+        let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
+        assert!(text.starts_with("first line\n"), "{text:?}");
     }
 }

@@ -41,12 +41,6 @@ impl Paths {
             .join(build.to_string())
             .join(arch)
     }
-    pub fn log(&self, build: i64, job: i64) -> PathBuf {
-        self.root
-            .join("logs")
-            .join(build.to_string())
-            .join(format!("{job}.log"))
-    }
     pub fn log_zst(&self, build: i64, job: i64) -> PathBuf {
         self.root
             .join("logs")

@@ -313,6 +313,25 @@ pub fn set_build_state(
          WHERE id = ?1",
     )?
     .execute(params![id, state.as_str(), reason, finished])?;
+    if state == BuildState::Succeeded {
+        let row: Option<(String, String, String, bool)> = c
+            .prepare_cached("SELECT target, package, evr, scratch FROM builds WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        if let Some((target, package, evr, false)) = row {
+            let newer = match newest_evr(c, &target, &package)? {
+                Some(cur) => kiln_core::srpm::compare_evr(&evr, &cur).is_gt(),
+                None => true,
+            };
+            if newer {
+                c.prepare_cached(
+                    "INSERT INTO newest (target, package, evr) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (target, package) DO UPDATE SET evr = excluded.evr",
+                )?
+                .execute(params![target, package, evr])?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -325,13 +344,14 @@ pub fn insert_skipped(c: &Connection, b: &NewBuild, reason: &str) -> Result<Buil
     get_build(c, row.id)?.ok_or_else(|| StoreError::NotFound(format!("build {}", row.id)))
 }
 
-/// EVRs of the succeeded, non-scratch builds of a package in a target.
-pub fn succeeded_evrs(c: &Connection, target: &str, package: &str) -> Result<Vec<String>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT evr FROM builds WHERE target = ?1 AND package = ?2 AND state = 'succeeded' AND scratch = 0",
-    )?;
-    let rows = stmt.query_map(params![target, package], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+/// The EVR of the newest (by rpm's ordering) succeeded, non-scratch build
+/// of a package in a target: the version gate's reference.
+pub fn newest_evr(c: &Connection, target: &str, package: &str) -> Result<Option<String>> {
+    Ok(
+        c.prepare_cached("SELECT evr FROM newest WHERE target = ?1 AND package = ?2")?
+            .query_row(params![target, package], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 /// Builds waiting for publication (or whose publication failed and is to

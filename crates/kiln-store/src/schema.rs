@@ -89,7 +89,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN publish TEXT;
     ALTER TABLE builds ADD COLUMN publish_error TEXT;
     CREATE INDEX builds_publish ON builds(publish);
-    CREATE INDEX builds_gate ON builds(target, package, state);
+    CREATE TABLE newest (
+        target  TEXT NOT NULL,
+        package TEXT NOT NULL,
+        evr     TEXT NOT NULL,
+        PRIMARY KEY (target, package)
+    );
     CREATE TABLE repo_packages (
         target      TEXT NOT NULL,
         repo        TEXT NOT NULL,

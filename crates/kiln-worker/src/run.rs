@@ -300,6 +300,12 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
     });
 }
 
+thread_local! {
+    /// One compression context per thread, reused for every log chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(3).ok());
+}
+
 /// Streams a job's log to its build.log file and, compressed, to the master.
 struct JobLog {
     shared: Arc<Shared>,
@@ -315,7 +321,11 @@ impl LogSink for JobLog {
                 let _ = f.write_all(data);
             }
         }
-        if let Ok(z) = zstd::bulk::compress(data, 3) {
+        let z = COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
+            Some(c) => c.compress(data),
+            None => zstd::bulk::compress(data, 3),
+        });
+        if let Ok(z) = z {
             self.shared.send(Out::Log(pb::LogChunk {
                 job_id: self.job,
                 attempt: self.attempt,
@@ -354,13 +364,15 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
         },
     };
     // Report until the master acknowledges (across reconnects).
+    let mut fresh = true;
     loop {
         let (gen, mut client) = wait_client(shared).await;
         let uploaded = if finished.artifacts.is_empty() {
             Ok(())
         } else {
-            upload_all(&mut client, dir, job, attempt, &finished.artifacts).await
+            upload_all(&mut client, dir, job, attempt, &finished.artifacts, fresh).await
         };
+        fresh = false;
         match uploaded {
             Ok(()) => {}
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -644,6 +656,7 @@ async fn upload_all(
     job: u64,
     attempt: u32,
     artifacts: &[pb::Artifact],
+    fresh: bool,
 ) -> Result<(), tonic::Status> {
     for a in artifacts {
         let key = pb::UploadKey {
@@ -653,7 +666,16 @@ async fn upload_all(
             size: a.size,
             sha256: a.sha256.clone(),
         };
-        let st = client.upload_status(key.clone()).await?.into_inner();
+        // First try: send it whole, no status round trip. After a failure
+        // (or on a resend after a reconnect), ask what the master has.
+        let st = if fresh {
+            pb::UploadState {
+                have: 0,
+                complete: false,
+            }
+        } else {
+            client.upload_status(key.clone()).await?.into_inner()
+        };
         if st.complete {
             continue;
         }

@@ -199,6 +199,7 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
 async fn submit(c: &Client, sha: &str, channel: &str) -> anyhow::Result<i64> {
     let body = serde_json::json!({
         "srpm_sha256": sha, "srpm_name": "hello-kiln-1.0-1.src.rpm", "channel": channel,
+        "scratch": true,
     });
     let v: Value = c.post("/api/v1/builds", &body).await?;
     v["jobs"][0]["id"].as_i64().context("no job id")
@@ -318,7 +319,7 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
         channel: Some("warmup".into()),
         now: false,
         priority: None,
-        scratch: false,
+        scratch: true,
         ci: false,
         wait: false,
         json: false,
