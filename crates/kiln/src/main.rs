@@ -1,6 +1,7 @@
 //! `kiln`: the one binary. Master, worker and CLI.
 
 mod bench;
+mod bench_repo;
 mod client;
 mod commands;
 mod settings;
@@ -55,6 +56,8 @@ enum Cmd {
     Vercmp { a: String, b: String },
     /// Measure the scheduling spine (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Measure the repository builder (see BENCHMARKS.md).
+    BenchRepo(bench_repo::BenchRepoArgs),
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -176,6 +179,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Submit(a) => commands::submit(a).await,
         Cmd::Bench(a) => bench::bench(a).await,
+        Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
         Cmd::Vercmp { a, b } => Ok(commands::vercmp(&a, &b)),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,
