@@ -459,6 +459,11 @@ impl Sched {
             })
             .map(|(id, _)| *id)
             .collect();
+        // Before the new session is registered: any Cancel goes to the old
+        // one, and the new session starts with its Welcome.
+        for id in lost {
+            self.requeue(fx, id, "the worker reconnected without it");
+        }
         self.workers.insert(
             name.to_string(),
             WorkerLive {
@@ -473,9 +478,6 @@ impl Sched {
                 tx,
             },
         );
-        for id in lost {
-            self.requeue(fx, id, "the worker reconnected without it");
-        }
         (conn, drop)
     }
 

@@ -2,7 +2,7 @@
 //! runs jobs through a backend and sends the results back.
 
 pub mod backend;
-mod conn;
+pub mod conn;
 pub mod enroll;
 mod run;
 

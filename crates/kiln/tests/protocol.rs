@@ -1,0 +1,310 @@
+//! The worker protocol driven by hand, as a worker that misbehaves or gets
+//! cut off would: resumable uploads, names from a listing, stale attempts.
+//! A real `kiln master` process, a real mTLS session, a real SRPM.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use kiln_proto as pb;
+use pb::farm_client::FarmClient;
+use pb::master_msg::Msg as In;
+use pb::worker_msg::Msg as Out;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+struct Session {
+    client: FarmClient<Channel>,
+    tx: mpsc::Sender<pb::WorkerMsg>,
+    inbound: tonic::Streaming<pb::MasterMsg>,
+}
+
+async fn connect(m: &Master, e: &Enrolled, channel: &str, running: Vec<pb::RunningJob>) -> Session {
+    let read = |f: &str| std::fs::read_to_string(e.dir.join(f)).expect(f);
+    let cfg = kiln_core::pki::worker_client_config(
+        &read("ca.crt"),
+        &read("worker.crt"),
+        &read("worker.key"),
+    )
+    .expect("client config");
+    let ch = kiln_worker::conn::channel("127.0.0.1", m.worker_port, Arc::new(cfg))
+        .await
+        .expect("mTLS channel");
+    let mut client = FarmClient::new(ch);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(pb::WorkerMsg {
+        msg: Some(Out::Hello(pb::Hello {
+            name: e.name.clone(),
+            arches: vec!["noarch".into()],
+            channels: vec![channel.into()],
+            capacity: 1,
+            version: "test".into(),
+            running,
+            backend: "hand".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    match inbound
+        .message()
+        .await
+        .expect("welcome")
+        .and_then(|m| m.msg)
+    {
+        Some(In::Welcome(_)) => {}
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    Session {
+        client,
+        tx,
+        inbound,
+    }
+}
+
+async fn next_assign(s: &mut Session) -> pb::Assign {
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), s.inbound.message())
+            .await
+            .expect("an assignment in time")
+            .expect("stream")
+            .expect("message");
+        if let Some(In::Assign(a)) = m.msg {
+            return a;
+        }
+    }
+}
+
+async fn next_ack(s: &mut Session) -> pb::FinishAck {
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(30), s.inbound.message())
+            .await
+            .expect("an ack in time")
+            .expect("stream")
+            .expect("message");
+        if let Some(In::FinishAck(a)) = m.msg {
+            return a;
+        }
+    }
+}
+
+fn key(a: &pb::Assign, name: &str, data: &[u8]) -> pb::UploadKey {
+    pb::UploadKey {
+        job_id: a.job_id,
+        attempt: a.attempt,
+        name: name.into(),
+        size: data.len() as u64,
+        sha256: sha256_hex(data),
+    }
+}
+
+async fn upload(
+    c: &mut FarmClient<Channel>,
+    key: pb::UploadKey,
+    offset: u64,
+    data: &[u8],
+) -> Result<pb::UploadState, tonic::Status> {
+    let chunks: Vec<pb::UploadChunk> = data
+        .chunks(64 * 1024)
+        .enumerate()
+        .map(|(i, d)| pb::UploadChunk {
+            key: (i == 0).then(|| key.clone()),
+            offset: if i == 0 { offset } else { 0 },
+            data: d.to_vec(),
+        })
+        .collect();
+    c.upload(tokio_stream::iter(chunks))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn submit(m: &Master, srpm: &std::path::Path, channel: &str) -> u64 {
+    let out = m
+        .cli(&[
+            "submit",
+            srpm.to_str().unwrap(),
+            "--channel",
+            channel,
+            "--json",
+        ])
+        .assert_ok();
+    build_id(&out.json())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
+    require_build_tools();
+    let m = Master::start();
+    let e = m.enroll("hand1");
+    let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
+    let build = submit(&m, &srpm, "hand");
+    runtime().block_on(async {
+        let mut s = connect(&m, &e, "hand", vec![]).await;
+        let a = next_assign(&mut s).await;
+        assert_eq!(a.build_id, build);
+
+        // Half an artifact, then the stream ends: the master keeps the half.
+        let data = random_bytes(300 * 1024);
+        let k = key(&a, "big.log", &data);
+        let st = upload(&mut s.client, k.clone(), 0, &data[..100 * 1024])
+            .await
+            .unwrap();
+        assert_eq!((st.have, st.complete), (100 * 1024, false));
+        let st = s
+            .client
+            .upload_status(k.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (st.have, st.complete),
+            (100 * 1024, false),
+            "status after the break"
+        );
+        // Resuming past what the master has is refused with where to resume.
+        let err = upload(&mut s.client, k.clone(), 200 * 1024, &data[200 * 1024..])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("102400"), "{}", err.message());
+        // The rest, from where it stopped: complete and checked.
+        let st = upload(&mut s.client, k.clone(), 100 * 1024, &data[100 * 1024..])
+            .await
+            .unwrap();
+        assert_eq!((st.have, st.complete), (300 * 1024, true));
+        let st = s
+            .client
+            .upload_status(k.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(st.complete);
+
+        // A wrong sha256 is refused and nothing is kept.
+        let mut bad = key(&a, "bad.log", b"hello");
+        bad.sha256 = sha256_hex(b"something else");
+        let err = upload(&mut s.client, bad.clone(), 0, b"hello")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+        let st = s.client.upload_status(bad).await.unwrap().into_inner();
+        assert_eq!((st.have, st.complete), (0, false));
+
+        // Names with a slash, "..", or a control character never touch a path.
+        for name in ["../escape.log", "a/b.log", "x\n.log", "..", ".hidden"] {
+            let err = upload(&mut s.client, key(&a, name, b"x"), 0, b"x")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{name:?}: {err:?}"
+            );
+            let err = s
+                .client
+                .upload_status(key(&a, name, b"x"))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{name:?}: {err:?}"
+            );
+        }
+        let outside: Vec<_> = files_under(m.data.parent().unwrap())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("escape"))
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+
+        // A listing that names a file with a path is refused: the job fails
+        // with a clear message and nothing is filed.
+        let finished = pb::Finished {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            success: true,
+            message: String::new(),
+            artifacts: vec![pb::Artifact {
+                name: "../../escape.rpm".into(),
+                kind: "rpm".into(),
+                size: 1,
+                sha256: sha256_hex(b"x"),
+                nevra: String::new(),
+            }],
+        };
+        s.tx.send(pb::WorkerMsg {
+            msg: Some(Out::Finished(finished)),
+        })
+        .await
+        .unwrap();
+        let ack = next_ack(&mut s).await;
+        assert!(ack.accepted, "the failure is recorded: {ack:?}");
+    });
+    let b = m.wait_build_done(build, std::time::Duration::from_secs(30));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let job = only_job(&b);
+    let msg = jstr(&job, "message");
+    assert!(msg.contains("artifact name refused"), "{msg}");
+    assert!(jarr(&b, "artifacts").is_empty(), "{b}");
+    assert!(!incoming_dir(&m, build, "noarch").join("big.log").exists());
+}
+
+#[test]
+fn a_late_result_from_an_old_attempt_is_refused() {
+    require_build_tools();
+    let m = Master::start();
+    let e = m.enroll("hand2");
+    let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
+    let build = submit(&m, &srpm, "hand2");
+    runtime().block_on(async {
+        let mut s = connect(&m, &e, "hand2", vec![]).await;
+        let first = next_assign(&mut s).await;
+        assert_eq!(first.attempt, 1);
+        drop(s);
+        // Back without the job: the master re-queues it as attempt 2 and,
+        // this being the only worker of the channel, hands it back.
+        let mut s = connect(&m, &e, "hand2", vec![]).await;
+        let second = next_assign(&mut s).await;
+        assert_eq!((second.job_id, second.attempt), (first.job_id, 2));
+        // Uploads of the old attempt are refused…
+        let err = upload(&mut s.client, key(&first, "old.log", b"x"), 0, b"x")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("stale"), "{}", err.message());
+        // …and so is its result.
+        let late = pb::Finished {
+            job_id: first.job_id,
+            attempt: 1,
+            success: true,
+            message: String::new(),
+            artifacts: vec![],
+        };
+        s.tx.send(pb::WorkerMsg {
+            msg: Some(Out::Finished(late)),
+        })
+        .await
+        .unwrap();
+        let ack = next_ack(&mut s).await;
+        assert!(!ack.accepted, "{ack:?}");
+        assert!(ack.message.contains("stale"), "{}", ack.message);
+    });
+    let b = m.build(build);
+    let job = only_job(&b);
+    assert_eq!(ju64(&job, "attempt"), 2, "{b}");
+    assert_ne!(jstr(&b, "state"), "succeeded", "{b}");
+}
