@@ -330,23 +330,40 @@ async fn submit(
     if !is_sha256(&req.srpm_sha256) {
         return Err(ApiError::bad("malformed sha256"));
     }
-    let sha = req.srpm_sha256.clone();
-    let size = core
-        .store
-        .read(move |c| kiln_store::has_blob(c, &sha))
-        .await?;
-    let path = core.paths.cas(&req.srpm_sha256);
-    let Some(size) = size.filter(|_| path.is_file()) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "blob_missing",
-            "the master does not have this SRPM yet: upload it first",
-        ));
+    let cached = core
+        .srpm_cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&req.srpm_sha256).cloned());
+    let (size, info) = match cached {
+        Some(hit) => hit,
+        None => {
+            let sha = req.srpm_sha256.clone();
+            let size = core
+                .store
+                .read(move |c| kiln_store::has_blob(c, &sha))
+                .await?;
+            let path = core.paths.cas(&req.srpm_sha256);
+            let Some(size) = size.filter(|_| path.is_file()) else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "blob_missing",
+                    "the master does not have this SRPM yet: upload it first",
+                ));
+            };
+            let info = tokio::task::spawn_blocking(move || inspect_srpm(&path))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            if let Ok(mut c) = core.srpm_cache.lock() {
+                if c.len() >= 4096 {
+                    c.clear();
+                }
+                c.insert(req.srpm_sha256.clone(), (size, info.clone()));
+            }
+            (size, info)
+        }
     };
-    let info = tokio::task::spawn_blocking(move || inspect_srpm(&path))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::bad(e.to_string()))?;
     let plan = plan_arches(&info, &arches).map_err(|e| ApiError::bad(e.to_string()))?;
     let skip = if req.scratch {
         None

@@ -64,6 +64,12 @@ pub struct Core {
     /// Every durable state change, for live views.
     pub events: broadcast::Sender<sched::Event>,
     pub repo: Arc<kiln_repo::RepoBuilder>,
+    /// Headers of SRPMs in the content-addressed store (immutable content,
+    /// so a submit of a known SRPM reads nothing from disk).
+    pub srpm_cache: Mutex<std::collections::HashMap<String, (u64, kiln_core::srpm::PackageInfo)>>,
+    /// sha256 of artifacts verified as they were uploaded, by
+    /// (job, attempt, name): intake need not hash them again.
+    pub verified: Mutex<std::collections::HashMap<(i64, u32, String), String>>,
 }
 
 impl Core {
@@ -219,6 +225,8 @@ impl Master {
             build_done,
             events,
             repo,
+            srpm_cache: Mutex::new(std::collections::HashMap::new()),
+            verified: Mutex::new(std::collections::HashMap::new()),
             cfg,
         });
         if n_active > 0 {

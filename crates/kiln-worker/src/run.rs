@@ -462,10 +462,9 @@ async fn build(
         .build(&spec, dir, &log, cancel)
         .await
         .map_err(|e| WorkerError::Other(e.to_string()))?;
+    // Close the log file; the master syncs what it files.
     if let Ok(mut f) = log.file.lock() {
-        if let Some(f) = f.take() {
-            let _ = f.sync_all();
-        }
+        f.take();
     }
     if outcome.message == "canceled" {
         return Ok(pb::Finished {
