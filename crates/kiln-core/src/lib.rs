@@ -1,6 +1,7 @@
 //! Kiln's shared vocabulary: validated names, arches, build and job states,
 //! SRPM header inspection and the PKI (CA, enrollment, TLS configs).
 
+pub mod fsutil;
 pub mod listing;
 pub mod names;
 pub mod pki;

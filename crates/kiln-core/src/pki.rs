@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -290,21 +290,7 @@ fn checked_time(t: SystemTime) -> Result<SystemTime, PkiError> {
 
 /// Write `contents` to `path` via a temporary file and rename, with `mode`.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    crate::fsutil::write_atomic(path, contents, mode).map_err(io_err(path))
 }
 
 /// Worker side: a fresh ECDSA P-256 key and a CSR with CN = `name`.
@@ -872,6 +858,7 @@ mod tests {
         assert_eq!(first.fingerprint(), second.fingerprint());
         assert_eq!(first.fingerprint(), sha256_hex(second.cert_der()));
         assert_eq!(first.fingerprint().len(), 64);
+        use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&pki.join(CA_KEY_FILE)), 0o600);
         assert_eq!(mode(&pki), 0o700);

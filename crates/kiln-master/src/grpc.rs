@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::intake::{verify_and_file, JobRef};
 use crate::paths::is_sha256;
-use sha2::Digest;
 use crate::sched::Effects;
 use crate::Core;
+use sha2::Digest;
 
 pub fn service(core: Arc<Core>) -> FarmServer<FarmService> {
     FarmServer::new(FarmService { core })
@@ -491,8 +491,8 @@ async fn finished(
                 .unwrap_or_default();
             let verified =
                 tokio::task::spawn_blocking(move || verify_and_file(&paths, &jr, &arts, &known))
-                .await
-                .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+                    .await
+                    .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
             let (success, message, rows) = match verified {
                 Ok(rows) => (f.success, f.message.clone(), rows),
                 Err(e) => {

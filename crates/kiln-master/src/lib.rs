@@ -132,20 +132,8 @@ fn read_or_create_token(path: &std::path::Path) -> Result<String, MasterError> {
 
 /// Write a secret file with mode 0600 (temporary name, then rename).
 pub fn write_secret(path: &std::path::Path, content: &str) -> Result<(), MasterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(format!("creating {}", tmp.display())))?;
-    f.write_all(content.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io_err(format!("renaming {}", tmp.display())))
+    kiln_core::fsutil::write_atomic(path, content.as_bytes(), 0o600)
+        .map_err(io_err(format!("writing {}", path.display())))
 }
 
 impl Master {

@@ -12,7 +12,6 @@ use kiln_core::names::check_file_name;
 use kiln_core::srpm::{compare_evr, inspect_package, same_package};
 use kiln_core::state::ArtifactKind;
 use kiln_store::{ArtifactRow, RepoPackage};
-use sha2::{Digest, Sha256};
 
 use crate::sign::Signer;
 use crate::RepoError;
@@ -75,9 +74,7 @@ pub struct Plan {
 }
 
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), RepoError> {
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, data).map_err(RepoError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(RepoError::io(path))
+    kiln_core::fsutil::write_atomic(path, data, 0o644).map_err(RepoError::io(path))
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -89,10 +86,9 @@ fn tmp_name(path: &Path) -> PathBuf {
 }
 
 fn sha256_file(p: &Path) -> Result<String, RepoError> {
-    let mut f = std::fs::File::open(p).map_err(RepoError::io(p))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(RepoError::io(p))?;
-    Ok(hex::encode(h.finalize()))
+    kiln_core::fsutil::sha256_file(p)
+        .map(|(sha, _)| sha)
+        .map_err(RepoError::io(p))
 }
 
 fn sync_dir(d: &Path) {

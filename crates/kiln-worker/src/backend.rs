@@ -395,12 +395,19 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The grandchild is gone (or a zombie reaped by init).
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z");
-        assert!(!alive, "grandchild {pid} survived the cancel");
+        // The grandchild is gone (or a zombie left for init); SIGKILL is
+        // delivered asynchronously, so give it a moment.
+        let alive = || {
+            std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!alive(), "grandchild {pid} survived the cancel");
     }
 
     #[tokio::test]

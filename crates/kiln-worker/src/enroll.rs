@@ -13,20 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{files, io_err, parse_master_url, WorkerError};
 
 fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), WorkerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(format!("creating {}", tmp.display())))?;
-    f.write_all(content.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+    kiln_core::fsutil::write_atomic(path, content.as_bytes(), mode)
+        .map_err(io_err(format!("writing {}", path.display())))
 }
 
 /// Enroll with the master; returns the worker name the token was made for.

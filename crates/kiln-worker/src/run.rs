@@ -15,7 +15,7 @@ use kiln_proto as pb;
 use pb::farm_client::FarmClient;
 use pb::master_msg::Msg as In;
 use pb::worker_msg::Msg as Out;
-use sha2::{Digest, Sha256};
+
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
@@ -559,22 +559,7 @@ async fn build(
 }
 
 fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p).map_err(io_err(format!("reading {}", p.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", p.display())))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), total))
+    kiln_core::fsutil::sha256_file(p).map_err(io_err(format!("reading {}", p.display())))
 }
 
 /// Fetch an input into the cache by sha256 (resuming a partial download);

@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::client::{ApiError, Client};
 
@@ -66,22 +65,7 @@ pub struct SubmitArgs {
 }
 
 fn hash_file(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-        h.update(&buf[..k]);
-    }
-    Ok((hex::encode(h.finalize()), n))
+    kiln_core::fsutil::sha256_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn is_tty(fd: i32) -> bool {
