@@ -191,8 +191,17 @@ impl Sched {
     /// Track a newly committed build and queue its pending jobs.
     pub fn add_build(&mut self, b: BuildRow, jobs: Vec<JobRow>) {
         let ids = jobs.iter().map(|j| j.id).collect();
+        // Final jobs are kept too: the build's state is derived from all
+        // of its jobs (a restored build may already have a failed one).
         for j in jobs {
             if j.state.is_final() {
+                self.jobs.insert(
+                    j.id,
+                    ActiveJob {
+                        row: j,
+                        lease_until: Instant::now(),
+                    },
+                );
                 continue;
             }
             if j.state == JobState::Pending {
@@ -264,7 +273,7 @@ impl Sched {
                 self.jobs
                     .get(id)
                     .map(|j| j.row.state)
-                    .unwrap_or(JobState::Succeeded)
+                    .unwrap_or(JobState::Failed)
             })
             .collect();
         let mut new = build_state_from_jobs(&states);
@@ -813,6 +822,78 @@ impl Sched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_build(arches: &[&str]) -> kiln_store::NewBuild {
+        kiln_store::NewBuild {
+            target: "default".into(),
+            package: "p".into(),
+            evr: "1-1".into(),
+            srpm_name: "p-1-1.src.rpm".into(),
+            srpm_sha256: "0".repeat(64),
+            srpm_size: 1,
+            channel: "default".into(),
+            disttag: String::new(),
+            priority: 0,
+            scratch: true,
+            ci: false,
+            excluded: vec![],
+            arches: arches.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// After a restart, a build with one failed job and one running job
+    /// ends failed when the running one succeeds.
+    #[tokio::test]
+    async fn a_restored_build_keeps_its_failed_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(&dir.path().join("kiln.db"), kiln_store::Durability::Normal).unwrap();
+        let (b, jobs) = store
+            .write(|t| kiln_store::insert_build(t, &new_build(&["x86_64", "i686"])))
+            .await
+            .unwrap();
+        let (mut failed, mut running) = (jobs[0].clone(), jobs[1].clone());
+        failed.state = JobState::Failed;
+        running.state = JobState::Running;
+        running.worker = Some("w".into());
+        let (f2, r2) = (failed.clone(), running.clone());
+        store
+            .write(move |t| {
+                kiln_store::save_job(t, &f2)?;
+                kiln_store::save_job(t, &r2)?;
+                kiln_store::set_build_state(t, b.id, BuildState::Building, None)
+            })
+            .await
+            .unwrap();
+        let mut s = Sched::new(store.clone(), Duration::from_secs(60), 3, 60);
+        s.restore(store.read(kiln_store::active_builds).await.unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut fx = Effects::default();
+        let reported = [pb::RunningJob {
+            job_id: running.id as u64,
+            attempt: 1,
+        }];
+        s.connect(
+            &mut fx,
+            "w",
+            1,
+            vec!["x86_64".into()],
+            vec!["default".into()],
+            2,
+            &reported,
+            tx,
+        );
+        s.finish(&mut fx, "w", running.id, 1, true, String::new(), vec![])
+            .unwrap();
+        let (done, _, _) = fx.finish().await.unwrap();
+        assert_eq!(done, vec![b.id]);
+        let row = store
+            .read(move |c| kiln_store::get_build(c, b.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, BuildState::Failed);
+    }
 
     #[test]
     fn queue_order_is_priority_then_age() {
