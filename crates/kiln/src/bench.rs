@@ -402,6 +402,8 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
             rss as f64 / 1024.0
         );
     }
+    // Let the workers drain and close before the master goes away.
     let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(0)
 }
