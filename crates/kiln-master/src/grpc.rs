@@ -263,12 +263,8 @@ impl Farm for FarmService {
                 key.name, key.size, self.core.cfg.max_artifact
             )));
         }
-        let dir = self.core.paths.staging(j.job, j.attempt);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let part = dir.join(format!("{}.part", key.name));
-        let done = dir.join(&key.name);
+        let part = self.core.paths.staged_part(j.job, j.attempt, &key.name);
+        let done = self.core.paths.staged(j.job, j.attempt, &key.name);
         let mut f = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -365,8 +361,7 @@ impl Farm for FarmService {
 
 impl FarmService {
     async fn state_of(&self, j: &JobRef, key: &pb::UploadKey) -> pb::UploadState {
-        let staged = self.core.paths.staging(j.job, j.attempt);
-        let done = staged.join(&key.name);
+        let done = self.core.paths.staged(j.job, j.attempt, &key.name);
         let filed = self.core.paths.incoming(j.build, &j.arch).join(&key.name);
         for p in [&done, &filed] {
             if let Ok(m) = tokio::fs::metadata(p).await {
@@ -378,7 +373,7 @@ impl FarmService {
                 }
             }
         }
-        let have = tokio::fs::metadata(staged.join(format!("{}.part", key.name)))
+        let have = tokio::fs::metadata(self.core.paths.staged_part(j.job, j.attempt, &key.name))
             .await
             .map(|m| m.len().min(key.size))
             .unwrap_or(0);

@@ -24,7 +24,7 @@ pub struct JobRef {
 /// Where an artifact of this attempt is now: still staged, or already filed
 /// (a resent result after a master restart).
 fn locate(paths: &Paths, j: &JobRef, name: &str) -> Option<PathBuf> {
-    let staged = paths.staging(j.job, j.attempt).join(name);
+    let staged = paths.staged(j.job, j.attempt, name);
     if staged.is_file() {
         return Some(staged);
     }
@@ -64,7 +64,7 @@ pub fn verify_and_file(
             .ok_or_else(|| format!("artifact {:?} is listed but was never uploaded", a.name))?;
         // Hashed as it arrived, or (after a restart, or filed already) now.
         let (sha, size) = match verified.get(&a.name) {
-            Some(sha) if path.starts_with(paths.staging(j.job, j.attempt)) => {
+            Some(sha) if path == paths.staged(j.job, j.attempt, &a.name) => {
                 let size = std::fs::metadata(&path)
                     .map_err(|e| format!("reading artifact {:?}: {e}", a.name))?
                     .len();
@@ -119,7 +119,7 @@ pub fn verify_and_file(
         if kind == ArtifactKind::Listing {
             listing = Some(path.clone());
         }
-        located.push(path);
+        located.push((path, a.name.clone()));
         rows.push(ArtifactRow {
             job: j.job,
             arch: j.arch.clone(),
@@ -163,19 +163,18 @@ fn check_listing(path: &Path, j: &JobRef, rows: &[ArtifactRow]) -> Result<(), St
 }
 
 /// Rename the files into `incoming/<build>/<arch>/` and make it durable.
-fn file(paths: &Paths, j: &JobRef, files: &[PathBuf]) -> Result<(), String> {
+fn file(paths: &Paths, j: &JobRef, files: &[(PathBuf, String)]) -> Result<(), String> {
     let dest = paths.incoming(j.build, &j.arch);
     std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
-    for f in files {
-        let Some(name) = f.file_name() else { continue };
+    for (f, name) in files {
         let to = dest.join(name);
         if *f != to {
             std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
         }
+        let _ = std::fs::remove_file(paths.staged_part(j.job, j.attempt, name));
     }
     if let Ok(d) = std::fs::File::open(&dest) {
         let _ = d.sync_all();
     }
-    let _ = std::fs::remove_dir_all(paths.staging(j.job, j.attempt));
     Ok(())
 }

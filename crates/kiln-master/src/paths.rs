@@ -30,9 +30,18 @@ impl Paths {
     pub fn cas(&self, sha256: &str) -> PathBuf {
         self.root.join("cas").join(sha256)
     }
-    /// Artifacts of one job attempt while they arrive.
-    pub fn staging(&self, job: i64, attempt: u32) -> PathBuf {
-        self.root.join("uploads").join(format!("{job}-{attempt}"))
+    /// An artifact of one job attempt once it arrived whole and its sha256
+    /// matched (flat: no directory to create and remove per job).
+    pub fn staged(&self, job: i64, attempt: u32, name: &str) -> PathBuf {
+        self.root
+            .join("uploads")
+            .join(format!("{job}-{attempt}-{name}"))
+    }
+    /// The same while it arrives.
+    pub fn staged_part(&self, job: i64, attempt: u32, name: &str) -> PathBuf {
+        self.root
+            .join("uploads")
+            .join(format!("{job}-{attempt}-{name}.part"))
     }
     /// Verified artifacts waiting for the repository builder.
     pub fn incoming(&self, build: i64, arch: &str) -> PathBuf {
