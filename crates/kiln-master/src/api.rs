@@ -161,6 +161,31 @@ pub struct BuildView {
     pub artifacts: Vec<ArtifactRow>,
 }
 
+impl BuildView {
+    /// A build with its jobs (each saying why it waits, if it does).
+    fn new(
+        s: &crate::sched::Sched,
+        build: BuildRow,
+        jobs: Vec<JobRow>,
+        artifacts: Vec<ArtifactRow>,
+    ) -> BuildView {
+        BuildView {
+            build,
+            jobs: jobs.into_iter().map(|j| JobView::new(s, j)).collect(),
+            artifacts,
+        }
+    }
+}
+
+impl JobView {
+    fn new(s: &crate::sched::Sched, job: JobRow) -> JobView {
+        JobView {
+            waiting: s.waiting_reason(job.id),
+            job,
+        }
+    }
+}
+
 async fn build_view(core: &Core, id: i64) -> ApiResult<BuildView> {
     let (build, jobs, artifacts) = core
         .store
@@ -177,19 +202,7 @@ async fn build_view(core: &Core, id: i64) -> ApiResult<BuildView> {
         })
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
-    let s = core.sched();
-    let jobs = jobs
-        .into_iter()
-        .map(|j| JobView {
-            waiting: s.waiting_reason(j.id),
-            job: j,
-        })
-        .collect();
-    Ok(BuildView {
-        build,
-        jobs,
-        artifacts,
-    })
+    Ok(BuildView::new(&core.sched(), build, jobs, artifacts))
 }
 
 #[derive(Deserialize)]
@@ -216,17 +229,7 @@ async fn list_builds(State(core): S, Query(q): Query<Limit>) -> ApiResult<Json<V
     let s = core.sched();
     Ok(Json(
         rows.into_iter()
-            .map(|(build, jobs, artifacts)| BuildView {
-                build,
-                jobs: jobs
-                    .into_iter()
-                    .map(|j| JobView {
-                        waiting: s.waiting_reason(j.id),
-                        job: j,
-                    })
-                    .collect(),
-                artifacts,
-            })
+            .map(|(build, jobs, artifacts)| BuildView::new(&s, build, jobs, artifacts))
             .collect(),
     ))
 }
@@ -420,17 +423,7 @@ async fn submit(
         s.dispatch_jobs(&mut fx, &channel, &plan.build);
         // The answer shows the build as committed; a dispatch in progress
         // shows in the next look.
-        BuildView {
-            build,
-            jobs: jobs
-                .into_iter()
-                .map(|j| JobView {
-                    waiting: s.waiting_reason(j.id),
-                    job: j,
-                })
-                .collect(),
-            artifacts: vec![],
-        }
+        BuildView::new(&s, build, jobs, vec![])
     };
     core.apply(fx).await;
     tracing::debug!("build {id} of {} accepted", info.nevra());
@@ -692,12 +685,7 @@ async fn list_jobs(State(core): S, Query(q): Query<Limit>) -> ApiResult<Json<Vec
         .await?;
     let s = core.sched();
     Ok(Json(
-        jobs.into_iter()
-            .map(|j| JobView {
-                waiting: s.waiting_reason(j.id),
-                job: j,
-            })
-            .collect(),
+        jobs.into_iter().map(|j| JobView::new(&s, j)).collect(),
     ))
 }
 

@@ -175,6 +175,16 @@ impl RepoBuilder {
         }
     }
 
+    async fn fail_all(&self, builds: Vec<i64>, msg: &str) {
+        self.mark(
+            builds
+                .into_iter()
+                .map(|b| (b, "failed".to_string(), Some(msg.to_string())))
+                .collect(),
+        )
+        .await;
+    }
+
     async fn mark(&self, builds: Vec<(i64, String, Option<String>)>) {
         if builds.is_empty() {
             return;
@@ -201,13 +211,7 @@ impl RepoBuilder {
     async fn publish_target(&self, name: &str, builds: Vec<i64>, all: bool) -> bool {
         let Some(target) = self.targets.get(name).cloned() else {
             let msg = format!("target {name:?} is not configured on this master");
-            self.mark(
-                builds
-                    .into_iter()
-                    .map(|b| (b, "failed".to_string(), Some(msg.clone())))
-                    .collect(),
-            )
-            .await;
+            self.fail_all(builds, &msg).await;
             return false;
         };
         let t = name.to_string();
@@ -250,13 +254,7 @@ impl RepoBuilder {
             Err(e) => {
                 let msg = format!("publication failed: {e}");
                 tracing::warn!("target {name}: {msg}");
-                self.mark(
-                    builds
-                        .into_iter()
-                        .map(|b| (b, "failed".to_string(), Some(msg.clone())))
-                        .collect(),
-                )
-                .await;
+                self.fail_all(builds, &msg).await;
                 return false;
             }
         };
