@@ -18,7 +18,17 @@ fn load_toml<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> a
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading config file {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("in config file {}", p.display()))
+            toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                    .unwrap_or(0);
+                anyhow::anyhow!(
+                    "config file {}, line {line}: {}",
+                    p.display(),
+                    e.message().trim()
+                )
+            })
         }
     }
 }
