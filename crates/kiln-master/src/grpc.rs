@@ -149,6 +149,7 @@ impl Farm for FarmService {
                 hello.arches.clone(),
                 hello.channels.clone(),
                 hello.capacity,
+                hello.draining,
                 &hello.running,
                 tx.clone(),
             );

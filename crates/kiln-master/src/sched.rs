@@ -421,6 +421,7 @@ impl Sched {
         arches: Vec<String>,
         channels: Vec<String>,
         capacity: u32,
+        draining: bool,
         reported: &[pb::RunningJob],
         tx: mpsc::UnboundedSender<pb::MasterMsg>,
     ) -> (u64, Vec<pb::RunningJob>) {
@@ -482,7 +483,7 @@ impl Sched {
                 channels,
                 capacity,
                 running,
-                draining: false,
+                draining,
                 serial,
                 tx,
             },
@@ -880,6 +881,7 @@ mod tests {
             vec!["x86_64".into()],
             vec!["default".into()],
             2,
+            false,
             &reported,
             tx,
         );

@@ -176,6 +176,7 @@ async fn session_once(
         version: env!("CARGO_PKG_VERSION").to_string(),
         running,
         backend: shared.cfg.backend.name().to_string(),
+        draining: *draining,
     };
     let _ = out_tx
         .send(pb::WorkerMsg {

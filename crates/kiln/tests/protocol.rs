@@ -43,6 +43,7 @@ async fn connect(m: &Master, e: &Enrolled, channel: &str, running: Vec<pb::Runni
             version: "test".into(),
             running,
             backend: "hand".into(),
+            draining: false,
         })),
     })
     .await
