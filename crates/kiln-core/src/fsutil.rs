@@ -29,7 +29,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    // A buffer no larger than the file: most artifacts of a job are small.
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; (len as usize).clamp(4096, 256 * 1024)];
     let mut total = 0u64;
     loop {
         let n = f.read(&mut buf)?;

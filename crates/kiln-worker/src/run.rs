@@ -672,9 +672,10 @@ async fn upload_all(
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<pb::UploadChunk>(4);
         let offset = st.have;
+        let left = a.size.saturating_sub(offset) as usize;
         let reader = tokio::spawn(async move {
             let mut first = true;
-            let mut buf = vec![0u8; pb::CHUNK_SIZE];
+            let mut buf = vec![0u8; left.clamp(1, pb::CHUNK_SIZE)];
             loop {
                 let n = match f.read(&mut buf).await {
                     Ok(n) => n,
