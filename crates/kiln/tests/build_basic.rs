@@ -188,6 +188,17 @@ fn second_upload_of_the_same_srpm_sends_nothing() {
     assert_eq!(sent2, 0, "the second upload sent content: {second}");
     check_artifacts_on_disk(&m, &second);
 
+    // The worker fetched the SRPM for the first job and took it from its
+    // cache for the second.
+    let log_of = |b: &Value| {
+        let job = ju64(&only_job(b), "id").to_string();
+        m.cli(&["logs", &job]).assert_ok().stdout
+    };
+    let (log1, log2) = (log_of(&first), log_of(&second));
+    assert!(log1.contains("kiln: fetched input"), "{log1}");
+    assert!(log2.contains("is cached, nothing to download"), "{log2}");
+    assert!(!log2.contains("kiln: fetched input"), "{log2}");
+
     // The store holds the SRPM once, under its sha256.
     let sha = sha256_file(&srpm);
     let cas = m.data.join("cas");

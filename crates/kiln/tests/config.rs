@@ -75,3 +75,47 @@ fn file_then_environment_then_flags() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Without `KILN_URL`/`KILN_TOKEN`, the client reads
+/// `~/.config/kiln/client.toml`, whose token may be a file.
+#[test]
+fn the_client_reads_its_config_file() {
+    let m = Master::start();
+    let home = tempfile::tempdir().unwrap();
+    let conf = home.path().join(".config/kiln");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("client.toml"),
+        format!(
+            "url = \"{}\"\ntoken_file = \"{}\"\n",
+            m.api_url,
+            m.data.join("admin.token").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(kiln())
+        .args(["token", "create", "--worker", "from-file"])
+        .env_remove("KILN_URL")
+        .env_remove("KILN_TOKEN")
+        .env_remove("KILN_TOKEN_FILE")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("kiln1."));
+    // An unknown key in it is an error, not ignored.
+    std::fs::write(conf.join("client.toml"), "url = \"x\"\ntokn = \"y\"\n").unwrap();
+    let out = Command::new(kiln())
+        .args(["builds"])
+        .env_remove("KILN_URL")
+        .env_remove("KILN_TOKEN")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokn"));
+}
