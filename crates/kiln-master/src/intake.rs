@@ -44,6 +44,39 @@ pub fn verify_and_file(
     artifacts: &[pb::Artifact],
     verified: &std::collections::HashMap<String, String>,
 ) -> Result<Vec<ArtifactRow>, String> {
+    let mut verified = verified.clone();
+    let mut inline_total = 0u64;
+    for a in artifacts
+        .iter()
+        .filter(|a| !a.inline.is_empty() || a.size == 0)
+    {
+        check_file_name(&a.name).map_err(|e| format!("artifact name refused: {e}"))?;
+        inline_total += a.inline.len() as u64;
+        if a.inline.len() as u64 != a.size
+            || a.size > pb::INLINE_MAX
+            || inline_total > pb::INLINE_MAX * 4
+        {
+            return Err(format!(
+                "artifact {:?}: {} bytes sent inline for a listed size of {}",
+                a.name,
+                a.inline.len(),
+                a.size
+            ));
+        }
+        let sha = kiln_core::fsutil::sha256_bytes(&a.inline);
+        if sha != a.sha256 {
+            return Err(format!(
+                "artifact {:?}: sha256 does not match the listing",
+                a.name
+            ));
+        }
+        let part = paths.staged_part(j.job, j.attempt, &a.name);
+        let done = paths.staged(j.job, j.attempt, &a.name);
+        std::fs::write(&part, &a.inline)
+            .and_then(|_| std::fs::rename(&part, &done))
+            .map_err(|e| format!("writing artifact {:?}: {e}", a.name))?;
+        verified.insert(a.name.clone(), sha);
+    }
     let mut rows = Vec::new();
     let mut names = HashSet::new();
     let mut listing: Option<PathBuf> = None;

@@ -546,17 +546,41 @@ async fn build(
         attempt: a.attempt,
         success: outcome.success,
         message: outcome.message,
-        artifacts: entries
-            .into_iter()
-            .map(|e| pb::Artifact {
-                name: e.name,
-                kind: e.kind.as_str().to_string(),
-                size: e.size,
-                sha256: e.sha256,
-                nevra: e.nevra.unwrap_or_default(),
-            })
-            .collect(),
+        artifacts: inline_small(
+            dir,
+            entries
+                .into_iter()
+                .map(|e| pb::Artifact {
+                    name: e.name,
+                    kind: e.kind.as_str().to_string(),
+                    size: e.size,
+                    sha256: e.sha256,
+                    nevra: e.nevra.unwrap_or_default(),
+                    inline: vec![],
+                })
+                .collect(),
+        )?,
     })
+}
+
+/// Carry small files (the listing, a short log) inside `Finished`: one
+/// upload stream less each.
+fn inline_small(dir: &Path, mut arts: Vec<pb::Artifact>) -> Result<Vec<pb::Artifact>, WorkerError> {
+    let mut budget = pb::INLINE_MAX * 4;
+    for a in arts.iter_mut() {
+        if a.size <= pb::INLINE_MAX && a.size <= budget {
+            let p = dir.join(&a.name);
+            a.inline = std::fs::read(&p).map_err(io_err(format!("reading {}", p.display())))?;
+            if a.inline.len() as u64 != a.size {
+                return Err(WorkerError::Other(format!(
+                    "{} changed while being sent",
+                    a.name
+                )));
+            }
+            budget -= a.size;
+        }
+    }
+    Ok(arts)
 }
 
 fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
@@ -643,7 +667,10 @@ async fn upload_all(
     artifacts: &[pb::Artifact],
     fresh: bool,
 ) -> Result<(), tonic::Status> {
-    for a in artifacts {
+    for a in artifacts
+        .iter()
+        .filter(|a| a.inline.is_empty() && a.size > 0)
+    {
         let key = pb::UploadKey {
             job_id: job,
             attempt,

@@ -245,6 +245,7 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
                 size: 1,
                 sha256: sha256_hex(b"x"),
                 nevra: String::new(),
+                inline: vec![],
             }],
         };
         s.tx.send(pb::WorkerMsg {
