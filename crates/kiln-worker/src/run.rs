@@ -312,15 +312,56 @@ struct JobLog {
     shared: Arc<Shared>,
     job: u64,
     attempt: u32,
-    file: Mutex<Option<std::fs::File>>,
+    text: Mutex<LogText>,
+}
+
+/// The build log as this worker keeps it: in memory while it is small,
+/// in `build.log` in the job directory once it grows.
+struct LogText {
+    path: PathBuf,
+    mem: Vec<u8>,
+    file: Option<std::fs::File>,
+    failed: bool,
+}
+
+impl LogText {
+    fn append(&mut self, data: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if self.file.is_none() && (self.mem.len() + data.len()) as u64 <= pb::INLINE_MAX {
+            self.mem.extend_from_slice(data);
+            return;
+        }
+        if self.file.is_none() {
+            let opened = self
+                .path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| std::fs::File::create(&self.path))
+                .and_then(|mut f| f.write_all(&self.mem).map(|_| f));
+            match opened {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.mem = Vec::new();
+                }
+                Err(e) => {
+                    tracing::warn!("cannot write {}: {e}", self.path.display());
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.write_all(data);
+        }
+    }
 }
 
 impl LogSink for JobLog {
     fn write(&self, data: &[u8]) {
-        if let Ok(mut f) = self.file.lock() {
-            if let Some(f) = f.as_mut() {
-                let _ = f.write_all(data);
-            }
+        if let Ok(mut t) = self.text.lock() {
+            t.append(data);
         }
         let z = COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
             Some(c) => c.compress(data),
@@ -354,15 +395,18 @@ async fn wait_client(shared: &Shared) -> (u64, FarmClient<Channel>) {
 async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch::Receiver<bool>) {
     let (job, attempt) = (a.job_id, a.attempt);
     let _ = std::fs::remove_dir_all(dir);
-    let finished = match build(shared, &a, dir, cancel.clone()).await {
+    let (finished, files) = match build(shared, &a, dir, cancel.clone()).await {
         Ok(f) => f,
-        Err(e) => pb::Finished {
-            job_id: job,
-            attempt,
-            success: false,
-            message: format!("worker error: {e}"),
-            artifacts: vec![],
-        },
+        Err(e) => (
+            pb::Finished {
+                job_id: job,
+                attempt,
+                success: false,
+                message: format!("worker error: {e}"),
+                artifacts: vec![],
+            },
+            HashMap::new(),
+        ),
     };
     // Report until the master acknowledges (across reconnects).
     let mut fresh = true;
@@ -371,7 +415,15 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
         let uploaded = if finished.artifacts.is_empty() {
             Ok(())
         } else {
-            upload_all(&mut client, dir, job, attempt, &finished.artifacts, fresh).await
+            upload_all(
+                &mut client,
+                &files,
+                job,
+                attempt,
+                &finished.artifacts,
+                fresh,
+            )
+            .await
         };
         fresh = false;
         match uploaded {
@@ -426,16 +478,19 @@ async fn build(
     a: &pb::Assign,
     dir: &Path,
     cancel: watch::Receiver<bool>,
-) -> Result<pb::Finished, WorkerError> {
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    let log_path = dir.join("build.log");
-    let file = std::fs::File::create(&log_path)
-        .map_err(io_err(format!("creating {}", log_path.display())))?;
+) -> Result<(pb::Finished, HashMap<String, PathBuf>), WorkerError> {
+    // The job directory is made by whatever needs it (the backend, a log
+    // that outgrows memory): a job that writes nothing creates nothing.
     let log = JobLog {
         shared: shared.clone(),
         job: a.job_id,
         attempt: a.attempt,
-        file: Mutex::new(Some(file)),
+        text: Mutex::new(LogText {
+            path: dir.join("build.log"),
+            mem: Vec::new(),
+            file: None,
+            failed: false,
+        }),
     };
     log.write(
         format!(
@@ -463,21 +518,28 @@ async fn build(
         .build(&spec, dir, &log, cancel)
         .await
         .map_err(|e| WorkerError::Other(e.to_string()))?;
-    // Close the log file; the master syncs what it files.
-    if let Ok(mut f) = log.file.lock() {
-        f.take();
-    }
+    let log_text = match log.text.lock() {
+        Ok(mut t) => {
+            t.file.take();
+            std::mem::take(&mut t.mem)
+        }
+        Err(_) => Vec::new(),
+    };
     if outcome.message == "canceled" {
-        return Ok(pb::Finished {
-            job_id: a.job_id,
-            attempt: a.attempt,
-            success: false,
-            message: outcome.message,
-            artifacts: vec![],
-        });
+        return Ok((
+            pb::Finished {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                success: false,
+                message: outcome.message,
+                artifacts: vec![],
+            },
+            HashMap::new(),
+        ));
     }
-    // Gather artifacts into the job directory's top level. The source rpm
-    // goes back too when the backend did not write one.
+    // Every artifact by name: packages from the backend, the source rpm
+    // (the input itself when the backend did not write one), the log.
+    let mut files: HashMap<String, PathBuf> = HashMap::new();
     let mut entries = Vec::new();
     let mut paths: Vec<PathBuf> = outcome.packages.clone();
     if outcome.success
@@ -487,34 +549,37 @@ async fn build(
     {
         kiln_core::names::check_file_name(&a.srpm_name)
             .map_err(|e| WorkerError::Other(e.to_string()))?;
-        let copy = dir.join(&a.srpm_name);
-        if std::fs::hard_link(&spec.srpm, &copy).is_err() {
-            std::fs::copy(&spec.srpm, &copy)
-                .map_err(io_err(format!("copying the SRPM to {}", copy.display())))?;
-        }
-        paths.push(copy);
+        files.insert(a.srpm_name.clone(), spec.srpm.clone());
+        paths.push(spec.srpm.clone());
     }
-    paths.push(log_path);
+    let log_path = dir.join("build.log");
+    if log_path.is_file() {
+        paths.push(log_path.clone());
+    }
     for p in paths {
-        let name = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| WorkerError::Other(format!("odd file name {}", p.display())))?
-            .to_string();
-        let top = dir.join(&name);
-        if p != top {
-            std::fs::rename(&p, &top).map_err(io_err(format!("moving {}", p.display())))?;
-        }
+        let name = if p == spec.srpm {
+            a.srpm_name.clone()
+        } else {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| WorkerError::Other(format!("odd file name {}", p.display())))?
+                .to_string()
+        };
         let (kind, nevra) = if name.ends_with(".src.rpm") {
-            let i = inspect_package(&top).map_err(|e| WorkerError::Other(e.to_string()))?;
+            let i = inspect_package(&p).map_err(|e| WorkerError::Other(e.to_string()))?;
             (ArtifactKind::Srpm, Some(i.nevra()))
         } else if name.ends_with(".rpm") {
-            let i = inspect_package(&top).map_err(|e| WorkerError::Other(e.to_string()))?;
+            let i = inspect_package(&p).map_err(|e| WorkerError::Other(e.to_string()))?;
             (ArtifactKind::Rpm, Some(i.nevra()))
         } else {
             (ArtifactKind::Log, None)
         };
-        let (sha256, size) = hash_file(&top)?;
+        let (sha256, size) = hash_file(&p)?;
+        if files.insert(name.clone(), p.clone()).is_some() && p != spec.srpm {
+            return Err(WorkerError::Other(format!(
+                "two artifacts are named {name}"
+            )));
+        }
         entries.push(ListingEntry {
             name,
             kind,
@@ -523,62 +588,94 @@ async fn build(
             nevra,
         });
     }
+    let mut inline: HashMap<String, Vec<u8>> = HashMap::new();
+    if !log_path.is_file() {
+        entries.push(ListingEntry {
+            name: "build.log".into(),
+            kind: ArtifactKind::Log,
+            size: log_text.len() as u64,
+            sha256: kiln_core::fsutil::sha256_bytes(&log_text),
+            nevra: None,
+        });
+        inline.insert("build.log".into(), log_text);
+    }
     let listing = Listing {
         job: a.job_id,
         attempt: a.attempt,
         arch: a.arch.clone(),
         artifacts: entries.clone(),
     };
-    let lpath = dir.join(LISTING_NAME);
     let text = serde_json::to_vec_pretty(&listing)
         .map_err(|e| WorkerError::Other(format!("encoding the listing: {e}")))?;
-    std::fs::write(&lpath, &text).map_err(io_err("writing the listing"))?;
-    let (sha256, size) = hash_file(&lpath)?;
+    if text.len() as u64 > pb::INLINE_MAX {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let lpath = dir.join(LISTING_NAME);
+        std::fs::write(&lpath, &text).map_err(io_err("writing the listing"))?;
+        files.insert(LISTING_NAME.into(), lpath);
+    }
     entries.push(ListingEntry {
         name: LISTING_NAME.to_string(),
         kind: ArtifactKind::Listing,
-        size,
-        sha256,
+        size: text.len() as u64,
+        sha256: kiln_core::fsutil::sha256_bytes(&text),
         nevra: None,
     });
-    Ok(pb::Finished {
-        job_id: a.job_id,
-        attempt: a.attempt,
-        success: outcome.success,
-        message: outcome.message,
-        artifacts: inline_small(
-            dir,
-            entries
-                .into_iter()
-                .map(|e| pb::Artifact {
-                    name: e.name,
-                    kind: e.kind.as_str().to_string(),
-                    size: e.size,
-                    sha256: e.sha256,
-                    nevra: e.nevra.unwrap_or_default(),
-                    inline: vec![],
-                })
-                .collect(),
-        )?,
-    })
+    if text.len() as u64 <= pb::INLINE_MAX {
+        inline.insert(LISTING_NAME.into(), text);
+    }
+    let artifacts = inline_small(
+        &files,
+        &mut inline,
+        entries
+            .into_iter()
+            .map(|e| pb::Artifact {
+                name: e.name,
+                kind: e.kind.as_str().to_string(),
+                size: e.size,
+                sha256: e.sha256,
+                nevra: e.nevra.unwrap_or_default(),
+                inline: vec![],
+            })
+            .collect(),
+    )?;
+    Ok((
+        pb::Finished {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            success: outcome.success,
+            message: outcome.message,
+            artifacts,
+        },
+        files,
+    ))
 }
 
 /// Carry small files (the listing, a short log) inside `Finished`: one
-/// upload stream less each.
-fn inline_small(dir: &Path, mut arts: Vec<pb::Artifact>) -> Result<Vec<pb::Artifact>, WorkerError> {
+/// upload stream less each. The rest goes by `Upload`.
+fn inline_small(
+    files: &HashMap<String, PathBuf>,
+    held: &mut HashMap<String, Vec<u8>>,
+    mut arts: Vec<pb::Artifact>,
+) -> Result<Vec<pb::Artifact>, WorkerError> {
     let mut budget = pb::INLINE_MAX * 4;
     for a in arts.iter_mut() {
-        if a.size <= pb::INLINE_MAX && a.size <= budget {
-            let p = dir.join(&a.name);
-            a.inline = std::fs::read(&p).map_err(io_err(format!("reading {}", p.display())))?;
-            if a.inline.len() as u64 != a.size {
-                return Err(WorkerError::Other(format!(
-                    "{} changed while being sent",
-                    a.name
-                )));
-            }
-            budget -= a.size;
+        if a.size > pb::INLINE_MAX || a.size > budget {
+            continue;
         }
+        a.inline = match held.remove(&a.name) {
+            Some(bytes) => bytes,
+            None => match files.get(&a.name) {
+                Some(p) => std::fs::read(p).map_err(io_err(format!("reading {}", p.display())))?,
+                None => continue,
+            },
+        };
+        if a.inline.len() as u64 != a.size {
+            return Err(WorkerError::Other(format!(
+                "{} changed while being sent",
+                a.name
+            )));
+        }
+        budget -= a.size;
     }
     Ok(arts)
 }
@@ -661,7 +758,7 @@ async fn fetch_input(
 /// Upload every artifact, resuming from what the master already holds.
 async fn upload_all(
     client: &mut FarmClient<Channel>,
-    dir: &Path,
+    files: &HashMap<String, PathBuf>,
     job: u64,
     attempt: u32,
     artifacts: &[pb::Artifact],
@@ -691,7 +788,10 @@ async fn upload_all(
         if st.complete {
             continue;
         }
-        let mut f = tokio::fs::File::open(dir.join(&a.name))
+        let path = files
+            .get(&a.name)
+            .ok_or_else(|| tonic::Status::internal(format!("no file for {}", a.name)))?;
+        let mut f = tokio::fs::File::open(path)
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         f.seek(std::io::SeekFrom::Start(st.have))
