@@ -159,6 +159,7 @@ impl Master {
             Duration::from_secs(cfg.lease_secs),
             cfg.max_attempts,
             cfg.job_timeout_secs,
+            cfg.log_cap,
         );
         let active = store.read(kiln_store::active_builds).await?;
         let n_active = active.len();

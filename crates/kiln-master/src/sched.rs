@@ -146,6 +146,7 @@ pub struct Sched {
     lease: Duration,
     max_attempts: u32,
     job_timeout_secs: u64,
+    log_cap: u64,
     builds: HashMap<i64, ActiveBuild>,
     jobs: HashMap<i64, ActiveJob>,
     queues: HashMap<(String, String), BinaryHeap<QEntry>>,
@@ -165,12 +166,19 @@ fn expand_arches(arches: &[String]) -> HashSet<String> {
 }
 
 impl Sched {
-    pub fn new(store: Store, lease: Duration, max_attempts: u32, job_timeout_secs: u64) -> Sched {
+    pub fn new(
+        store: Store,
+        lease: Duration,
+        max_attempts: u32,
+        job_timeout_secs: u64,
+        log_cap: u64,
+    ) -> Sched {
         Sched {
             store,
             lease,
             max_attempts,
             job_timeout_secs,
+            log_cap,
             builds: HashMap::new(),
             jobs: HashMap::new(),
             queues: HashMap::new(),
@@ -332,6 +340,7 @@ impl Sched {
                 srpm_sha256: b.row.srpm_sha256.clone(),
                 srpm_size: b.row.srpm_size,
                 timeout_secs: self.job_timeout_secs,
+                log_cap: self.log_cap,
             })),
         };
         fx.sends.push((w.tx.clone(), msg));
@@ -866,7 +875,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let mut s = Sched::new(store.clone(), Duration::from_secs(60), 3, 60);
+        let mut s = Sched::new(store.clone(), Duration::from_secs(60), 3, 60, 1 << 20);
         s.restore(store.read(kiln_store::active_builds).await.unwrap());
         let (tx, _rx) = mpsc::unbounded_channel();
         let mut fx = Effects::default();

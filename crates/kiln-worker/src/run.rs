@@ -322,13 +322,36 @@ struct LogText {
     mem: Vec<u8>,
     file: Option<std::fs::File>,
     failed: bool,
+    /// Bytes kept so far, and the cap from the master (0: none).
+    written: u64,
+    cap: u64,
 }
 
 impl LogText {
     fn append(&mut self, data: &[u8]) {
-        if self.failed {
+        if self.failed || (self.cap > 0 && self.written >= self.cap) {
             return;
         }
+        if self.cap > 0 && self.written + data.len() as u64 > self.cap {
+            // A runaway log is cut here, with a marker; the build goes on.
+            let room = (self.cap - self.written) as usize;
+            let mut cut = data[..room].to_vec();
+            cut.extend_from_slice(
+                format!(
+                    "\n[kiln: log cut here: it reached the cap of {} bytes; the build goes on]\n",
+                    self.cap
+                )
+                .as_bytes(),
+            );
+            self.written = self.cap;
+            self.write_raw(&cut);
+            return;
+        }
+        self.written += data.len() as u64;
+        self.write_raw(data);
+    }
+
+    fn write_raw(&mut self, data: &[u8]) {
         if self.file.is_none() && (self.mem.len() + data.len()) as u64 <= pb::INLINE_MAX {
             self.mem.extend_from_slice(data);
             return;
@@ -360,8 +383,17 @@ impl LogText {
 
 impl LogSink for JobLog {
     fn write(&self, data: &[u8]) {
-        if let Ok(mut t) = self.text.lock() {
-            t.append(data);
+        let capped = match self.text.lock() {
+            Ok(mut t) => {
+                let was_capped = t.cap > 0 && t.written >= t.cap;
+                t.append(data);
+                was_capped
+            }
+            Err(_) => false,
+        };
+        // Past the cap nothing more goes to the master either.
+        if capped {
+            return;
         }
         let z = COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
             Some(c) => c.compress(data),
@@ -490,6 +522,8 @@ async fn build(
             mem: Vec::new(),
             file: None,
             failed: false,
+            written: 0,
+            cap: a.log_cap,
         }),
     };
     log.write(

@@ -226,3 +226,22 @@ fn an_unreachable_master_is_one_clear_error() {
     let out = run_timeout(cmd, CLI_TIMEOUT, "kiln builds (nobody listening)");
     out.assert_error_line(&["connect", "refused", "127.0.0.1", "reach", "unavailable"]);
 }
+
+/// A runaway log is cut at the cap, with a marker, both in the stored log and
+/// in the build.log artifact; the build goes on and succeeds.
+#[test]
+fn a_log_past_the_cap_is_cut_and_the_build_goes_on() {
+    require_build_tools();
+    let m = Master::start_with(MasterOpts::default().arg("--log-cap", "1500"));
+    let _w = m.start_worker("capw", "noarch", "default", 1);
+    let srpm = Pkg::noarch(&format!("kt-cap{}", unique())).build_srpm(&m.scratch);
+    let b = m.submit_wait(&srpm, &[]);
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+    let job = ju64(&only_job(&b), "id").to_string();
+    let log = m.cli(&["logs", &job]).assert_ok().stdout;
+    assert!(log.contains("[kiln: log cut here"), "{log}");
+    assert!(log.len() < 1500 + 200, "stored log is {} bytes", log.len());
+    let art = artifacts_of_kind(&b, "log");
+    let size = ju64(&art[0], "size");
+    assert!(size < 1500 + 200, "build.log artifact is {size} bytes");
+}
