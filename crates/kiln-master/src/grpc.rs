@@ -490,7 +490,10 @@ async fn finished(
                     .await
                     .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
             let (success, message, rows) = match verified {
-                Ok(rows) => (f.success, f.message.clone(), rows),
+                Ok(rows) => {
+                    complete_log(&core, build, job, &rows).await;
+                    (f.success, f.message.clone(), rows)
+                }
                 Err(e) => {
                     tracing::warn!("job {job} from {name}: {e}");
                     (false, format!("artifacts refused: {e}"), vec![])
@@ -513,4 +516,24 @@ async fn finished(
         accepted,
         message,
     })));
+}
+
+/// If the live log missed chunks (the session dropped during the build),
+/// keep the complete `build.log` of the result as the job's log.
+async fn complete_log(core: &Arc<Core>, build: i64, job: i64, rows: &[kiln_store::ArtifactRow]) {
+    let Some(log) = rows
+        .iter()
+        .find(|r| r.kind == kiln_core::state::ArtifactKind::Log && r.name == "build.log")
+    else {
+        return;
+    };
+    if core.logs.written(job) == Some(log.size) {
+        return;
+    }
+    let path = core.paths.incoming(build, &log.arch).join(&log.name);
+    let c = core.clone();
+    let r = tokio::task::spawn_blocking(move || c.logs.replace(build, job, &path)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!("job {job}: cannot store its complete log: {e}");
+    }
 }

@@ -93,6 +93,18 @@ pub fn verify_and_file(
         if !is_sha256(&a.sha256) {
             return Err(format!("artifact {:?}: malformed sha256", a.name));
         }
+        // Content the master already holds in its input store (the SRPM a
+        // rebuild returns) is not sent again: it is linked from there.
+        if locate(paths, j, &a.name).is_none() && is_sha256(&a.sha256) {
+            let cas = paths.cas(&a.sha256);
+            if cas.is_file() {
+                let staged = paths.staged(j.job, j.attempt, &a.name);
+                std::fs::hard_link(&cas, &staged)
+                    .or_else(|_| std::fs::copy(&cas, &staged).map(|_| ()))
+                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                verified.insert(a.name.clone(), a.sha256.clone());
+            }
+        }
         let path = locate(paths, j, &a.name)
             .ok_or_else(|| format!("artifact {:?} is listed but was never uploaded", a.name))?;
         // Hashed as it arrived, or (after a restart, or filed already) now.

@@ -152,6 +152,40 @@ impl Logs {
         }
     }
 
+    /// Bytes of text stored so far for a job whose log is open.
+    pub fn written(&self, job: i64) -> Option<u64> {
+        self.open.lock().ok()?.get(&job).map(|o| o.written)
+    }
+
+    /// The live stream missed part of a log (the worker was disconnected
+    /// for a while): store the complete `build.log` the worker sent with
+    /// its result instead. Blocking.
+    pub fn replace(&self, build: i64, job: i64, complete: &std::path::Path) -> std::io::Result<()> {
+        let path = self.paths.log_zst(build, job);
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let text = std::fs::read(complete)?;
+        let mut map = self
+            .open
+            .lock()
+            .map_err(|_| std::io::Error::other("log table poisoned"))?;
+        let tmp = path.with_extension("zst.tmp");
+        std::fs::write(&tmp, zstd::bulk::compress(&text, 3)?)?;
+        std::fs::rename(&tmp, &path)?;
+        if let Some(o) = map.get_mut(&job) {
+            o.file = std::fs::OpenOptions::new().append(true).open(&path)?;
+            if (text.len() as u64) > o.written {
+                let _ = o.tx.send(LogEvent::Data {
+                    offset: o.written,
+                    data: Bytes::copy_from_slice(&text[o.written as usize..]),
+                });
+            }
+            o.written = text.len() as u64;
+        }
+        Ok(())
+    }
+
     /// The whole log as text.
     pub fn read(&self, build: i64, job: i64) -> std::io::Result<Vec<u8>> {
         let path = self.paths.log_zst(build, job);

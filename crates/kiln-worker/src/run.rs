@@ -657,6 +657,9 @@ async fn build(
     if text.len() as u64 <= pb::INLINE_MAX {
         inline.insert(LISTING_NAME.into(), text);
     }
+    // The input SRPM, returned as is, is already in the master's store: it
+    // is neither inlined nor uploaded (the master links it from there).
+    files.retain(|name, p| !(*p == spec.srpm && name == &a.srpm_name));
     let artifacts = inline_small(
         &files,
         &mut inline,
@@ -822,9 +825,10 @@ async fn upload_all(
         if st.complete {
             continue;
         }
-        let path = files
-            .get(&a.name)
-            .ok_or_else(|| tonic::Status::internal(format!("no file for {}", a.name)))?;
+        // Not in `files`: content the master holds already (the input).
+        let Some(path) = files.get(&a.name) else {
+            continue;
+        };
         let mut f = tokio::fs::File::open(path)
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;

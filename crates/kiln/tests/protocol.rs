@@ -310,3 +310,64 @@ fn a_late_result_from_an_old_attempt_is_refused() {
     assert_eq!(ju64(&job, "attempt"), 2, "{b}");
     assert_ne!(jstr(&b, "state"), "succeeded", "{b}");
 }
+
+/// The live log lost every chunk (say the session dropped during the
+/// build): the complete build.log sent with the result becomes the job's log.
+#[test]
+fn the_result_log_completes_a_live_log_that_missed_chunks() {
+    use kiln_core::listing::{Listing, ListingEntry};
+    use kiln_core::state::ArtifactKind;
+    require_build_tools();
+    let m = Master::start();
+    let e = m.enroll("hand3");
+    let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
+    let build = submit(&m, &srpm, "hand3");
+    let log_text = b"line one of a log the master never saw live\nline two\n".to_vec();
+    runtime().block_on(async {
+        let mut s = connect(&m, &e, "hand3", vec![]).await;
+        let a = next_assign(&mut s).await;
+        let entry = ListingEntry {
+            name: "build.log".into(),
+            kind: ArtifactKind::Log,
+            size: log_text.len() as u64,
+            sha256: sha256_hex(&log_text),
+            nevra: None,
+        };
+        let listing = serde_json::to_vec(&Listing {
+            job: a.job_id,
+            attempt: a.attempt,
+            arch: a.arch.clone(),
+            artifacts: vec![entry.clone()],
+        })
+        .unwrap();
+        let art = |name: &str, kind: &str, data: &[u8]| pb::Artifact {
+            name: name.into(),
+            kind: kind.into(),
+            size: data.len() as u64,
+            sha256: sha256_hex(data),
+            nevra: String::new(),
+            inline: data.to_vec(),
+        };
+        let finished = pb::Finished {
+            job_id: a.job_id,
+            attempt: a.attempt,
+            success: false,
+            message: "the build failed".into(),
+            artifacts: vec![
+                art("build.log", "log", &log_text),
+                art("listing.json", "listing", &listing),
+            ],
+        };
+        s.tx.send(pb::WorkerMsg {
+            msg: Some(Out::Finished(finished)),
+        })
+        .await
+        .unwrap();
+        assert!(next_ack(&mut s).await.accepted);
+    });
+    let b = m.wait_build_done(build, std::time::Duration::from_secs(30));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let job = ju64(&only_job(&b), "id").to_string();
+    let shown = m.cli(&["logs", &job]).assert_ok().stdout;
+    assert_eq!(shown.as_bytes(), &log_text[..]);
+}
