@@ -815,24 +815,29 @@ impl Pkg {
         }
         let spec = work.join(format!("{}.spec", self.name));
         fs::write(&spec, self.spec_text()).unwrap();
-        let mut cmd = Command::new("rpmbuild");
-        cmd.arg("-bs")
-            .arg("--define")
-            .arg(format!("_topdir {}", top.display()))
-            .arg("--define")
-            .arg("_dbpath /var/lib/rpm")
-            .arg(&spec);
-        let out = run_timeout(cmd, CLI_TIMEOUT, "rpmbuild -bs").assert_ok();
-        let wrote = out
-            .stdout
-            .lines()
-            .chain(out.stderr.lines())
-            .find_map(|l| l.strip_prefix("Wrote:"))
-            .map(|p| PathBuf::from(p.trim()))
-            .unwrap_or_else(|| panic!("rpmbuild -bs printed no `Wrote:` line: {out:?}"));
-        assert!(wrote.is_file(), "{} was not written", wrote.display());
-        wrote
+        rpmbuild_bs(&top, &spec)
     }
+}
+
+/// `rpmbuild -bs` of `spec` under the `_topdir` `top`: the SRPM it wrote.
+pub fn rpmbuild_bs(top: &Path, spec: &Path) -> PathBuf {
+    let mut cmd = Command::new("rpmbuild");
+    cmd.arg("-bs")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("--define")
+        .arg("_dbpath /var/lib/rpm")
+        .arg(spec);
+    let out = run_timeout(cmd, CLI_TIMEOUT, "rpmbuild -bs").assert_ok();
+    let wrote = out
+        .stdout
+        .lines()
+        .chain(out.stderr.lines())
+        .find_map(|l| l.strip_prefix("Wrote:"))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_else(|| panic!("rpmbuild -bs printed no `Wrote:` line: {out:?}"));
+    assert!(wrote.is_file(), "{} was not written", wrote.display());
+    wrote
 }
 
 /// A per-process unique suffix.
