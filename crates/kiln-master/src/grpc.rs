@@ -54,15 +54,12 @@ impl FarmService {
         let s = self.core.sched();
         let job = job as i64;
         match s.job_current(job) {
-            Some((build, cur, worker, arch, _)) if s.holds(&peer.name, job, attempt) => {
-                let _ = (cur, worker);
-                Ok(JobRef {
-                    build,
-                    job,
-                    attempt,
-                    arch,
-                })
-            }
+            Some((build, _, _, arch, _)) if s.holds(&peer.name, job, attempt) => Ok(JobRef {
+                build,
+                job,
+                attempt,
+                arch,
+            }),
             Some((_, cur, _, _, _)) if cur != attempt => Err(Status::failed_precondition(format!(
                 "stale attempt: job {job} is at attempt {cur}"
             ))),

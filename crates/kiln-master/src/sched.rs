@@ -288,7 +288,7 @@ impl Sched {
         if b.row.state == BuildState::Canceled {
             new = BuildState::Canceled;
         }
-        let changed = new != b.row.state || (new.is_final() && new == BuildState::Canceled);
+        let changed = new != b.row.state;
         if changed {
             fx.events.push(Event::Build { build, state: new });
             fx.commit(
@@ -723,6 +723,10 @@ impl Sched {
         };
         b.row.state = BuildState::Canceled;
         let ids = b.jobs.clone();
+        fx.events.push(Event::Build {
+            build,
+            state: BuildState::Canceled,
+        });
         fx.commit(self.store.write(move |t| {
             kiln_store::set_build_state(t, build, BuildState::Canceled, Some("canceled"))
         }));

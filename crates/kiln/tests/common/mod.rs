@@ -44,17 +44,21 @@ pub fn kiln() -> &'static str {
 // Tools
 // ---------------------------------------------------------------------------
 
+/// The executable `name` in `PATH`, if there is one.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p).is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Finds `name` in `PATH`; panics (the test fails, it never skips) if absent.
 pub fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if let Ok(md) = fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
+    if let Some(p) = find_tool(name) {
+        return p;
     }
     panic!(
         "required tool `{name}` was not found in PATH; these tests need it and never skip \

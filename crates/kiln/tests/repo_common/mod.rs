@@ -41,15 +41,8 @@ pub fn require_repo_tools() {
 
 /// Like `require_tool`, with the Debian packages of these tools named.
 pub fn require_repo_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if let Ok(md) = fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
-                return p;
-            }
-        }
+    if let Some(p) = find_tool(name) {
+        return p;
     }
     panic!(
         "required tool `{name}` was not found in PATH; the repository tests need it and never \
