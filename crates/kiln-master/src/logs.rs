@@ -83,7 +83,7 @@ impl Logs {
             e.insert(Open {
                 file,
                 written,
-                capped: written >= self.cap,
+                capped: written > self.cap,
                 tx,
             });
         }
@@ -232,6 +232,22 @@ mod tests {
         let raw = std::fs::read(Paths::new(dir.path()).log_zst(1, 2)).unwrap();
         assert_eq!(&raw[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
         assert!(logs.append_frame(1, 3, b"not zstd").is_err());
+    }
+
+    #[test]
+    fn a_log_that_fills_the_cap_exactly_is_marked_on_the_next_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(Paths::new(dir.path()), 10);
+        logs.append(1, 2, b"0123456789").unwrap();
+        assert_eq!(logs.read(1, 2).unwrap(), b"0123456789");
+        logs.close(1, 2);
+        // Reopened (as after a restart) at exactly the cap: not yet cut.
+        logs.append(1, 2, b"x").unwrap();
+        let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
+        assert!(
+            text.starts_with("0123456789\n[kiln: log cut here"),
+            "{text}"
+        );
     }
 
     #[test]

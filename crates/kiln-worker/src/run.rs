@@ -325,16 +325,20 @@ struct LogText {
     /// Bytes kept so far, and the cap from the master (0: none).
     written: u64,
     cap: u64,
+    /// The log was cut (the marker is written); nothing more is kept.
+    cut: bool,
 }
 
 impl LogText {
     fn append(&mut self, data: &[u8]) {
-        if self.failed || (self.cap > 0 && self.written >= self.cap) {
+        if self.failed || self.cut || data.is_empty() {
             return;
         }
         if self.cap > 0 && self.written + data.len() as u64 > self.cap {
             // A runaway log is cut here, with a marker; the build goes on.
-            let room = (self.cap - self.written) as usize;
+            // A log that filled the cap exactly gets its marker with the
+            // next byte.
+            let room = self.cap.saturating_sub(self.written) as usize;
             let mut cut = data[..room].to_vec();
             cut.extend_from_slice(
                 format!(
@@ -344,6 +348,7 @@ impl LogText {
                 .as_bytes(),
             );
             self.written = self.cap;
+            self.cut = true;
             self.write_raw(&cut);
             return;
         }
@@ -385,9 +390,9 @@ impl LogSink for JobLog {
     fn write(&self, data: &[u8]) {
         let capped = match self.text.lock() {
             Ok(mut t) => {
-                let was_capped = t.cap > 0 && t.written >= t.cap;
+                let was_cut = t.cut;
                 t.append(data);
-                was_capped
+                was_cut
             }
             Err(_) => false,
         };
@@ -524,6 +529,7 @@ async fn build(
             failed: false,
             written: 0,
             cap: a.log_cap,
+            cut: false,
         }),
     };
     log.write(
@@ -873,4 +879,47 @@ async fn upload_all(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogText;
+
+    fn log(cap: u64) -> LogText {
+        LogText {
+            path: std::path::PathBuf::from("/nonexistent/build.log"),
+            mem: Vec::new(),
+            file: None,
+            failed: false,
+            written: 0,
+            cap,
+            cut: false,
+        }
+    }
+
+    #[test]
+    fn a_log_that_fills_the_cap_exactly_gets_its_marker_with_the_next_byte() {
+        let mut t = log(10);
+        t.append(b"0123456789");
+        assert_eq!(t.mem, b"0123456789", "exactly the cap is kept whole");
+        assert!(!t.cut);
+        t.append(b"more");
+        let text = String::from_utf8(t.mem.clone()).unwrap();
+        assert!(
+            text.starts_with("0123456789\n[kiln: log cut here"),
+            "{text}"
+        );
+        assert!(t.cut);
+        let len = t.mem.len();
+        t.append(b"and more");
+        assert_eq!(t.mem.len(), len, "nothing is kept past the marker");
+    }
+
+    #[test]
+    fn a_chunk_across_the_cap_is_cut_inside() {
+        let mut t = log(4);
+        t.append(b"abcdefgh");
+        let text = String::from_utf8(t.mem.clone()).unwrap();
+        assert!(text.starts_with("abcd\n[kiln: log cut here"), "{text}");
+    }
 }
