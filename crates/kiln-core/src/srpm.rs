@@ -77,6 +77,17 @@ fn read(path: &Path) -> Result<(PackageMetadata, PackageInfo), PackageError> {
     })?;
     let meta = PackageMetadata::parse(&mut BufReader::new(file))
         .map_err(|e| PackageError::Parse(e.to_string()))?;
+    info_of(meta)
+}
+
+/// The same for a package held in memory (a small one sent inline).
+pub fn inspect_package_bytes(data: &[u8]) -> Result<PackageInfo, PackageError> {
+    let meta = PackageMetadata::parse(&mut std::io::Cursor::new(data))
+        .map_err(|e| PackageError::Parse(e.to_string()))?;
+    info_of(meta).map(|(_, info)| info)
+}
+
+fn info_of(meta: PackageMetadata) -> Result<(PackageMetadata, PackageInfo), PackageError> {
     let text = |r: Result<&str, rpm::Error>, what: &str| {
         r.map(str::to_string)
             .map_err(|e| PackageError::Parse(format!("header has no {what}: {e}")))

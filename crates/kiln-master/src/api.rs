@@ -717,10 +717,10 @@ async fn job_log(
         core.logs.open(build, id).map_err(ApiError::internal)?;
         sub = core.logs.subscribe(id);
     }
-    let logs_core = core.clone();
-    let start = tokio::task::spawn_blocking(move || logs_core.logs.read(build, id))
+    let start = core
+        .logs
+        .read(build, id)
         .await
-        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let Some(mut rx) = sub else {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], start).into_response());
@@ -745,9 +745,7 @@ async fn job_log(
                 }
                 Ok(LogEvent::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let c = core.clone();
-                    let all = tokio::task::spawn_blocking(move || c.logs.read(build, id)).await;
-                    if let Ok(Ok(all)) = all {
+                    if let Ok(all) = core.logs.read(build, id).await {
                         if (all.len() as u64) > sent {
                             let rest = bytes::Bytes::from(all).slice(sent as usize..);
                             sent += rest.len() as u64;

@@ -3,7 +3,8 @@
 //! `incoming/<build>/<arch>/` by rename.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 
 use kiln_core::listing::{Listing, LISTING_NAME};
 use kiln_core::names::{check_file_name, compatible_arches};
@@ -44,7 +45,9 @@ pub fn verify_and_file(
     artifacts: &[pb::Artifact],
     verified: &std::collections::HashMap<String, String>,
 ) -> Result<Vec<ArtifactRow>, String> {
-    let mut verified = verified.clone();
+    // Small artifacts come inline in the result: checked in memory and
+    // written once, straight into their place.
+    let mut inline: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
     let mut inline_total = 0u64;
     for a in artifacts
         .iter()
@@ -63,23 +66,12 @@ pub fn verify_and_file(
                 a.size
             ));
         }
-        let sha = kiln_core::fsutil::sha256_bytes(&a.inline);
-        if sha != a.sha256 {
-            return Err(format!(
-                "artifact {:?}: sha256 does not match the listing",
-                a.name
-            ));
-        }
-        let part = paths.staged_part(j.job, j.attempt, &a.name);
-        let done = paths.staged(j.job, j.attempt, &a.name);
-        std::fs::write(&part, &a.inline)
-            .and_then(|_| std::fs::rename(&part, &done))
-            .map_err(|e| format!("writing artifact {:?}: {e}", a.name))?;
-        verified.insert(a.name.clone(), sha);
+        inline.insert(a.name.as_str(), a.inline.as_slice());
     }
+    let mut verified = verified.clone();
     let mut rows = Vec::new();
     let mut names = HashSet::new();
-    let mut listing: Option<PathBuf> = None;
+    let mut listing: Option<Vec<u8>> = None;
     let mut located = Vec::new();
     for a in artifacts {
         check_file_name(&a.name).map_err(|e| format!("artifact name refused: {e}"))?;
@@ -93,20 +85,62 @@ pub fn verify_and_file(
         if !is_sha256(&a.sha256) {
             return Err(format!("artifact {:?}: malformed sha256", a.name));
         }
-        // Content the master already holds in its input store (the SRPM a
-        // rebuild returns) is not sent again: it is linked from there.
-        if locate(paths, j, &a.name).is_none() && is_sha256(&a.sha256) {
-            let cas = paths.cas(&a.sha256);
-            if cas.is_file() {
-                let staged = paths.staged(j.job, j.attempt, &a.name);
-                std::fs::hard_link(&cas, &staged)
-                    .or_else(|_| std::fs::copy(&cas, &staged).map(|_| ()))
-                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
-                verified.insert(a.name.clone(), a.sha256.clone());
+        if let Some(data) = inline.get(a.name.as_str()) {
+            if kiln_core::fsutil::sha256_bytes(data) != a.sha256 {
+                return Err(format!(
+                    "artifact {:?}: sha256 does not match the listing",
+                    a.name
+                ));
             }
+            let nevra = match kind {
+                ArtifactKind::Rpm | ArtifactKind::Srpm => {
+                    let info = kiln_core::srpm::inspect_package_bytes(data)
+                        .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                    Some(check_package(j, a, kind, &info)?)
+                }
+                _ => None,
+            };
+            if kind == ArtifactKind::Listing {
+                listing = Some(data.to_vec());
+            }
+            located.push((Place::Inline(data), a.name.clone()));
+            rows.push(ArtifactRow {
+                job: j.job,
+                arch: j.arch.clone(),
+                name: a.name.clone(),
+                kind,
+                size: a.size,
+                sha256: a.sha256.clone(),
+                nevra,
+            });
+            continue;
         }
-        let path = locate(paths, j, &a.name)
-            .ok_or_else(|| format!("artifact {:?} is listed but was never uploaded", a.name))?;
+        // Content the master already holds in its input store (the SRPM a
+        // rebuild returns) is not sent again: it is linked from there, and
+        // is durable already.
+        let (path, from_cas) = match locate(paths, j, &a.name) {
+            Some(p) => (p, false),
+            None => {
+                let staged = paths.staged(j.job, j.attempt, &a.name);
+                let cas = paths.cas(&a.sha256);
+                match std::fs::hard_link(&cas, &staged) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(format!(
+                            "artifact {:?} is listed but was never uploaded",
+                            a.name
+                        ))
+                    }
+                    Err(_) => {
+                        std::fs::copy(&cas, &staged)
+                            .and_then(|_| std::fs::File::open(&staged)?.sync_all())
+                            .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                    }
+                }
+                verified.insert(a.name.clone(), a.sha256.clone());
+                (staged, true)
+            }
+        };
         // Hashed as it arrived, or (after a restart, or filed already) now.
         let (sha, size) = match verified.get(&a.name) {
             Some(sha) if path == paths.staged(j.job, j.attempt, &a.name) => {
@@ -118,9 +152,11 @@ pub fn verify_and_file(
             _ => sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?,
         };
         // Durable before the result is committed.
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
+        if !from_cas {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
+        }
         if size != a.size {
             return Err(format!(
                 "artifact {:?}: listed size {} but {size} bytes arrived",
@@ -137,34 +173,14 @@ pub fn verify_and_file(
             ArtifactKind::Rpm | ArtifactKind::Srpm => {
                 let info =
                     inspect_package(&path).map_err(|e| format!("artifact {:?}: {e}", a.name))?;
-                if kind == ArtifactKind::Srpm && info.arch != "src" {
-                    return Err(format!(
-                        "artifact {:?} is listed as a source rpm but is not one",
-                        a.name
-                    ));
-                }
-                if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {
-                    return Err(format!(
-                        "artifact {:?}: package arch {} does not belong to a {} job",
-                        a.name, info.arch, j.arch
-                    ));
-                }
-                if info.nevra() != a.nevra {
-                    return Err(format!(
-                        "artifact {:?}: header says {} but the listing says {}",
-                        a.name,
-                        info.nevra(),
-                        a.nevra
-                    ));
-                }
-                Some(info.nevra())
+                Some(check_package(j, a, kind, &info)?)
             }
             _ => None,
         };
         if kind == ArtifactKind::Listing {
-            listing = Some(path.clone());
+            listing = Some(std::fs::read(&path).map_err(|e| format!("reading the listing: {e}"))?);
         }
-        located.push((path, a.name.clone()));
+        located.push((Place::File(path), a.name.clone()));
         rows.push(ArtifactRow {
             job: j.job,
             arch: j.arch.clone(),
@@ -181,11 +197,40 @@ pub fn verify_and_file(
     Ok(rows)
 }
 
+/// A package's header must agree with the job and the listing; returns its
+/// NEVRA.
+fn check_package(
+    j: &JobRef,
+    a: &pb::Artifact,
+    kind: ArtifactKind,
+    info: &kiln_core::srpm::PackageInfo,
+) -> Result<String, String> {
+    if kind == ArtifactKind::Srpm && info.arch != "src" {
+        return Err(format!(
+            "artifact {:?} is listed as a source rpm but is not one",
+            a.name
+        ));
+    }
+    if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {
+        return Err(format!(
+            "artifact {:?}: package arch {} does not belong to a {} job",
+            a.name, info.arch, j.arch
+        ));
+    }
+    if info.nevra() != a.nevra {
+        return Err(format!(
+            "artifact {:?}: header says {} but the listing says {}",
+            a.name,
+            info.nevra(),
+            a.nevra
+        ));
+    }
+    Ok(info.nevra())
+}
+
 /// The listing file must name exactly the other artifacts, as reported.
-fn check_listing(path: &Path, j: &JobRef, rows: &[ArtifactRow]) -> Result<(), String> {
-    let text = std::fs::read(path).map_err(|e| format!("reading the listing: {e}"))?;
-    let l: Listing =
-        serde_json::from_slice(&text).map_err(|e| format!("malformed listing: {e}"))?;
+fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), String> {
+    let l: Listing = serde_json::from_slice(text).map_err(|e| format!("malformed listing: {e}"))?;
     if l.job != j.job as u64 || l.attempt != j.attempt || l.arch != j.arch {
         return Err("the listing belongs to another job".into());
     }
@@ -207,16 +252,39 @@ fn check_listing(path: &Path, j: &JobRef, rows: &[ArtifactRow]) -> Result<(), St
     Ok(())
 }
 
-/// Rename the files into `incoming/<build>/<arch>/` and make it durable.
-fn file(paths: &Paths, j: &JobRef, files: &[(PathBuf, String)]) -> Result<(), String> {
+/// Where a verified artifact is: an uploaded (or already filed) file, or
+/// the bytes that came inline.
+enum Place<'a> {
+    File(PathBuf),
+    Inline(&'a [u8]),
+}
+
+/// Put the files into `incoming/<build>/<arch>/` (a temporary name, then a
+/// rename) and make it durable.
+fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<(), String> {
     let dest = paths.incoming(j.build, &j.arch);
     std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
-    for (f, name) in files {
+    for (place, name) in files {
         let to = dest.join(name);
-        if *f != to {
-            std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+        match place {
+            Place::File(f) => {
+                if *f != to {
+                    std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+                }
+                // What is left of an earlier, interrupted upload of it.
+                let _ = std::fs::remove_file(paths.staged_part(j.job, j.attempt, name));
+            }
+            Place::Inline(data) => {
+                let part = dest.join(format!(".{name}.part"));
+                std::fs::File::create(&part)
+                    .and_then(|mut f| {
+                        f.write_all(data)?;
+                        f.sync_all()
+                    })
+                    .and_then(|_| std::fs::rename(&part, &to))
+                    .map_err(|e| format!("filing {}: {e}", to.display()))?;
+            }
         }
-        let _ = std::fs::remove_file(paths.staged_part(j.job, j.attempt, name));
     }
     if let Ok(d) = std::fs::File::open(&dest) {
         let _ = d.sync_all();

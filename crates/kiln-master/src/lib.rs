@@ -87,6 +87,9 @@ impl Core {
         if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
             self.lease_changed.notify_one();
         }
+        // The logs of ended jobs are queued behind the state changes that
+        // end them, so both usually go in one commit.
+        let logs_saved = self.logs.save(&fx.ended_jobs);
         match fx.finish().await {
             Ok((done, ended, events)) => {
                 if !done.is_empty() {
@@ -97,6 +100,7 @@ impl Core {
                 for e in events {
                     let _ = self.events.send(e);
                 }
+                logs_saved.await;
                 for (build, job) in ended {
                     self.logs.close(build, job);
                 }
@@ -202,7 +206,7 @@ impl Master {
         }
         tokio::spawn(repo.clone().run());
         let core = Arc::new(Core {
-            logs: Logs::new(paths.clone(), cfg.log_cap),
+            logs: Logs::new(paths.clone(), store.clone(), cfg.log_cap),
             paths,
             store,
             ca,

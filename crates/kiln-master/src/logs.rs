@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use kiln_store::Store;
+
 use crate::paths::Paths;
 
 thread_local! {
@@ -31,57 +33,70 @@ pub enum LogEvent {
     End,
 }
 
+/// Where a live log is kept: in memory while it is small (most logs; the
+/// log goes to the database in one row when the job ends, with no file to
+/// create), in `logs/<build>/<job>.log.zst` once it outgrows that.
+enum Sink {
+    Mem(Vec<u8>),
+    File(std::fs::File),
+}
+
 struct Open {
-    file: std::fs::File,
+    sink: Sink,
     /// Uncompressed bytes so far.
     written: u64,
     capped: bool,
     tx: broadcast::Sender<LogEvent>,
 }
 
+/// Compressed bytes a running job's log may keep in memory before it
+/// spills to its file.
+pub const SPILL: usize = 256 << 10;
+
 pub struct Logs {
     paths: Paths,
+    store: Store,
     cap: u64,
     open: Mutex<HashMap<i64, Open>>,
 }
 
 impl Logs {
-    pub fn new(paths: Paths, cap: u64) -> Logs {
+    pub fn new(paths: Paths, store: Store, cap: u64) -> Logs {
         Logs {
             paths,
+            store,
             cap,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn table(&self) -> std::io::Result<std::sync::MutexGuard<'_, HashMap<i64, Open>>> {
+        self.open
+            .lock()
+            .map_err(|_| std::io::Error::other("log table poisoned"))
     }
 
     fn with_open<T>(
         &self,
         build: i64,
         job: i64,
-        f: impl FnOnce(&mut Open) -> T,
+        f: impl FnOnce(&mut Open) -> std::io::Result<T>,
     ) -> std::io::Result<T> {
-        let mut map = self
-            .open
-            .lock()
-            .map_err(|_| std::io::Error::other("log table poisoned"))?;
+        let mut map = self.table()?;
         if let std::collections::hash_map::Entry::Vacant(e) = map.entry(job) {
+            // A log that had spilled to its file before a master restart
+            // goes on there, where it was.
             let path = self.paths.log_zst(build, job);
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            // After a master restart the log goes on where it was.
-            let written = if file.metadata()?.len() > 0 {
-                decode_file(&path)?.len() as u64
-            } else {
-                0
+            let (sink, written) = match std::fs::OpenOptions::new().append(true).open(&path) {
+                Ok(file) => (Sink::File(file), decode_file(&path)?.len() as u64),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    (Sink::Mem(Vec::new()), 0)
+                }
+                Err(err) => return Err(err),
             };
             let (tx, _) = broadcast::channel(1024);
             e.insert(Open {
-                file,
+                sink,
                 written,
                 capped: written > self.cap,
                 tx,
@@ -90,7 +105,34 @@ impl Logs {
         let open = map
             .get_mut(&job)
             .ok_or_else(|| std::io::Error::other("log vanished"))?;
-        Ok(f(open))
+        f(open)
+    }
+
+    /// Add compressed bytes to a live log, spilling it to its file when it
+    /// grows past [`SPILL`].
+    fn store_frame(&self, o: &mut Open, build: i64, job: i64, frame: &[u8]) -> std::io::Result<()> {
+        match &mut o.sink {
+            Sink::Mem(v) if v.len() + frame.len() <= SPILL => {
+                v.extend_from_slice(frame);
+                Ok(())
+            }
+            Sink::Mem(v) => {
+                let path = self.paths.log_zst(build, job);
+                if let Some(d) = path.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)?;
+                file.write_all(v)?;
+                file.write_all(frame)?;
+                o.sink = Sink::File(file);
+                Ok(())
+            }
+            Sink::File(f) => f.write_all(frame),
+        }
     }
 
     /// Append one zstd frame from a worker. Returns an error for a frame
@@ -101,7 +143,7 @@ impl Logs {
             None => zstd::bulk::decompress(frame, 8 << 20),
         })?;
         let cap = self.cap;
-        self.with_open(build, job, |o| -> std::io::Result<()> {
+        self.with_open(build, job, |o| {
             if o.capped {
                 return Ok(());
             }
@@ -117,7 +159,7 @@ impl Logs {
                 o.capped = true;
                 (zstd::bulk::compress(&t, 3)?, t)
             };
-            o.file.write_all(&frame)?;
+            self.store_frame(o, build, job, &frame)?;
             let offset = o.written;
             o.written += text.len() as u64;
             let _ = o.tx.send(LogEvent::Data {
@@ -125,7 +167,7 @@ impl Logs {
                 data: Bytes::from(text),
             });
             Ok(())
-        })?
+        })
     }
 
     /// Append text (compressed here).
@@ -141,10 +183,46 @@ impl Logs {
     /// Make sure a live log exists (so followers can subscribe before the
     /// first line arrives).
     pub fn open(&self, build: i64, job: i64) -> std::io::Result<()> {
-        self.with_open(build, job, |_| ())
+        self.with_open(build, job, |_| Ok(()))
     }
 
-    /// The job ended: tell followers and close the file.
+    /// Queue the logs of these ended jobs that are still in memory for the
+    /// database, now (so they join the commit that ends the jobs). Await
+    /// the result before [`Logs::close`].
+    pub fn save(
+        &self,
+        jobs: &[(i64, i64)],
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let logs: Vec<(i64, Vec<u8>)> = match self.open.lock() {
+            Ok(map) => jobs
+                .iter()
+                .filter_map(|(_, job)| match map.get(job) {
+                    Some(Open {
+                        sink: Sink::Mem(v), ..
+                    }) => Some((*job, v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let write = (!logs.is_empty()).then(|| {
+            self.store.write(move |t| {
+                for (job, z) in &logs {
+                    kiln_store::put_log(t, *job, z)?;
+                }
+                Ok(())
+            })
+        });
+        async move {
+            if let Some(w) = write {
+                if let Err(e) = w.await {
+                    tracing::error!("cannot store the logs of ended jobs: {e}");
+                }
+            }
+        }
+    }
+
+    /// The job ended (its log saved): tell followers and forget it.
     pub fn close(&self, _build: i64, job: i64) {
         let removed = self.open.lock().ok().and_then(|mut m| m.remove(&job));
         if let Some(o) = removed {
@@ -158,23 +236,25 @@ impl Logs {
     }
 
     /// The live stream missed part of a log (the worker was disconnected
-    /// for a while): store the complete `build.log` the worker sent with
-    /// its result instead. Blocking.
+    /// for a while, or the master restarted): keep the complete
+    /// `build.log` the worker sent with its result instead. Blocking.
     pub fn replace(&self, build: i64, job: i64, complete: &std::path::Path) -> std::io::Result<()> {
-        let path = self.paths.log_zst(build, job);
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
         let text = std::fs::read(complete)?;
-        let mut map = self
-            .open
-            .lock()
-            .map_err(|_| std::io::Error::other("log table poisoned"))?;
-        let tmp = path.with_extension("zst.tmp");
-        std::fs::write(&tmp, zstd::bulk::compress(&text, 3)?)?;
-        std::fs::rename(&tmp, &path)?;
-        if let Some(o) = map.get_mut(&job) {
-            o.file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let z = zstd::bulk::compress(&text, 3)?;
+        let path = self.paths.log_zst(build, job);
+        self.with_open(build, job, |o| {
+            match &mut o.sink {
+                Sink::Mem(v) if z.len() <= SPILL => *v = z,
+                _ => {
+                    if let Some(d) = path.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
+                    let tmp = path.with_extension("zst.tmp");
+                    std::fs::write(&tmp, &z)?;
+                    std::fs::rename(&tmp, &path)?;
+                    o.sink = Sink::File(std::fs::OpenOptions::new().append(true).open(&path)?);
+                }
+            }
             if (text.len() as u64) > o.written {
                 let _ = o.tx.send(LogEvent::Data {
                     offset: o.written,
@@ -182,17 +262,38 @@ impl Logs {
                 });
             }
             o.written = text.len() as u64;
-        }
-        Ok(())
+            o.capped = o.written > self.cap;
+            Ok(())
+        })
     }
 
-    /// The whole log as text.
-    pub fn read(&self, build: i64, job: i64) -> std::io::Result<Vec<u8>> {
+    /// The whole log as text: live in memory, or saved in the database,
+    /// or in its file.
+    pub async fn read(&self, build: i64, job: i64) -> std::io::Result<Vec<u8>> {
+        let live = match self.table()?.get(&job) {
+            Some(Open {
+                sink: Sink::Mem(v), ..
+            }) => Some(v.clone()),
+            _ => None,
+        };
+        let z = match live {
+            Some(z) => Some(z),
+            None => self
+                .store
+                .read(move |c| kiln_store::get_log(c, job))
+                .await
+                .map_err(std::io::Error::other)?,
+        };
+        if let Some(z) = z {
+            return Ok(decode(std::io::Cursor::new(z)));
+        }
         let path = self.paths.log_zst(build, job);
-        match decode_file(&path) {
+        tokio::task::spawn_blocking(move || match decode_file(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             r => r,
-        }
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 }
 
@@ -200,8 +301,14 @@ impl Logs {
 /// text instead of failing the whole read.
 fn decode_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let f = std::fs::File::open(path)?;
-    let mut dec = zstd::stream::read::Decoder::new(std::io::BufReader::new(f))?;
+    Ok(decode(std::io::BufReader::new(f)))
+}
+
+fn decode(r: impl std::io::BufRead) -> Vec<u8> {
     let mut out = Vec::new();
+    let Ok(mut dec) = zstd::stream::read::Decoder::with_buffer(r) else {
+        return out;
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match dec.read(&mut buf) {
@@ -211,57 +318,120 @@ fn decode_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
             Err(_) => break,
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn cap_cuts_with_marker_and_stays_compressed() {
+    fn logs(dir: &std::path::Path, cap: u64) -> Logs {
+        let store = Store::open(&dir.join("kiln.db"), kiln_store::Durability::Normal).unwrap();
+        Logs::new(Paths::new(dir), store, cap)
+    }
+
+    async fn end(logs: &Logs, build: i64, job: i64) {
+        logs.save(&[(build, job)]).await;
+        logs.close(build, job);
+    }
+
+    /// Bytes zstd cannot shrink, so a log of them spills to its file.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn cap_cuts_with_marker_and_a_small_log_ends_in_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = Logs::new(Paths::new(dir.path()), 20);
+        let logs = logs(dir.path(), 20);
         logs.append(1, 2, b"0123456789").unwrap();
         logs.append(1, 2, b"0123456789abcdef").unwrap();
         logs.append(1, 2, b"more").unwrap();
-        logs.close(1, 2);
-        let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
+        end(&logs, 1, 2).await;
+        let text = String::from_utf8(logs.read(1, 2).await.unwrap()).unwrap();
         assert!(text.starts_with("01234567890123456789\n[kiln: log cut here"));
         assert!(!text.contains("more"));
-        let raw = std::fs::read(Paths::new(dir.path()).log_zst(1, 2)).unwrap();
+        assert!(
+            !Paths::new(dir.path()).log_zst(1, 2).exists(),
+            "no file for a small log"
+        );
+        let raw = logs
+            .store
+            .read(|c| kiln_store::get_log(c, 2))
+            .await
+            .unwrap()
+            .expect("saved");
         assert_eq!(&raw[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
         assert!(logs.append_frame(1, 3, b"not zstd").is_err());
     }
 
-    #[test]
-    fn a_log_that_fills_the_cap_exactly_is_marked_on_the_next_byte() {
+    #[tokio::test]
+    async fn a_log_that_fills_the_cap_exactly_is_marked_on_the_next_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = Logs::new(Paths::new(dir.path()), 10);
+        let logs = logs(dir.path(), 10);
         logs.append(1, 2, b"0123456789").unwrap();
-        assert_eq!(logs.read(1, 2).unwrap(), b"0123456789");
-        logs.close(1, 2);
-        // Reopened (as after a restart) at exactly the cap: not yet cut.
+        assert_eq!(logs.read(1, 2).await.unwrap(), b"0123456789");
         logs.append(1, 2, b"x").unwrap();
-        let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
+        let text = String::from_utf8(logs.read(1, 2).await.unwrap()).unwrap();
         assert!(
             text.starts_with("0123456789\n[kiln: log cut here"),
             "{text}"
         );
     }
 
-    #[test]
-    fn truncated_tail_is_tolerated() {
+    #[tokio::test]
+    async fn a_big_log_spills_to_its_file_and_goes_on_there_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = noise(SPILL + 1000);
+        let first = logs(dir.path(), 1 << 30);
+        first.append(1, 2, &big).unwrap();
+        assert!(Paths::new(dir.path()).log_zst(1, 2).exists(), "spilled");
+        drop(first);
+        // A new master: the log goes on in its file, at its length.
+        let again = logs(dir.path(), 1 << 30);
+        again.append(1, 2, b"tail").unwrap();
+        assert_eq!(again.written(2), Some(big.len() as u64 + 4));
+        end(&again, 1, 2).await;
+        let text = again.read(1, 2).await.unwrap();
+        assert_eq!(&text[..big.len()], &big[..]);
+        assert_eq!(&text[big.len()..], b"tail");
+    }
+
+    #[tokio::test]
+    async fn truncated_tail_is_tolerated() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path());
-        let logs = Logs::new(paths.clone(), 1 << 20);
+        let logs = logs(dir.path(), 1 << 30);
         logs.append(1, 2, b"first line\n").unwrap();
-        logs.append(1, 2, b"second line\n").unwrap();
-        logs.close(1, 2);
+        logs.append(1, 2, &noise(SPILL + 10)).unwrap();
+        logs.append(1, 2, b"last line\n").unwrap();
+        end(&logs, 1, 2).await;
         let p = paths.log_zst(1, 2);
         let raw = std::fs::read(&p).unwrap();
         std::fs::write(&p, &raw[..raw.len() - 3]).unwrap();
-        let text = String::from_utf8(logs.read(1, 2).unwrap()).unwrap();
-        assert!(text.starts_with("first line\n"), "{text:?}");
+        let text = logs.read(1, 2).await.unwrap();
+        assert!(text.starts_with(b"first line\n"));
+        assert!(!text.ends_with(b"last line\n"));
+    }
+
+    #[tokio::test]
+    async fn a_complete_log_replaces_a_live_one_with_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = logs(dir.path(), 1 << 20);
+        logs.append(1, 2, b"line 1\n").unwrap();
+        let complete = dir.path().join("build.log");
+        std::fs::write(&complete, b"line 1\nline 2\nline 3\n").unwrap();
+        logs.replace(1, 2, &complete).unwrap();
+        assert_eq!(logs.written(2), Some(21));
+        end(&logs, 1, 2).await;
+        assert_eq!(logs.read(1, 2).await.unwrap(), b"line 1\nline 2\nline 3\n");
     }
 }

@@ -489,6 +489,24 @@ pub fn artifacts_of(c: &Connection, build: i64) -> Result<Vec<ArtifactRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+// ---- build logs ----
+
+/// Store the log of an ended job (zstd frames).
+pub fn put_log(c: &Connection, job: i64, zdata: &[u8]) -> Result<()> {
+    c.prepare_cached("INSERT OR REPLACE INTO job_logs (job_id, zdata) VALUES (?1, ?2)")?
+        .execute(params![job, zdata])?;
+    Ok(())
+}
+
+/// The stored log of an ended job, if it is kept here.
+pub fn get_log(c: &Connection, job: i64) -> Result<Option<Vec<u8>>> {
+    Ok(
+        c.prepare_cached("SELECT zdata FROM job_logs WHERE job_id = ?1")?
+            .query_row([job], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 // ---- content-addressed inputs ----
 
 pub fn has_blob(c: &Connection, sha256: &str) -> Result<Option<u64>> {

@@ -115,6 +115,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, repo)
     );
     "#,
+    // 3: build logs of ended jobs, zstd frames (a log too big to keep in
+    // memory while it runs stays in its file under logs/)
+    r#"
+    CREATE TABLE job_logs (
+        job_id INTEGER PRIMARY KEY,
+        zdata  BLOB NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
