@@ -25,6 +25,21 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
+/// Flush every dirty file of the filesystem that holds `dir` (`syncfs(2)`):
+/// one call makes durable what many writes left in the page cache.
+pub fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = std::fs::File::open(dir)?;
+    // SAFETY: syncfs(2) takes an open descriptor, which `d` keeps open for
+    // the duration of the call; it touches no memory of ours.
+    let r = unsafe { libc::syncfs(d.as_raw_fd()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// sha256 (lowercase hex) of bytes in memory.
 pub fn sha256_bytes(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

@@ -451,6 +451,7 @@ async fn finished(
             .flatten()
     };
     let mut fx = Effects::default();
+    let mut journaled = None;
     let outcome = match cur {
         None => {
             let mut s = core.sched();
@@ -487,7 +488,11 @@ async fn finished(
                     .await
                     .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
             let (success, message, rows) = match verified {
-                Ok(rows) => {
+                Ok((rows, unsynced)) => {
+                    // Queued ahead of the result's commit below.
+                    if let Some(sy) = core.syncer.as_ref().filter(|_| !unsynced.is_empty()) {
+                        journaled = Some((sy.clone(), sy.journal(unsynced)));
+                    }
                     complete_log(&core, build, job, &rows).await;
                     (f.success, f.message.clone(), rows)
                 }
@@ -503,6 +508,12 @@ async fn finished(
         }
     };
     core.apply(fx).await;
+    if let Some((sy, j)) = journaled {
+        match j.await {
+            Ok(()) => sy.kick(),
+            Err(e) => tracing::error!("job {job}: cannot journal its incoming files: {e}"),
+        }
+    }
     let (accepted, message) = match outcome {
         Ok(()) => (true, String::new()),
         Err(e) => (false, e),

@@ -3,7 +3,6 @@
 //! `incoming/<build>/<arch>/` by rename.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::PathBuf;
 
 use kiln_core::listing::{Listing, LISTING_NAME};
@@ -44,7 +43,7 @@ pub fn verify_and_file(
     j: &JobRef,
     artifacts: &[pb::Artifact],
     verified: &std::collections::HashMap<String, String>,
-) -> Result<Vec<ArtifactRow>, String> {
+) -> Result<(Vec<ArtifactRow>, Vec<Unsynced>), String> {
     // Small artifacts come inline in the result: checked in memory and
     // written once, straight into their place.
     let mut inline: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
@@ -180,7 +179,12 @@ pub fn verify_and_file(
         if kind == ArtifactKind::Listing {
             listing = Some(std::fs::read(&path).map_err(|e| format!("reading the listing: {e}"))?);
         }
-        located.push((Place::File(path), a.name.clone()));
+        let place = if from_cas {
+            Place::Linked(path, a.sha256.clone())
+        } else {
+            Place::File(path)
+        };
+        located.push((place, a.name.clone()));
         rows.push(ArtifactRow {
             job: j.job,
             arch: j.arch.clone(),
@@ -193,8 +197,8 @@ pub fn verify_and_file(
     }
     let listing = listing.ok_or_else(|| format!("no {LISTING_NAME} among the artifacts"))?;
     check_listing(&listing, j, &rows)?;
-    file(paths, j, &located)?;
-    Ok(rows)
+    let unsynced = file(paths, j, &located)?;
+    Ok((rows, unsynced))
 }
 
 /// A package's header must agree with the job and the listing; returns its
@@ -252,22 +256,54 @@ fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), St
     Ok(())
 }
 
-/// Where a verified artifact is: an uploaded (or already filed) file, or
-/// the bytes that came inline.
+/// Where a verified artifact is: an uploaded (or already filed) file, a
+/// link to an input the master holds, or the bytes that came inline.
 enum Place<'a> {
     File(PathBuf),
+    Linked(PathBuf, String),
     Inline(&'a [u8]),
 }
 
+/// A small file filed without an fsync of its own: what it holds (or the
+/// input it links to) goes into the database with the result, and one
+/// `syncfs` for many results makes it durable (see `crate::syncer`).
+#[derive(Debug, Clone)]
+pub struct Unsynced {
+    /// Relative to the data directory.
+    pub path: String,
+    pub data: Option<Vec<u8>>,
+    pub cas: Option<String>,
+}
+
 /// Put the files into `incoming/<build>/<arch>/` (a temporary name, then a
-/// rename) and make it durable.
-fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<(), String> {
+/// rename). Uploaded files are synced (they were, before this) with their
+/// directory; the small ones are returned to be journaled.
+fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<Unsynced>, String> {
     let dest = paths.incoming(j.build, &j.arch);
     std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let rel = |to: &std::path::Path| {
+        to.strip_prefix(&paths.root)
+            .unwrap_or(to)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut unsynced = Vec::new();
+    let mut uploaded = false;
     for (place, name) in files {
         let to = dest.join(name);
         match place {
+            Place::Linked(f, sha) => {
+                if *f != to {
+                    std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+                }
+                unsynced.push(Unsynced {
+                    path: rel(&to),
+                    data: None,
+                    cas: Some(sha.clone()),
+                });
+            }
             Place::File(f) => {
+                uploaded = true;
                 if *f != to {
                     std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
                 }
@@ -276,18 +312,61 @@ fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<(), 
             }
             Place::Inline(data) => {
                 let part = dest.join(format!(".{name}.part"));
-                std::fs::File::create(&part)
-                    .and_then(|mut f| {
-                        f.write_all(data)?;
-                        f.sync_all()
-                    })
+                std::fs::write(&part, data)
                     .and_then(|_| std::fs::rename(&part, &to))
                     .map_err(|e| format!("filing {}: {e}", to.display()))?;
+                unsynced.push(Unsynced {
+                    path: rel(&to),
+                    data: Some(data.to_vec()),
+                    cas: None,
+                });
             }
         }
     }
-    if let Ok(d) = std::fs::File::open(&dest) {
-        let _ = d.sync_all();
+    if uploaded {
+        if let Ok(d) = std::fs::File::open(&dest) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(unsynced)
+}
+
+/// Write the journaled files again (after a crash that may have lost what
+/// the page cache held). Blocking.
+pub fn rewrite_unsynced(paths: &Paths, files: &[kiln_store::UnsyncedFile]) -> Result<(), String> {
+    for f in files {
+        let rel = std::path::Path::new(&f.path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "journaled path {:?} is not under the data directory",
+                f.path
+            ));
+        }
+        let to = paths.root.join(rel);
+        let dir = to.parent().unwrap_or(&paths.root);
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let part = to.with_file_name(format!(
+            ".{}.part",
+            to.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let written = match (&f.data, &f.cas) {
+            (Some(data), _) => std::fs::write(&part, data),
+            (None, Some(sha)) if is_sha256(sha) => {
+                let _ = std::fs::remove_file(&part);
+                std::fs::hard_link(paths.cas(sha), &part)
+                    .or_else(|_| std::fs::copy(paths.cas(sha), &part).map(|_| ()))
+            }
+            _ => return Err(format!("journaled file {:?} has no content", f.path)),
+        };
+        written
+            .and_then(|_| std::fs::rename(&part, &to))
+            .map_err(|e| format!("rewriting {}: {e}", to.display()))?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod intake;
 pub mod logs;
 pub mod paths;
 pub mod sched;
+pub mod syncer;
 mod tls;
 
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub enum MasterError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Repo(#[from] kiln_repo::RepoError),
+    #[error("{0}")]
+    Recovery(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -52,6 +55,8 @@ pub struct Core {
     pub paths: Paths,
     pub store: Store,
     pub logs: Logs,
+    /// Makes intake's small files durable (`durability = full` only).
+    pub syncer: Option<Arc<syncer::Syncer>>,
     pub ca: Ca,
     pub revoked: RevocationList,
     pub admin_token: String,
@@ -165,6 +170,17 @@ impl Master {
             cfg.job_timeout_secs,
             cfg.log_cap,
         );
+        let rewritten = syncer::recover(&paths, &store)
+            .await
+            .map_err(|e| MasterError::Recovery(format!("rewriting incoming files: {e}")))?;
+        if rewritten > 0 {
+            tracing::info!("rewrote {rewritten} incoming files a crash may have lost");
+        }
+        let syncer = (cfg.durability == kiln_store::Durability::Full)
+            .then(|| syncer::Syncer::new(&paths, store.clone()));
+        if let Some(s) = &syncer {
+            tokio::spawn(s.clone().run());
+        }
         let active = store.read(kiln_store::active_builds).await?;
         let n_active = active.len();
         sched.restore(active);
@@ -207,6 +223,7 @@ impl Master {
         tokio::spawn(repo.clone().run());
         let core = Arc::new(Core {
             logs: Logs::new(paths.clone(), store.clone(), cfg.log_cap),
+            syncer,
             paths,
             store,
             ca,

@@ -507,6 +507,56 @@ pub fn get_log(c: &Connection, job: i64) -> Result<Option<Vec<u8>>> {
     )
 }
 
+// ---- files written without their own fsync ----
+
+/// A file under the data directory (relative path) that holds `data`, or
+/// is a link to the input `cas` (a sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsyncedFile {
+    pub id: i64,
+    pub path: String,
+    pub data: Option<Vec<u8>>,
+    pub cas: Option<String>,
+}
+
+pub fn add_unsynced(
+    c: &Connection,
+    path: &str,
+    data: Option<&[u8]>,
+    cas: Option<&str>,
+) -> Result<()> {
+    c.prepare_cached("INSERT INTO unsynced_files (path, data, cas) VALUES (?1, ?2, ?3)")?
+        .execute(params![path, data, cas])?;
+    Ok(())
+}
+
+pub fn unsynced_files(c: &Connection) -> Result<Vec<UnsyncedFile>> {
+    let mut stmt =
+        c.prepare_cached("SELECT id, path, data, cas FROM unsynced_files ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(UnsyncedFile {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            data: r.get(2)?,
+            cas: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The newest entry, if any.
+pub fn last_unsynced(c: &Connection) -> Result<Option<i64>> {
+    Ok(c.prepare_cached("SELECT max(id) FROM unsynced_files")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// The files up to `upto` are durable now.
+pub fn clear_unsynced(c: &Connection, upto: i64) -> Result<()> {
+    c.prepare_cached("DELETE FROM unsynced_files WHERE id <= ?1")?
+        .execute([upto])?;
+    Ok(())
+}
+
 // ---- content-addressed inputs ----
 
 pub fn has_blob(c: &Connection, sha256: &str) -> Result<Option<u64>> {

@@ -123,6 +123,16 @@ const MIGRATIONS: &[&str] = &[
         zdata  BLOB NOT NULL
     );
     "#,
+    // 4: small files intake wrote without an fsync of their own, with what
+    // they hold, until one syncfs has made them durable
+    r#"
+    CREATE TABLE unsynced_files (
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL,
+        data BLOB,
+        cas  TEXT
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
