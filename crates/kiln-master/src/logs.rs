@@ -51,7 +51,7 @@ struct Open {
 
 /// Compressed bytes a running job's log may keep in memory before it
 /// spills to its file.
-pub const SPILL: usize = 256 << 10;
+pub const SPILL: usize = 64 << 10;
 
 pub struct Logs {
     paths: Paths,
