@@ -79,14 +79,12 @@ async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> any
         .with_context(|| format!("opening {}", path.display()))?;
     let show = is_tty(2);
     let mut sent = 0u64;
+    let started = std::time::Instant::now();
     let stream = tokio_util_stream(f).map(move |chunk| {
         if let Ok(c) = &chunk {
             sent += c.len() as u64;
             if show {
-                eprint!(
-                    "\ruploading {:>3}% ({sent}/{size} bytes)",
-                    (sent * 100).checked_div(size).unwrap_or(100)
-                );
+                eprint!("\r{}", progress_line(sent, size, started.elapsed()));
             }
         }
         chunk
@@ -101,6 +99,23 @@ async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> any
         eprintln!();
     }
     r.map(|_| ())
+}
+
+/// One line of the upload progress bar: bar, percent, amount and rate.
+fn progress_line(sent: u64, size: u64, elapsed: std::time::Duration) -> String {
+    const WIDTH: u64 = 30;
+    let pct = (sent * 100).checked_div(size).unwrap_or(100).min(100);
+    let filled = (sent * WIDTH).checked_div(size).unwrap_or(WIDTH).min(WIDTH) as usize;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { mib(sent) / secs } else { 0.0 };
+    format!(
+        "uploading [{}{}] {pct:>3}% {:.1}/{:.1} MiB {rate:.1} MiB/s",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        mib(sent),
+        mib(size),
+    )
 }
 
 /// A file as a stream of byte chunks.
@@ -532,4 +547,26 @@ pub async fn repo_regen(target: &str) -> anyhow::Result<i32> {
         .await?;
     println!("regeneration of {target} queued");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+    use std::time::Duration;
+
+    #[test]
+    fn the_progress_bar_fills_with_the_upload() {
+        let half = progress_line(5 << 20, 10 << 20, Duration::from_secs(2));
+        assert_eq!(
+            half,
+            "uploading [###############---------------]  50% 5.0/10.0 MiB 2.5 MiB/s"
+        );
+        let done = progress_line(10 << 20, 10 << 20, Duration::from_secs(4));
+        assert!(
+            done.contains("[##############################] 100%"),
+            "{done}"
+        );
+        let empty = progress_line(0, 0, Duration::ZERO);
+        assert!(empty.contains("100%"), "{empty}");
+    }
 }
