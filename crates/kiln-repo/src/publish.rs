@@ -171,13 +171,25 @@ fn check_build(
 }
 
 /// Put one package file in place (signed when the target signs); a file
-/// already there with the same header is left alone.
-fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<(), RepoError> {
+/// already there with the same header is left alone. Returns where it went,
+/// relative to the repository: its own name, or `b<build>/<name>` when a
+/// different package of that name is there (an equal-version CI rebuild).
+/// The file the live metadata names is never overwritten: it stays until
+/// the metadata that drops it has been live for a generation.
+fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<String, RepoError> {
     let dir = layout.repos.join(&target.name).join(&s.pkg.repo);
-    std::fs::create_dir_all(&dir).map_err(RepoError::io(&dir))?;
-    let dest = dir.join(&s.pkg.file);
+    let flat = dir.join(&s.pkg.file);
+    let rel = if flat.exists() && !same_package(&s.src, &flat).unwrap_or(false) {
+        format!("b{}/{}", s.pkg.build, s.pkg.file)
+    } else {
+        s.pkg.file.clone()
+    };
+    let dest = dir.join(&rel);
+    if let Some(d) = dest.parent() {
+        std::fs::create_dir_all(d).map_err(RepoError::io(d))?;
+    }
     if dest.exists() && same_package(&s.src, &dest).unwrap_or(false) {
-        return Ok(());
+        return Ok(rel);
     }
     let tmp = tmp_name(&dest);
     std::fs::copy(&s.src, &tmp).map_err(RepoError::io(&tmp))?;
@@ -196,7 +208,7 @@ fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<(), RepoErr
         std::fs::copy(&s.src, &tt).map_err(RepoError::io(&tt))?;
         std::fs::rename(&tt, &t).map_err(RepoError::io(&t))?;
     }
-    Ok(())
+    Ok(rel)
 }
 
 fn evr(p: &RepoPackage) -> String {
@@ -237,8 +249,9 @@ pub fn publish(
                 continue;
             }
         };
-        for s in &staged {
-            place(layout, target, s)?;
+        let mut staged = staged;
+        for s in &mut staged {
+            s.pkg.file = place(layout, target, s)?;
         }
         for s in staged {
             touched.insert(s.pkg.repo.clone());
@@ -259,7 +272,10 @@ pub fn publish(
     }
     let new_gen = |repo: &str| gens.get(repo).copied().unwrap_or(0) + 1;
     for (_, mut keys) in groups {
-        keys.sort_by(|a, b| compare_evr(&evr(&live[b]), &evr(&live[a])));
+        // Newest first; of equal versions (a CI rebuild) the later build.
+        keys.sort_by(|a, b| {
+            compare_evr(&evr(&live[b]), &evr(&live[a])).then(live[b].build.cmp(&live[a].build))
+        });
         for k in keys.into_iter().skip(target.keep.max(1) as usize) {
             if let Some(mut p) = live.remove(&k) {
                 p.retired_gen = Some(new_gen(&p.repo));
@@ -291,7 +307,12 @@ pub fn publish(
             .filter(|r| &r.repo == repo && r.retired_gen.is_some_and(|g| g < gen))
         {
             if !live.contains_key(&(r.repo.clone(), r.file.clone())) {
-                let _ = std::fs::remove_file(dir.join(&r.file));
+                let f = dir.join(&r.file);
+                let _ = std::fs::remove_file(&f);
+                if let Some(sub) = f.parent().filter(|p| *p != dir) {
+                    // `b<build>/` of a CI rebuild, once empty.
+                    let _ = std::fs::remove_dir(sub);
+                }
                 plan.delete.push((r.repo.clone(), r.file.clone()));
             }
         }

@@ -113,6 +113,16 @@ fn older_is_skipped_equal_needs_ci_and_a_ci_rebuild_is_published() {
         jstr(&ci_rpm, "sha256"),
         "the published kg-gate 1.1-1 should be the CI rebuild's package"
     );
+    // The file the earlier metadata names was not overwritten: a client
+    // holding that metadata still gets the package it names, until the
+    // next generation retires it.
+    let flat = repo_dir(m, "g", "x86_64").join(jstr(&first_rpm, "name"));
+    assert_ne!(path, flat, "the CI rebuild was written over the live file");
+    assert_eq!(
+        sha256_file(&flat),
+        jstr(&first_rpm, "sha256"),
+        "the first build's file changed under the old metadata"
+    );
     let scratch_root = m.scratch.join("ci-extract");
     rpm_extract(&path, &scratch_root);
     let text =
