@@ -514,6 +514,25 @@ pub fn enroll_endpoint_config(
     Ok(config)
 }
 
+/// Server config for the HTTP API when it listens with TLS: the master's
+/// server certificate, no client certificate (the API takes bearer
+/// tokens), ALPN `http/1.1`.
+pub fn api_endpoint_config(
+    server_cert_pem: &str,
+    server_key_pem: &str,
+    ca: &Ca,
+) -> Result<ServerConfig, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            server_chain(server_cert_pem, ca)?,
+            key_from_pem(server_key_pem)?,
+        )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Worker's client config for the worker endpoint: roots = the CA, client
 /// certificate = the worker's, ALPN `h2`.
 pub fn worker_client_config(

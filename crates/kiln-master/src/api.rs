@@ -103,18 +103,98 @@ pub async fn serve(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError>
     let addr = listener
         .local_addr()
         .map_err(io_err("reading the API listener address"))?;
+    let tls = if core.cfg.api_tls {
+        let (cert, key) = core
+            .ca
+            .issue_server_cert(&crate::tls::server_names(&core))?;
+        Some(Arc::new(kiln_core::pki::api_endpoint_config(
+            &cert, &key, &core.ca,
+        )?))
+    } else {
+        None
+    };
     let app = router(core);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let r = match tls {
+            None => axum::serve(listener, app).await,
+            Some(cfg) => axum::serve(TlsListener::new(listener, cfg), app).await,
+        };
+        if let Err(e) = r {
             tracing::error!("HTTP API stopped: {e}");
         }
     });
     Ok(addr)
 }
 
+/// The API's listener with TLS: connections are accepted and their
+/// handshakes run concurrently (a slow client holds up nobody); the server
+/// takes them as they complete.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn new(listener: tokio::net::TcpListener, cfg: Arc<rustls::ServerConfig>) -> TlsListener {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("API listener accept: {e}");
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let hs = tokio::time::timeout(
+                        std::time::Duration::from_secs(20),
+                        acceptor.accept(tcp),
+                    )
+                    .await;
+                    match hs {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, remote)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("API TLS handshake with {remote}: {e}"),
+                        Err(_) => tracing::debug!("API TLS handshake with {remote} timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop never ends; if it did, serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/ca.crt", get(ca_cert))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/builds", get(list_builds).post(submit))
         .route("/api/v1/builds/{id}", get(show_build))
@@ -469,6 +549,16 @@ fn target_of<'a>(core: &'a Core, name: &str) -> ApiResult<&'a crate::Target> {
         .ok_or_else(|| ApiError::not_found(format!("unknown target {name:?}")))
 }
 
+/// The master's CA certificate (public): what clients of an `https://` API
+/// and dnf (`sslcacert`) trust.
+async fn ca_cert(State(core): S) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        core.ca.cert_pem().to_string(),
+    )
+        .into_response()
+}
+
 /// A `.repo` file for a target, pointing at this master as the client
 /// reached it.
 async fn repo_file(
@@ -482,7 +572,34 @@ async fn repo_file(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| core.cfg.api_listen.to_string());
-    let base = format!("http://{host}/repos/{}", t.name);
+    let (scheme, tls) = if core.cfg.api_tls {
+        (
+            "https",
+            // dnf wants the CA as a local file: fetch it once from /ca.crt.
+            format!(
+                "# This master's CA: mkdir -p /etc/pki/kiln && curl -k -o /etc/pki/kiln/ca.crt https://{host}/ca.crt\n\
+                 # then check: openssl x509 -in /etc/pki/kiln/ca.crt -noout -fingerprint -sha256\n\
+                 # must print sha256 Fingerprint={fp}\n",
+                fp = core
+                    .ca
+                    .fingerprint()
+                    .to_uppercase()
+                    .as_bytes()
+                    .chunks(2)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ),
+        )
+    } else {
+        ("http", String::new())
+    };
+    let ssl = if core.cfg.api_tls {
+        "sslcacert=/etc/pki/kiln/ca.crt\n"
+    } else {
+        ""
+    };
+    let base = format!("{scheme}://{host}/repos/{}", t.name);
     let signed = t.sign_key.is_some();
     let gpg = if signed {
         format!(
@@ -493,8 +610,8 @@ async fn repo_file(
         "gpgcheck=0\nrepo_gpgcheck=0\n".to_string()
     };
     let text = format!(
-        "[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}metadata_expire=60\n\n\
-         [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}metadata_expire=60\n",
+        "{tls}[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}{ssl}metadata_expire=60\n\n\
+         [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}{ssl}metadata_expire=60\n",
         n = t.name
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())

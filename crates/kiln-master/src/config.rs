@@ -49,6 +49,9 @@ fn default_channel() -> String {
 pub struct MasterConfig {
     pub data: PathBuf,
     pub api_listen: SocketAddr,
+    /// Serve the HTTP API over TLS with the master's server certificate
+    /// (clients trust `ca/ca.crt`: `KILN_CA` or `ca` in client.toml).
+    pub api_tls: bool,
     pub worker_listen: SocketAddr,
     /// Names (DNS or IP) put in the worker endpoint's certificate, besides
     /// localhost, loopback and the host name.
@@ -81,6 +84,7 @@ impl Default for MasterConfig {
         MasterConfig {
             data: PathBuf::from("/var/lib/kiln"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_tls: false,
             worker_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             server_names: Vec::new(),
             targets: Vec::new(),

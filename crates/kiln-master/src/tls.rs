@@ -60,7 +60,7 @@ impl AsyncWrite for WorkerConn {
     }
 }
 
-fn server_names(core: &Core) -> Vec<String> {
+pub(crate) fn server_names(core: &Core) -> Vec<String> {
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -72,9 +72,10 @@ fn server_names(core: &Core) -> Vec<String> {
             names.push(h.to_string());
         }
     }
-    let ip = core.cfg.worker_listen.ip();
-    if !ip.is_unspecified() {
-        names.push(ip.to_string());
+    for ip in [core.cfg.worker_listen.ip(), core.cfg.api_listen.ip()] {
+        if !ip.is_unspecified() {
+            names.push(ip.to_string());
+        }
     }
     names.extend(core.cfg.server_names.iter().cloned());
     names.sort();

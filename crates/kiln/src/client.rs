@@ -1,5 +1,6 @@
 //! The CLI's HTTP client. Reads `KILN_URL` and `KILN_TOKEN` (or
-//! `KILN_TOKEN_FILE`), else `~/.config/kiln/client.toml`.
+//! `KILN_TOKEN_FILE`), and `KILN_CA` (the master's `ca/ca.crt`, to trust an
+//! `https://` API), else `~/.config/kiln/client.toml`.
 
 use anyhow::{anyhow, bail, Context};
 use serde::de::DeserializeOwned;
@@ -11,6 +12,20 @@ struct ClientFile {
     url: Option<String>,
     token: Option<String>,
     token_file: Option<std::path::PathBuf>,
+    ca: Option<std::path::PathBuf>,
+}
+
+/// The HTTP client, trusting the master's CA besides the usual roots when
+/// one is given.
+fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    if let Some(p) = ca {
+        let pem = std::fs::read(p).with_context(|| format!("reading CA file {}", p.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("CA file {} holds no PEM certificate", p.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().context("creating the HTTP client")
 }
 
 pub struct Client {
@@ -39,9 +54,7 @@ impl Client {
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
-                .build()
-                .context("creating the HTTP client")?,
+            http: http_client(None)?,
         })
     }
 
@@ -73,12 +86,13 @@ impl Client {
             ),
             (None, None) => None,
         };
+        let ca = std::env::var_os("KILN_CA")
+            .map(std::path::PathBuf::from)
+            .or(file.ca);
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
-                .build()
-                .context("creating the HTTP client")?,
+            http: http_client(ca.as_deref())?,
         })
     }
 
@@ -94,11 +108,15 @@ impl Client {
     }
 
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = self
-            .auth(rb)
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the master at {}: {}", self.base, root(&e)))?;
+        let resp = self.auth(rb).send().await.map_err(|e| {
+            let why = root(&e);
+            let hint = if why.contains("certificate") {
+                " (trust the master's CA: KILN_CA=<data>/ca/ca.crt, or `ca` in client.toml)"
+            } else {
+                ""
+            };
+            anyhow!("cannot reach the master at {}: {why}{hint}", self.base)
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

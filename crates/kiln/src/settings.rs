@@ -44,6 +44,9 @@ pub struct MasterArgs {
     /// HTTP API address.
     #[arg(long, env = "KILN_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// Serve the HTTP API over TLS (certificate from the master's CA).
+    #[arg(long, env = "KILN_API_TLS")]
+    pub api_tls: bool,
     /// Worker endpoint address (gRPC over mutual TLS).
     #[arg(long, env = "KILN_WORKER_LISTEN")]
     pub worker_listen: Option<SocketAddr>,
@@ -84,6 +87,9 @@ impl MasterArgs {
         }
         if let Some(v) = self.worker_listen {
             c.worker_listen = v;
+        }
+        if self.api_tls {
+            c.api_tls = true;
         }
         c.server_names.extend(self.server_name);
         if let Some(v) = self.lease_secs {
@@ -139,8 +145,10 @@ pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
     let cfg = a.into_config()?;
     let m = start_master(cfg).await?;
     println!(
-        "listening api=http://{} worker=https://{}",
-        m.api_addr, m.worker_addr
+        "listening api={}://{} worker=https://{}",
+        if m.core.cfg.api_tls { "https" } else { "http" },
+        m.api_addr,
+        m.worker_addr
     );
     tracing::info!("admin token in {}", m.core.paths.admin_token().display());
     wait_for_signal().await?;

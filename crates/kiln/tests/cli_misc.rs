@@ -245,3 +245,39 @@ fn a_log_past_the_cap_is_cut_and_the_build_goes_on() {
     let size = ju64(&art[0], "size");
     assert!(size < 1500 + 200, "build.log artifact is {size} bytes");
 }
+
+/// `--api-tls`: the API speaks HTTPS with a certificate from the master's
+/// CA; the CLI trusts it through `KILN_CA`, refuses it without, and plain
+/// HTTP to that port gets one clear error line.
+#[test]
+fn the_api_over_tls_is_trusted_through_the_masters_ca() {
+    let m = Master::start_with(MasterOpts::default().flag("--api-tls"));
+    assert!(m.api_url.starts_with("https://"), "{}", m.api_url);
+    // The harness points KILN_CA at the master's ca/ca.crt for https.
+    let out = m.cli(&["token", "create", "--worker", "tlsw"]).assert_ok();
+    assert!(out.stdout.trim().starts_with("kiln1."), "{out:?}");
+    let out = m.cli(&["builds", "--json"]).assert_ok();
+    assert_eq!(out.stdout.trim(), "[]");
+
+    // Not trusting the master's CA: refused, and said so.
+    let mut cmd = m.cli_cmd(&["builds", "--json"]);
+    cmd.env_remove("KILN_CA");
+    run_timeout(cmd, CLI_TIMEOUT, "kiln builds over TLS without the CA").assert_error_line(&[
+        "certificate",
+        "unknown issuer",
+        "unknownissuer",
+    ]);
+
+    // Plain HTTP to the TLS port.
+    let mut cmd = m.cli_cmd(&["builds", "--json"]);
+    cmd.env("KILN_URL", m.api_url.replace("https://", "http://"));
+    run_timeout(cmd, CLI_TIMEOUT, "kiln builds over plain HTTP to TLS")
+        .assert_error_line(&["cannot reach"]);
+
+    // Workers enroll and build as before (the worker port is unchanged).
+    let _w = m.start_worker("tlsw2", "noarch", "default", 1);
+    require_build_tools();
+    let srpm = Pkg::noarch(&format!("kt-tls{}", unique())).build_srpm(&m.scratch);
+    let b = m.submit_wait(&srpm, &[]);
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+}

@@ -331,3 +331,66 @@ fn vercmp_orders_like_rpm_and_exits_like_rpmdev_vercmp() {
         );
     }
 }
+
+/// With `--api-tls` the repositories are served over HTTPS too: the .repo
+/// file names https and the CA file, the master serves its CA at /ca.crt,
+/// and dnf installs through TLS trusting only that CA.
+#[test]
+fn dnf_installs_over_https_trusting_the_masters_ca() {
+    let config = config_toml(&[], &[target_toml("h", &["x86_64"], &[])]);
+    let f = RepoFarm::start_opts(
+        MasterOpts::default().config(&config).flag("--api-tls"),
+        Ctl::new(),
+    );
+    let m = &f.m;
+    assert!(m.api_url.starts_with("https://"), "{}", m.api_url);
+    build_and_publish(m, &RPkg::new("kh-tls", "1.0", "1"), "h", &[]);
+
+    let rf = repo_file(m, "h");
+    assert!(
+        rf.contains(&format!("{}/repos/h/$basearch", m.api_url)),
+        "the .repo file should point at {}/repos/h/$basearch/:\n{rf}",
+        m.api_url
+    );
+    assert!(rf.contains("sslcacert=/etc/pki/kiln/ca.crt"), "{rf}");
+
+    // The CA as the .repo file says to fetch it (into the test's directory
+    // rather than /etc), checked against the master's own file.
+    let ca = m.scratch.join("kiln-ca.crt");
+    let mut curl = Command::new(require_repo_tool("curl"));
+    curl.arg("-sS")
+        .arg("--fail")
+        .arg("--cacert")
+        .arg(m.data.join("ca").join("ca.crt"))
+        .arg("-o")
+        .arg(&ca)
+        .arg(format!("{}/ca.crt", m.api_url));
+    run_timeout(curl, CLI_TIMEOUT, "curl /ca.crt").assert_ok();
+    assert_eq!(
+        fs::read(&ca).unwrap(),
+        fs::read(m.data.join("ca").join("ca.crt")).unwrap()
+    );
+
+    let rf = rf.replace("/etc/pki/kiln/ca.crt", ca.to_str().unwrap());
+    let run = dnf_install(&m.scratch, "h", &rf, &["kh-tls"]);
+    run.assert_ok();
+    let q = rpm_q_root(&run.root, &["kh-tls"]);
+    assert!(
+        q.as_deref().is_some_and(|v| v.starts_with("kh-tls-1.0-1.")),
+        "dnf should have installed kh-tls 1.0-1 over https: {q:?}\n{}",
+        run.out.stdout
+    );
+
+    // Without the CA dnf refuses the repository.
+    let untrusted = rf
+        .lines()
+        .filter(|l| !l.starts_with("sslcacert="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let run = dnf_install(&m.scratch, "h", &untrusted, &["kh-tls"]);
+    assert!(
+        !run.out.success(),
+        "dnf trusted an unknown CA: {}",
+        run.out.stdout
+    );
+}

@@ -930,6 +930,12 @@ impl MasterOpts {
         self.args.push(value.to_string());
         self
     }
+
+    /// A flag without a value (`--api-tls`).
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
 }
 
 /// A running `kiln master` in its own temp dir.
@@ -1045,7 +1051,10 @@ impl Master {
         }
         let api = api.unwrap_or_else(|| panic!("no api= in `{line}`"));
         let worker = worker.unwrap_or_else(|| panic!("no worker= in `{line}`"));
-        assert!(api.starts_with("http://127.0.0.1:"), "api url: {line}");
+        assert!(
+            api.starts_with("http://127.0.0.1:") || api.starts_with("https://127.0.0.1:"),
+            "api url: {line}"
+        );
         assert!(
             worker.starts_with("https://127.0.0.1:"),
             "worker url: {line}"
@@ -1135,6 +1144,10 @@ impl Master {
             .env("HOME", &self.home)
             .env_remove("XDG_CONFIG_HOME")
             .env("NO_COLOR", "1");
+        if self.api_url.starts_with("https://") {
+            // The admin on the master's machine trusts the master's CA.
+            cmd.env("KILN_CA", self.data.join("ca").join("ca.crt"));
+        }
         cmd
     }
 

@@ -214,8 +214,12 @@ pub struct RepoFarm {
 
 impl RepoFarm {
     pub fn start(config: &str, ctl: Ctl) -> RepoFarm {
+        RepoFarm::start_opts(MasterOpts::default().config(config), ctl)
+    }
+
+    pub fn start_opts(opts: MasterOpts, ctl: Ctl) -> RepoFarm {
         require_repo_tools();
-        let m = Master::start_with(MasterOpts::default().config(config));
+        let m = Master::start_with(opts);
         let w = m.start_worker("w1", "x86_64,noarch", "default", 2);
         RepoFarm { w, m, ctl }
     }
