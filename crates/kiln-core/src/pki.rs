@@ -503,6 +503,17 @@ pub fn enroll_endpoint_config(
     server_key_pem: &str,
     ca: &Ca,
 ) -> Result<ServerConfig, PkiError> {
+    no_client_auth_config(server_cert_pem, server_key_pem, ca, ALPN_ENROLL)
+}
+
+/// A server config with our server certificate, no client certificate and
+/// one ALPN protocol.
+fn no_client_auth_config(
+    server_cert_pem: &str,
+    server_key_pem: &str,
+    ca: &Ca,
+    alpn: &[u8],
+) -> Result<ServerConfig, PkiError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -510,7 +521,7 @@ pub fn enroll_endpoint_config(
             server_chain(server_cert_pem, ca)?,
             key_from_pem(server_key_pem)?,
         )?;
-    config.alpn_protocols = vec![ALPN_ENROLL.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 
@@ -522,15 +533,7 @@ pub fn api_endpoint_config(
     server_key_pem: &str,
     ca: &Ca,
 ) -> Result<ServerConfig, PkiError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            server_chain(server_cert_pem, ca)?,
-            key_from_pem(server_key_pem)?,
-        )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    no_client_auth_config(server_cert_pem, server_key_pem, ca, b"http/1.1")
 }
 
 /// Worker's client config for the worker endpoint: roots = the CA, client
