@@ -478,9 +478,10 @@ async fn submit(
         arches: plan.build.clone(),
     };
     if let Some(reason) = skip {
+        let id = core.sched().allocate_ids(0).0;
         let b = core
             .store
-            .write(move |t| kiln_store::insert_skipped(t, &nb, &reason))
+            .write(move |t| kiln_store::insert_skipped(t, &nb, id, &reason))
             .await?;
         tracing::info!("build {} of {} skipped", b.id, info.nevra());
         let _ = core.events.send(crate::sched::Event::Build {
@@ -490,21 +491,33 @@ async fn submit(
         let _ = core.build_done.send(b.id);
         return Ok((StatusCode::CREATED, Json(build_view(&core, b.id).await?)));
     }
-    // Durable before acknowledged: the build is committed before we answer.
-    let (build, jobs) = core
-        .store
-        .write(move |t| kiln_store::insert_build(t, &nb))
-        .await?;
-    let id = build.id;
+    // The build's rows get their ids here, so its jobs can be dispatched at
+    // once: the insert is queued first and the assignments right behind it,
+    // so they usually share one group commit (one fsync fewer on the way to
+    // a worker). Nothing is sent before both are durable, and the build is
+    // committed before we answer.
     let mut fx = Effects::default();
-    let view = {
+    let (id, inserted, view) = {
         let mut s = core.sched();
+        let (id, job_ids) = s.allocate_ids(nb.arches.len());
+        let (build, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
+        let (b, j) = (build.clone(), jobs.clone());
+        let inserted = core
+            .store
+            .write(move |t| kiln_store::insert_rows(t, &b, &j));
         s.add_build(build.clone(), jobs.clone());
         s.dispatch_jobs(&mut fx, &channel, &plan.build);
         // The answer shows the build as committed; a dispatch in progress
         // shows in the next look.
-        BuildView::new(&s, build, jobs, vec![])
+        (id, inserted, BuildView::new(&s, build, jobs, vec![]))
     };
+    if let Err(e) = inserted.await {
+        let mut undo = Effects::default();
+        core.sched().forget_build(&mut undo, id);
+        core.apply(fx).await;
+        core.apply(undo).await;
+        return Err(e.into());
+    }
     core.apply(fx).await;
     tracing::debug!("build {id} of {} accepted", info.nevra());
     Ok((StatusCode::CREATED, Json(view)))

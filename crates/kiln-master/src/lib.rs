@@ -184,6 +184,7 @@ impl Master {
         let active = store.read(kiln_store::active_builds).await?;
         let n_active = active.len();
         sched.restore(active);
+        sched.set_next_ids(store.read(kiln_store::next_ids).await?);
         let (build_done, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel::<sched::Event>(16384);
         let mut repo_targets = Vec::new();

@@ -154,6 +154,11 @@ pub struct Sched {
     /// Jobs holding a lease (assigned or running): few, bounded by capacity.
     leased: HashSet<i64>,
     next_conn: u64,
+    /// The ids the next build and job get (allocated here, under the
+    /// scheduler lock, so a build can be dispatched in the same group
+    /// commit that stores it).
+    next_build: i64,
+    next_job: i64,
 }
 
 /// Expand declared arches with the ones each can also build.
@@ -185,6 +190,46 @@ impl Sched {
             workers: HashMap::new(),
             leased: HashSet::new(),
             next_conn: 0,
+            next_build: 1,
+            next_job: 1,
+        }
+    }
+
+    /// Where id allocation goes on (from `kiln_store::next_ids` at start).
+    pub fn set_next_ids(&mut self, (build, job): (i64, i64)) {
+        self.next_build = build;
+        self.next_job = job;
+    }
+
+    /// Ids for a new build and its `jobs` jobs.
+    pub fn allocate_ids(&mut self, jobs: usize) -> (i64, Vec<i64>) {
+        let id = self.next_build;
+        self.next_build += 1;
+        let ids = (self.next_job..).take(jobs).collect();
+        self.next_job += jobs as i64;
+        (id, ids)
+    }
+
+    /// A build whose insert failed: drop it and its jobs from memory (its
+    /// dispatch writes failed with it, so nothing was sent).
+    pub fn forget_build(&mut self, fx: &mut Effects, build: i64) {
+        let Some(b) = self.builds.remove(&build) else {
+            return;
+        };
+        let mut workers = Vec::new();
+        for id in b.jobs {
+            self.leased.remove(&id);
+            if let Some(j) = self.jobs.remove(&id) {
+                if let Some(w) = j.row.worker {
+                    if let Some(live) = self.workers.get_mut(&w) {
+                        live.running.remove(&id);
+                    }
+                    workers.push(w);
+                }
+            }
+        }
+        for w in workers {
+            self.fill_worker(fx, &w);
         }
     }
 

@@ -183,39 +183,116 @@ fn worker_row(r: &Row<'_>) -> rusqlite::Result<WorkerRow> {
 
 // ---- builds and jobs ----
 
-pub fn insert_build(c: &Connection, b: &NewBuild) -> Result<(BuildRow, Vec<JobRow>)> {
+/// The ids the next build and job will get, `(build, job)`: past every id
+/// ever used (AUTOINCREMENT's own counter included).
+pub fn next_ids(c: &Connection) -> Result<(i64, i64)> {
+    let next = |table: &str| -> Result<i64> {
+        let seq: Option<i64> = c
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = ?1")?
+            .query_row([table], |r| r.get(0))
+            .optional()?;
+        let max: Option<i64> = c
+            .prepare_cached(&format!("SELECT max(id) FROM {table}"))?
+            .query_row([], |r| r.get(0))?;
+        Ok(seq.unwrap_or(0).max(max.unwrap_or(0)) + 1)
+    };
+    Ok((next("builds")?, next("jobs")?))
+}
+
+/// The rows of a new build with the given ids, as they are stored: queued,
+/// one pending job per arch (`job_ids` in the order of `b.arches`).
+pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow>) {
     let now = now_ms();
-    let excluded = serde_json::to_string(&b.excluded)
+    let build = BuildRow {
+        id,
+        target: b.target.clone(),
+        package: b.package.clone(),
+        evr: b.evr.clone(),
+        srpm_name: b.srpm_name.clone(),
+        srpm_sha256: b.srpm_sha256.clone(),
+        srpm_size: b.srpm_size,
+        channel: b.channel.clone(),
+        disttag: b.disttag.clone(),
+        priority: b.priority,
+        scratch: b.scratch,
+        ci: b.ci,
+        state: BuildState::Queued,
+        reason: None,
+        excluded_arches: b.excluded.clone(),
+        created_at: now,
+        finished_at: None,
+        publish: None,
+        publish_error: None,
+    };
+    let jobs = b
+        .arches
+        .iter()
+        .zip(job_ids)
+        .map(|(arch, &jid)| JobRow {
+            id: jid,
+            build: id,
+            arch: arch.clone(),
+            state: JobState::Pending,
+            worker: None,
+            attempt: 1,
+            message: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        })
+        .collect();
+    (build, jobs)
+}
+
+/// Store a new build's rows (from [`new_rows`]).
+pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> {
+    let excluded = serde_json::to_string(&b.excluded_arches)
         .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
-    c.execute(
-        "INSERT INTO builds (target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
+    c.prepare_cached(
+        "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
          disttag, priority, scratch, ci, state, excluded, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued', ?12, ?13)",
-        params![
-            b.target,
-            b.package,
-            b.evr,
-            b.srpm_name,
-            b.srpm_sha256,
-            b.srpm_size as i64,
-            b.channel,
-            b.disttag,
-            b.priority,
-            b.scratch,
-            b.ci,
-            excluded,
-            now
-        ],
-    )?;
-    let id = c.last_insert_rowid();
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        b.id,
+        b.target,
+        b.package,
+        b.evr,
+        b.srpm_name,
+        b.srpm_sha256,
+        b.srpm_size as i64,
+        b.channel,
+        b.disttag,
+        b.priority,
+        b.scratch,
+        b.ci,
+        b.state.as_str(),
+        excluded,
+        b.created_at
+    ])?;
     let mut stmt = c.prepare_cached(
-        "INSERT INTO jobs (build_id, arch, state, attempt, created_at) VALUES (?1, ?2, 'pending', 1, ?3)",
+        "INSERT INTO jobs (id, build_id, arch, state, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    for arch in &b.arches {
-        stmt.execute(params![id, arch, now])?;
+    for j in jobs {
+        stmt.execute(params![
+            j.id,
+            j.build,
+            j.arch,
+            j.state.as_str(),
+            j.attempt as i64,
+            j.created_at
+        ])?;
     }
-    let build = get_build(c, id)?.ok_or_else(|| StoreError::NotFound(format!("build {id}")))?;
-    let jobs = jobs_of(c, id)?;
+    Ok(())
+}
+
+/// Insert a new build with the next free ids (for a store no scheduler
+/// allocates ids for: tools and tests).
+pub fn insert_build(c: &Connection, b: &NewBuild) -> Result<(BuildRow, Vec<JobRow>)> {
+    let (id, first_job) = next_ids(c)?;
+    let job_ids: Vec<i64> = (first_job..).take(b.arches.len()).collect();
+    let (build, jobs) = new_rows(b, id, &job_ids);
+    insert_rows(c, &build, &jobs)?;
     Ok((build, jobs))
 }
 
@@ -336,10 +413,12 @@ pub fn set_build_state(
 }
 
 /// Insert a build that the version gate skipped: no jobs, final at once.
-pub fn insert_skipped(c: &Connection, b: &NewBuild, reason: &str) -> Result<BuildRow> {
+/// Record a build the version gate skipped, with id `id`.
+pub fn insert_skipped(c: &Connection, b: &NewBuild, id: i64, reason: &str) -> Result<BuildRow> {
     let mut nb = b.clone();
     nb.arches.clear();
-    let (row, _) = insert_build(c, &nb)?;
+    let (row, _) = new_rows(&nb, id, &[]);
+    insert_rows(c, &row, &[])?;
     set_build_state(c, row.id, BuildState::Skipped, Some(reason))?;
     get_build(c, row.id)?.ok_or_else(|| StoreError::NotFound(format!("build {}", row.id)))
 }
@@ -723,6 +802,50 @@ mod tests {
             excluded: vec![],
             arches: arches.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[tokio::test]
+    async fn rows_made_in_memory_are_the_rows_stored_and_ids_move_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        assert_eq!(store.read(next_ids).await.unwrap(), (1, 1));
+        let mut b = nb(&["x86_64", "i686"]);
+        b.excluded = vec![Excluded {
+            arch: "s390x".into(),
+            reason: "ExcludeArch".into(),
+        }];
+        let (build, jobs) = new_rows(&b, 7, &[20, 21]);
+        let (bb, jj) = (build.clone(), jobs.clone());
+        store
+            .write(move |t| insert_rows(t, &bb, &jj))
+            .await
+            .unwrap();
+        let stored = store.read(|c| get_build(c, 7)).await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_value(&stored).unwrap(),
+            serde_json::to_value(&build).unwrap()
+        );
+        let stored_jobs = store.read(|c| jobs_of(c, 7)).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&stored_jobs).unwrap(),
+            serde_json::to_value(&jobs).unwrap()
+        );
+        // Past every id used, even after the rows are gone.
+        assert_eq!(store.read(next_ids).await.unwrap(), (8, 22));
+        store
+            .write(|t| {
+                t.execute_batch("DELETE FROM jobs; DELETE FROM builds;")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.read(next_ids).await.unwrap(), (8, 22));
+        // A build stored without a scheduler takes the next ids.
+        let (b2, j2) = store
+            .write(|t| insert_build(t, &nb(&["noarch"])))
+            .await
+            .unwrap();
+        assert_eq!((b2.id, j2[0].id), (8, 22));
     }
 
     #[tokio::test]
