@@ -40,6 +40,15 @@ pub fn syncfs(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Make `dst` hold what `src` holds: a hard link, or a copy where the
+/// filesystem cannot link. `dst` must not exist.
+pub fn link_or_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(src, dst) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => std::fs::copy(src, dst).map(|_| ()),
+        r => r,
+    }
+}
+
 /// sha256 (lowercase hex) of bytes in memory.
 pub fn sha256_bytes(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

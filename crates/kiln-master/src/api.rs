@@ -585,32 +585,29 @@ async fn repo_file(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| core.cfg.api_listen.to_string());
-    let (scheme, tls) = if core.cfg.api_tls {
+    // With TLS, dnf wants the CA as a local file: the .repo file says how
+    // to fetch it once from /ca.crt and check it.
+    let (scheme, header_lines, ssl) = if core.cfg.api_tls {
+        let fp = core
+            .ca
+            .fingerprint()
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
         (
             "https",
-            // dnf wants the CA as a local file: fetch it once from /ca.crt.
             format!(
                 "# This master's CA: mkdir -p /etc/pki/kiln && curl -k -o /etc/pki/kiln/ca.crt https://{host}/ca.crt\n\
                  # then check: openssl x509 -in /etc/pki/kiln/ca.crt -noout -fingerprint -sha256\n\
-                 # must print sha256 Fingerprint={fp}\n",
-                fp = core
-                    .ca
-                    .fingerprint()
-                    .to_uppercase()
-                    .as_bytes()
-                    .chunks(2)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(":")
+                 # must print sha256 Fingerprint={fp}\n"
             ),
+            "sslcacert=/etc/pki/kiln/ca.crt\n",
         )
     } else {
-        ("http", String::new())
-    };
-    let ssl = if core.cfg.api_tls {
-        "sslcacert=/etc/pki/kiln/ca.crt\n"
-    } else {
-        ""
+        ("http", String::new(), "")
     };
     let base = format!("{scheme}://{host}/repos/{}", t.name);
     let signed = t.sign_key.is_some();
@@ -623,7 +620,7 @@ async fn repo_file(
         "gpgcheck=0\nrepo_gpgcheck=0\n".to_string()
     };
     let text = format!(
-        "{tls}[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}{ssl}metadata_expire=60\n\n\
+        "{header_lines}[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}{ssl}metadata_expire=60\n\n\
          [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}{ssl}metadata_expire=60\n",
         n = t.name
     );

@@ -84,106 +84,35 @@ pub fn verify_and_file(
         if !is_sha256(&a.sha256) {
             return Err(format!("artifact {:?}: malformed sha256", a.name));
         }
-        if let Some(data) = inline.get(a.name.as_str()) {
-            if kiln_core::fsutil::sha256_bytes(data) != a.sha256 {
-                return Err(format!(
-                    "artifact {:?}: sha256 does not match the listing",
-                    a.name
-                ));
-            }
-            let nevra = match kind {
-                ArtifactKind::Rpm | ArtifactKind::Srpm => {
-                    let info = kiln_core::srpm::inspect_package_bytes(data)
-                        .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
-                    Some(check_package(j, a, kind, &info)?)
+        let (place, size, sha) = match inline.get(a.name.as_str()) {
+            Some(data) => {
+                if kiln_core::fsutil::sha256_bytes(data) != a.sha256 {
+                    return Err(format!(
+                        "artifact {:?}: sha256 does not match the listing",
+                        a.name
+                    ));
                 }
-                _ => None,
-            };
-            if kind == ArtifactKind::Listing {
-                listing = Some(data.to_vec());
+                (Place::Inline(data), a.size, a.sha256.clone())
             }
-            located.push((Place::Inline(data), a.name.clone()));
-            rows.push(ArtifactRow {
-                job: j.job,
-                arch: j.arch.clone(),
-                name: a.name.clone(),
-                kind,
-                size: a.size,
-                sha256: a.sha256.clone(),
-                nevra,
-            });
-            continue;
-        }
-        // Content the master already holds in its input store (the SRPM a
-        // rebuild returns) is not sent again: it is linked from there, and
-        // is durable already.
-        let (path, from_cas) = match locate(paths, j, &a.name) {
-            Some(p) => (p, false),
-            None => {
-                let staged = paths.staged(j.job, j.attempt, &a.name);
-                let cas = paths.cas(&a.sha256);
-                match std::fs::hard_link(&cas, &staged) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(format!(
-                            "artifact {:?} is listed but was never uploaded",
-                            a.name
-                        ))
-                    }
-                    Err(_) => {
-                        std::fs::copy(&cas, &staged)
-                            .and_then(|_| std::fs::File::open(&staged)?.sync_all())
-                            .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
-                    }
-                }
-                verified.insert(a.name.clone(), a.sha256.clone());
-                (staged, true)
-            }
+            None => on_disk(paths, j, a, &mut verified)?,
         };
-        // Hashed as it arrived, or (after a restart, or filed already) now.
-        let (sha, size) = match verified.get(&a.name) {
-            Some(sha) if path == paths.staged(j.job, j.attempt, &a.name) => {
-                let size = std::fs::metadata(&path)
-                    .map_err(|e| format!("reading artifact {:?}: {e}", a.name))?
-                    .len();
-                (sha.clone(), size)
-            }
-            _ => sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?,
-        };
-        // Durable before the result is committed.
-        if !from_cas {
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
-        }
-        if size != a.size {
-            return Err(format!(
-                "artifact {:?}: listed size {} but {size} bytes arrived",
-                a.name, a.size
-            ));
-        }
-        if sha != a.sha256 {
-            return Err(format!(
-                "artifact {:?}: sha256 does not match the listing",
-                a.name
-            ));
-        }
         let nevra = match kind {
             ArtifactKind::Rpm | ArtifactKind::Srpm => {
-                let info =
-                    inspect_package(&path).map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                let info = place
+                    .inspect()
+                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
                 Some(check_package(j, a, kind, &info)?)
             }
             _ => None,
         };
         if kind == ArtifactKind::Listing {
-            listing = Some(std::fs::read(&path).map_err(|e| format!("reading the listing: {e}"))?);
+            listing = Some(
+                place
+                    .bytes()
+                    .map_err(|e| format!("reading the listing: {e}"))?
+                    .into_owned(),
+            );
         }
-        let place = if from_cas {
-            Place::Linked(path, a.sha256.clone())
-        } else {
-            Place::File(path)
-        };
         located.push((place, a.name.clone()));
         rows.push(ArtifactRow {
             job: j.job,
@@ -199,6 +128,70 @@ pub fn verify_and_file(
     check_listing(&listing, j, &rows)?;
     let unsynced = file(paths, j, &located)?;
     Ok((rows, unsynced))
+}
+
+/// An artifact that did not come inline: uploaded (staged, or already filed
+/// by an earlier report of this result), or content the master already
+/// holds in its input store (the SRPM a rebuild returns), which is not sent
+/// again but linked from there. Checks size and sha256; an uploaded file is
+/// synced before the result is committed (a linked one is journaled).
+fn on_disk<'a>(
+    paths: &Paths,
+    j: &JobRef,
+    a: &pb::Artifact,
+    verified: &mut std::collections::HashMap<String, String>,
+) -> Result<(Place<'a>, u64, String), String> {
+    let (path, from_cas) = match locate(paths, j, &a.name) {
+        Some(p) => (p, false),
+        None => {
+            let staged = paths.staged(j.job, j.attempt, &a.name);
+            match kiln_core::fsutil::link_or_copy(&paths.cas(&a.sha256), &staged) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(format!(
+                        "artifact {:?} is listed but was never uploaded",
+                        a.name
+                    ))
+                }
+                Err(e) => return Err(format!("artifact {:?}: {e}", a.name)),
+            }
+            verified.insert(a.name.clone(), a.sha256.clone());
+            (staged, true)
+        }
+    };
+    // Hashed as it arrived, or (after a restart, or filed already) now.
+    let (sha, size) = match verified.get(&a.name) {
+        Some(sha) if path == paths.staged(j.job, j.attempt, &a.name) => {
+            let size = std::fs::metadata(&path)
+                .map_err(|e| format!("reading artifact {:?}: {e}", a.name))?
+                .len();
+            (sha.clone(), size)
+        }
+        _ => sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?,
+    };
+    if !from_cas {
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
+    }
+    if size != a.size {
+        return Err(format!(
+            "artifact {:?}: listed size {} but {size} bytes arrived",
+            a.name, a.size
+        ));
+    }
+    if sha != a.sha256 {
+        return Err(format!(
+            "artifact {:?}: sha256 does not match the listing",
+            a.name
+        ));
+    }
+    let place = if from_cas {
+        Place::Linked(path, a.sha256.clone())
+    } else {
+        Place::File(path)
+    };
+    Ok((place, size, sha))
 }
 
 /// A package's header must agree with the job and the listing; returns its
@@ -262,6 +255,22 @@ enum Place<'a> {
     File(PathBuf),
     Linked(PathBuf, String),
     Inline(&'a [u8]),
+}
+
+impl Place<'_> {
+    fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Place::Inline(d) => Ok(std::borrow::Cow::Borrowed(d)),
+            Place::File(p) | Place::Linked(p, _) => std::fs::read(p).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    fn inspect(&self) -> Result<kiln_core::srpm::PackageInfo, kiln_core::srpm::PackageError> {
+        match self {
+            Place::Inline(d) => kiln_core::srpm::inspect_package_bytes(d),
+            Place::File(p) | Place::Linked(p, _) => inspect_package(p),
+        }
+    }
 }
 
 /// A small file filed without an fsync of its own: what it holds (or the
@@ -359,8 +368,7 @@ pub fn rewrite_unsynced(paths: &Paths, files: &[kiln_store::UnsyncedFile]) -> Re
             (Some(data), _) => std::fs::write(&part, data),
             (None, Some(sha)) if is_sha256(sha) => {
                 let _ = std::fs::remove_file(&part);
-                std::fs::hard_link(paths.cas(sha), &part)
-                    .or_else(|_| std::fs::copy(paths.cas(sha), &part).map(|_| ()))
+                kiln_core::fsutil::link_or_copy(&paths.cas(sha), &part)
             }
             _ => return Err(format!("journaled file {:?} has no content", f.path)),
         };

@@ -148,8 +148,8 @@ impl Logs {
                 return Ok(());
             }
             let room = cap.saturating_sub(o.written) as usize;
-            let (frame, text): (Vec<u8>, Vec<u8>) = if text.len() <= room {
-                (frame.to_vec(), text)
+            let (frame, text): (std::borrow::Cow<[u8]>, Vec<u8>) = if text.len() <= room {
+                (std::borrow::Cow::Borrowed(frame), text)
             } else {
                 let mut t = text[..room].to_vec();
                 t.extend_from_slice(
@@ -157,7 +157,7 @@ impl Logs {
                         .as_bytes(),
                 );
                 o.capped = true;
-                (zstd::bulk::compress(&t, 3)?, t)
+                (zstd::bulk::compress(&t, 3)?.into(), t)
             };
             self.store_frame(o, build, job, &frame)?;
             let offset = o.written;

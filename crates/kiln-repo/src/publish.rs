@@ -178,18 +178,22 @@ fn check_build(
 /// the metadata that drops it has been live for a generation.
 fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<String, RepoError> {
     let dir = layout.repos.join(&target.name).join(&s.pkg.repo);
+    let there = |p: &Path| p.exists().then(|| same_package(&s.src, p).unwrap_or(false));
     let flat = dir.join(&s.pkg.file);
-    let rel = if flat.exists() && !same_package(&s.src, &flat).unwrap_or(false) {
-        format!("b{}/{}", s.pkg.build, s.pkg.file)
-    } else {
-        s.pkg.file.clone()
+    let rel = match there(&flat) {
+        Some(true) => return Ok(s.pkg.file.clone()),
+        None => s.pkg.file.clone(),
+        Some(false) => {
+            let rel = format!("b{}/{}", s.pkg.build, s.pkg.file);
+            if there(&dir.join(&rel)) == Some(true) {
+                return Ok(rel);
+            }
+            rel
+        }
     };
     let dest = dir.join(&rel);
     if let Some(d) = dest.parent() {
         std::fs::create_dir_all(d).map_err(RepoError::io(d))?;
-    }
-    if dest.exists() && same_package(&s.src, &dest).unwrap_or(false) {
-        return Ok(rel);
     }
     let tmp = tmp_name(&dest);
     std::fs::copy(&s.src, &tmp).map_err(RepoError::io(&tmp))?;
@@ -389,8 +393,8 @@ fn swap(work: &Path, dir: &Path, signer: Option<&Signer>) -> Result<(), RepoErro
             .file_name()
             .ok_or_else(|| RepoError::Tool(format!("odd href {r} in repomd.xml")))?;
         let (src, dst) = (work.join("repodata").join(name), served.join(name));
-        if !dst.exists() && std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(RepoError::io(&dst))?;
+        if !dst.exists() {
+            kiln_core::fsutil::link_or_copy(&src, &dst).map_err(RepoError::io(&dst))?;
         }
     }
     sync_dir(&served);

@@ -113,9 +113,7 @@ async fn land(store: &Store, incoming: &Path, rpms: &[PathBuf]) -> anyhow::Resul
     for r in rpms {
         let name = r.file_name().context("name")?.to_string_lossy().to_string();
         let dest = dir.join(&name);
-        if std::fs::hard_link(r, &dest).is_err() {
-            std::fs::copy(r, &dest)?;
-        }
+        kiln_core::fsutil::link_or_copy(r, &dest)?;
         arts.push(ArtifactRow {
             job: jobs[0].id,
             arch: "noarch".into(),
