@@ -51,6 +51,13 @@ impl From<kiln_store::StoreError> for ApiError {
         match e {
             kiln_store::StoreError::NotFound(m) => ApiError::not_found(m),
             kiln_store::StoreError::Invalid(m) => ApiError::bad(m),
+            e @ (kiln_store::StoreError::CommitFailed(_) | kiln_store::StoreError::Closed) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            }
             other => ApiError::internal(other),
         }
     }
@@ -65,6 +72,22 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 type S = State<Arc<Core>>;
+
+/// A caller that presented the admin token. As an extractor it runs before
+/// the body is read, so a caller without a token learns nothing of the
+/// body's shape.
+struct Admin;
+
+impl axum::extract::FromRequestParts<Arc<Core>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        core: &Arc<Core>,
+    ) -> Result<Self, ApiError> {
+        auth(core, &parts.headers).map(|()| Admin)
+    }
+}
 
 fn auth(core: &Core, headers: &HeaderMap) -> ApiResult<()> {
     let given = headers
@@ -217,9 +240,47 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/targets/{target}/regen", post(repo_regen))
         .nest_service(
             "/repos",
-            tower_http::services::ServeDir::new(core.paths.repos()),
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    core.clone(),
+                    only_regular_files,
+                ))
+                .service(tower_http::services::ServeDir::new(core.paths.repos())),
         )
         .with_state(core)
+}
+
+/// `/repos` serves regular files inside the repository tree and nothing
+/// else: no symlink (at any depth), no directory, no special file.
+async fn only_regular_files(
+    State(core): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let decoded = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8();
+    let ok = decoded.is_ok_and(|rel| {
+        let root = core.paths.repos();
+        let mut p = root.clone();
+        let mut parts = 0;
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            if c == "." || c == ".." || c.contains('\0') {
+                return false;
+            }
+            p.push(c);
+            parts += 1;
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => return false,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        parts > 0 && std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file())
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::not_found("no such file in the repositories").into_response()
+    }
 }
 
 async fn targets(State(core): S) -> Json<Vec<crate::Target>> {
@@ -379,24 +440,43 @@ pub const NOW_PRIORITY: i64 = 100;
 
 async fn submit(
     State(core): S,
-    headers: HeaderMap,
+    _: Admin,
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<BuildView>)> {
-    auth(&core, &headers)?;
-    let target_name = req.target.clone().unwrap_or_else(|| "default".into());
-    let target = core.cfg.target(&target_name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = core.cfg.targets.iter().map(|t| t.name.as_str()).collect();
-        ApiError::bad(format!(
-            "unknown target {target_name:?} (known: {})",
-            known.join(", ")
-        ))
-    })?;
+    let known = || {
+        core.cfg
+            .targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let target = match &req.target {
+        Some(name) => core.cfg.target(name).ok_or_else(|| {
+            ApiError::bad(format!("unknown target {name:?} (known: {})", known()))
+        })?,
+        None => core.cfg.default_target().ok_or_else(|| {
+            ApiError::bad(format!(
+                "no target given and no default_target configured (known: {})",
+                known()
+            ))
+        })?,
+    }
+    .clone();
     let arches = req.arches.clone().unwrap_or_else(|| target.arches.clone());
     if arches.is_empty() {
         return Err(ApiError::bad("no arch given"));
     }
     for a in &arches {
         check_arch(a).map_err(|e| ApiError::bad(e.to_string()))?;
+        // noarch is welcome everywhere (any worker builds it).
+        if a != "noarch" && !target.arches.contains(a) {
+            return Err(ApiError::bad(format!(
+                "target {} does not build {a} (its arches: {})",
+                target.name,
+                target.arches.join(", ")
+            )));
+        }
     }
     let channel = req
         .channel
@@ -735,14 +815,17 @@ async fn put_blob(
         .paths
         .tmp()
         .join(format!("upload-{}-{}", &sha[..16], rand::random::<u64>()));
-    let result = receive(&core, &tmp, &sha, body, max).await;
+    let result = receive(&tmp, body, max).await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     let size = match result {
         Ok(size) => size,
-        Err(Some(n)) => return Err(too_big(n)),
-        Err(None) => return Err(ApiError::bad("upload interrupted")),
+        Err(Receive::TooBig(n)) => return Err(too_big(n)),
+        Err(Receive::Interrupted(e)) => {
+            return Err(ApiError::bad(format!("upload interrupted: {e}")))
+        }
+        Err(Receive::Disk(e)) => return Err(disk_error(e)),
     };
     let t2 = tmp.clone();
     let (got, _) = tokio::task::spawn_blocking(move || sha256_file(&t2))
@@ -765,7 +848,7 @@ async fn put_blob(
     }
     tokio::fs::rename(&tmp, core.paths.cas(&sha))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(disk_error)?;
     let s2 = sha.clone();
     core.store
         .write(move |t| kiln_store::add_blob(t, &s2, size))
@@ -782,25 +865,46 @@ async fn put_blob(
 
 /// Write the body to `tmp`; Err(Some(n)) when it passes `max` bytes,
 /// Err(None) when it breaks off.
-async fn receive(
-    _core: &Core,
-    tmp: &std::path::Path,
-    _sha: &str,
-    body: Body,
-    max: u64,
-) -> Result<u64, Option<u64>> {
-    let mut f = tokio::fs::File::create(tmp).await.map_err(|_| None)?;
+/// Why an upload's body did not arrive whole.
+enum Receive {
+    /// Past the size limit, after this many bytes.
+    TooBig(u64),
+    /// The client's stream broke.
+    Interrupted(String),
+    /// The master could not write it.
+    Disk(std::io::Error),
+}
+
+/// A failure of the master's own disk, as a client sees it: a full disk
+/// says so, with 507; anything else is a 500.
+fn disk_error(e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            "no space left on device on the master; nothing was kept, retry once there is room",
+        )
+    } else {
+        ApiError::internal(format!("writing the upload: {e}"))
+    }
+}
+
+async fn receive(tmp: &std::path::Path, body: Body, max: u64) -> Result<u64, Receive> {
+    let mut f = tokio::fs::File::create(tmp).await.map_err(Receive::Disk)?;
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| None)?;
+        let chunk = chunk.map_err(|e| Receive::Interrupted(e.to_string()))?;
         n += chunk.len() as u64;
         if n > max {
-            return Err(Some(n));
+            return Err(Receive::TooBig(n));
         }
-        f.write_all(&chunk).await.map_err(|_| None)?;
+        f.write_all(&chunk).await.map_err(Receive::Disk)?;
     }
-    f.sync_all().await.map_err(|_| None)?;
+    // tokio's File writes in the background: flush to see the last
+    // write's error (a full disk) before syncing.
+    f.flush().await.map_err(Receive::Disk)?;
+    f.sync_all().await.map_err(Receive::Disk)?;
     Ok(n)
 }
 
@@ -1020,10 +1124,9 @@ struct TokenRequest {
 
 async fn create_token(
     State(core): S,
-    headers: HeaderMap,
+    _: Admin,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    auth(&core, &headers)?;
     check_ident("worker", &req.worker).map_err(|e| ApiError::bad(e.to_string()))?;
     let (token, hash) = crate::tls::make_token(&core);
     let expires = kiln_store::now_ms() + (core.cfg.token_ttl_secs as i64) * 1000;

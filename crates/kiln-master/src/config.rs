@@ -66,6 +66,11 @@ pub struct MasterConfig {
     pub max_upload: u64,
     /// Largest artifact a worker may upload, in bytes.
     pub max_artifact: u64,
+    /// What one job attempt may stage in all (artifact bytes and files).
+    pub max_job_upload: u64,
+    pub max_job_files: u64,
+    /// The target of a submit that names none (with one target, that one).
+    pub default_target: Option<String>,
     /// Build log cap per job, in bytes; past it the log is cut with a marker.
     pub log_cap: u64,
     /// Per-job build timeout, in seconds.
@@ -92,6 +97,9 @@ impl Default for MasterConfig {
             max_attempts: 3,
             max_upload: 2 << 30,
             max_artifact: 8 << 30,
+            max_job_upload: 32 << 30,
+            max_job_files: 10_000,
+            default_target: None,
             log_cap: 64 << 20,
             job_timeout_secs: 6 * 3600,
             token_ttl_secs: 24 * 3600,
@@ -155,12 +163,29 @@ impl MasterConfig {
                 return Err(ConfigError::DuplicateTarget(t.name.clone()));
             }
         }
+        if let Some(d) = &self.default_target {
+            if self.target(d).is_none() {
+                return Err(ConfigError::Bad(format!(
+                    "default_target {d:?} is not a declared target"
+                )));
+            }
+        }
         if self.lease_secs == 0 || self.max_attempts == 0 {
             return Err(ConfigError::Bad(
                 "lease_secs and max_attempts must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The target a submit without one goes to: `default_target`, or the
+    /// only target there is.
+    pub fn default_target(&self) -> Option<&Target> {
+        match &self.default_target {
+            Some(d) => self.target(d),
+            None if self.targets.len() == 1 => self.targets.first(),
+            None => None,
+        }
     }
 
     pub fn target(&self, name: &str) -> Option<&Target> {

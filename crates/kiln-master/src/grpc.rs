@@ -22,6 +22,16 @@ use crate::sched::Effects;
 use crate::Core;
 use sha2::Digest;
 
+/// An I/O error of the master's own disk, as the worker sees it: a full
+/// disk says so (and is worth retrying later); anything else is internal.
+fn disk_status(e: std::io::Error) -> Status {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        Status::resource_exhausted("no space left on device on the master; retry later")
+    } else {
+        Status::internal(format!("the master's disk: {e}"))
+    }
+}
+
 pub fn service(core: Arc<Core>) -> FarmServer<FarmService> {
     FarmServer::new(FarmService { core })
         .max_decoding_message_size(4 << 20)
@@ -261,6 +271,7 @@ impl Farm for FarmService {
                 key.name, key.size, self.core.cfg.max_artifact
             )));
         }
+        self.core.stage(j.job, j.attempt, &key.name, key.size)?;
         let part = self.core.paths.staged_part(j.job, j.attempt, &key.name);
         let done = self.core.paths.staged(j.job, j.attempt, &key.name);
         let mut f = tokio::fs::OpenOptions::new()
@@ -269,21 +280,15 @@ impl Farm for FarmService {
             .truncate(false)
             .open(&part)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let have = f
-            .metadata()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .len();
+            .map_err(disk_status)?;
+        let have = f.metadata().await.map_err(disk_status)?.len();
         if first.offset > have {
             return Err(Status::failed_precondition(format!(
                 "upload of {} must resume at {have}, not {}",
                 key.name, first.offset
             )));
         }
-        f.set_len(first.offset)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        f.set_len(first.offset).await.map_err(disk_status)?;
         // Hash as it arrives; on a resume, the part already here first.
         let mut hasher = sha2::Sha256::new();
         if first.offset > 0 {
@@ -298,11 +303,11 @@ impl Farm for FarmService {
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(disk_status)?;
         }
         f.seek(std::io::SeekFrom::Start(first.offset))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(disk_status)?;
         let mut written = first.offset;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
@@ -316,14 +321,10 @@ impl Farm for FarmService {
                 )));
             }
             hasher.update(&c.data);
-            f.write_all(&c.data)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            f.write_all(&c.data).await.map_err(disk_status)?;
             chunk = stream.message().await?;
         }
-        f.flush()
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        f.flush().await.map_err(disk_status)?;
         drop(f);
         if written < key.size {
             return Ok(Response::new(pb::UploadState {
@@ -339,9 +340,7 @@ impl Farm for FarmService {
                 key.name, key.sha256
             )));
         }
-        tokio::fs::rename(&part, &done)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        tokio::fs::rename(&part, &done).await.map_err(disk_status)?;
         if let Ok(mut v) = self.core.verified.lock() {
             // Entries of jobs that never report are dropped in bulk; intake
             // then hashes again, which is only slower.
@@ -508,6 +507,15 @@ async fn finished(
         }
     };
     core.apply(fx).await;
+    if core.unstage(job, f.attempt) {
+        // Whatever the result did not file (all of it, if refused).
+        let paths = core.paths.clone();
+        let attempt = f.attempt;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::housekeeping::purge_staged(&paths, job, attempt)
+        })
+        .await;
+    }
     if let Some((sy, j)) = journaled {
         match j.await {
             Ok(()) => sy.kick(),

@@ -2,8 +2,10 @@
 //! worker endpoint (gRPC over mutual TLS) and the HTTP API.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 mod grpc;
+pub mod housekeeping;
 mod intake;
 pub mod logs;
 pub mod paths;
@@ -42,6 +44,8 @@ pub enum MasterError {
     Repo(#[from] kiln_repo::RepoError),
     #[error("{0}")]
     Recovery(String),
+    #[error("{0}")]
+    LostDatabase(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -75,9 +79,50 @@ pub struct Core {
     /// sha256 of artifacts verified as they were uploaded, by
     /// (job, attempt, name): intake need not hash them again.
     pub verified: Mutex<std::collections::HashMap<(i64, u32, String), String>>,
+    /// Artifacts staged per job attempt (name → declared size), to bound
+    /// what one attempt may stage and to clean up after its result.
+    staging: Mutex<std::collections::HashMap<(i64, u32), std::collections::HashMap<String, u64>>>,
 }
 
 impl Core {
+    /// Record an artifact a job attempt starts to stage; refuse it past
+    /// `max_job_files` files or `max_job_upload` bytes for the attempt.
+    pub(crate) fn stage(
+        &self,
+        job: i64,
+        attempt: u32,
+        name: &str,
+        size: u64,
+    ) -> Result<(), tonic::Status> {
+        let mut st = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let e = st.entry((job, attempt)).or_default();
+        let others: u64 = e.iter().filter(|(n, _)| *n != name).map(|(_, s)| s).sum();
+        let files = e.len() + usize::from(!e.contains_key(name));
+        if files as u64 > self.cfg.max_job_files {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "job {job} may stage at most {} files (max_job_files)",
+                self.cfg.max_job_files
+            )));
+        }
+        if others.saturating_add(size) > self.cfg.max_job_upload {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "job {job} may stage at most {} bytes in all (max_job_upload); {name} of {size} bytes is past it",
+                self.cfg.max_job_upload
+            )));
+        }
+        e.insert(name.to_string(), size);
+        Ok(())
+    }
+
+    /// Forget what a job attempt staged; whether it had staged anything.
+    pub(crate) fn unstage(&self, job: i64, attempt: u32) -> bool {
+        self.staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(job, attempt))
+            .is_some()
+    }
+
     pub fn sched(&self) -> MutexGuard<'_, Sched> {
         // A panic while holding the lock is a bug; keep serving with the
         // state as it is rather than cascading the panic.
@@ -92,6 +137,13 @@ impl Core {
         if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
             self.lease_changed.notify_one();
         }
+        self.apply_quiet(fx).await
+    }
+
+    /// [`Core::apply`] without waking the lease timer: for the timer's own
+    /// decisions (waking itself would leave a permit behind and turn its
+    /// wait into a busy loop).
+    async fn apply_quiet(&self, fx: Effects) {
         // The logs of ended jobs are queued behind the state changes that
         // end them, so both usually go in one commit.
         let logs_saved = self.logs.save(&fx.ended_jobs);
@@ -150,13 +202,17 @@ impl Master {
     pub async fn start(mut cfg: MasterConfig) -> Result<Master, MasterError> {
         cfg.validate()?;
         let paths = Paths::new(&cfg.data);
-        std::fs::create_dir_all(&cfg.data)
-            .map_err(io_err(format!("creating {}", cfg.data.display())))?;
+        housekeeping::secure_data_dir(&paths)?;
         paths.create_dirs().map_err(io_err(format!(
             "creating directories in {}",
             cfg.data.display()
         )))?;
         let store = Store::open(&paths.db(), cfg.durability)?;
+        housekeeping::check_not_lost(&paths, store.read(kiln_store::holds_nothing).await?)?;
+        let cleaned = housekeeping::clean_tmp(&paths);
+        if cleaned > 0 {
+            tracing::info!("removed {cleaned} partial files from tmp/");
+        }
         let ca = Ca::load_or_create(&paths.ca_dir())?;
         let admin_token = read_or_create_token(&paths.admin_token())?;
         let revoked = RevocationList::new();
@@ -183,6 +239,16 @@ impl Master {
         }
         let active = store.read(kiln_store::active_builds).await?;
         let n_active = active.len();
+        let attempts: std::collections::HashSet<(i64, u32)> = active
+            .iter()
+            .flat_map(|(_, jobs)| jobs.iter())
+            .filter(|j| !j.state.is_final())
+            .map(|j| (j.id, j.attempt))
+            .collect();
+        let cleaned = housekeeping::clean_uploads(&paths, &attempts);
+        if cleaned > 0 {
+            tracing::info!("removed {cleaned} staged uploads of attempts that are over");
+        }
         sched.restore(active);
         sched.set_next_ids(store.read(kiln_store::next_ids).await?);
         let (build_done, _) = broadcast::channel(4096);
@@ -238,6 +304,7 @@ impl Master {
             repo,
             srpm_cache: Mutex::new(std::collections::HashMap::new()),
             verified: Mutex::new(std::collections::HashMap::new()),
+            staging: Mutex::new(std::collections::HashMap::new()),
             cfg,
         });
         if n_active > 0 {
@@ -254,23 +321,28 @@ impl Master {
     }
 }
 
-/// Sleeps until the earliest lease deadline (or until leases change), then
-/// re-queues the jobs whose lease lapsed. A timer, not a polling loop.
+/// Sleeps until the earliest lease or timeout deadline (or until leases
+/// change), then re-queues the jobs whose lease lapsed and fails the ones
+/// past their timeout. A timer, not a polling loop: it never wakes itself.
 async fn lease_task(core: Arc<Core>) {
     use std::sync::atomic::Ordering;
     loop {
-        // Idle first, then look: a lease added after the look finds the
-        // flag set and wakes us.
+        // Register as a waiter before looking, so a lease added after the
+        // look (which finds the flag set and notifies) wakes this wait
+        // rather than leaving a permit for a later one.
+        let changed = core.lease_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
         core.lease_idle.store(true, Ordering::SeqCst);
         let mut fx = Effects::default();
         let next = core.sched().expire_leases(&mut fx);
         if next.is_some() {
             core.lease_idle.store(false, Ordering::SeqCst);
         }
-        core.apply(fx).await;
+        core.apply_quiet(fx).await;
         match next {
             Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            None => core.lease_changed.notified().await,
+            None => changed.await,
         }
     }
 }

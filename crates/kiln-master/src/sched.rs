@@ -557,12 +557,18 @@ impl Sched {
     }
 
     /// Cut a worker off (revocation): forget its session and re-queue its jobs.
+    /// Each job it holds is re-queued and the worker is told to cancel it
+    /// (while its session is still open), so it stops building at once.
     pub fn evict(&mut self, fx: &mut Effects, name: &str) {
-        if let Some(w) = self.workers.remove(name) {
-            for id in w.running {
-                self.requeue(fx, id, "its worker was revoked");
-            }
+        let running: Vec<i64> = self
+            .workers
+            .get(name)
+            .map(|w| w.running.iter().copied().collect())
+            .unwrap_or_default();
+        for id in running {
+            self.requeue(fx, id, "its worker was revoked");
         }
+        self.workers.remove(name);
     }
 
     pub fn is_current(&self, name: &str, conn: u64) -> bool {
@@ -721,9 +727,80 @@ impl Sched {
         self.settle_build(fx, build);
     }
 
-    /// Re-queue every job whose lease has lapsed; returns the next deadline.
+    /// When a running job's time is up on the master's clock: the worker's
+    /// own timeout plus one lease period of grace (the worker normally ends
+    /// it first and reports).
+    fn timeout_at(&self, j: &ActiveJob, now: Instant, now_wall_ms: i64) -> Option<Instant> {
+        if self.job_timeout_secs == 0 {
+            return None;
+        }
+        let started = j.row.started_at?;
+        let limit_ms = (self.job_timeout_secs as i64)
+            .saturating_mul(1000)
+            .saturating_add(self.lease.as_millis() as i64);
+        let left_ms = started.saturating_add(limit_ms) - now_wall_ms;
+        Some(now + Duration::from_millis(left_ms.max(0) as u64))
+    }
+
+    /// A job held past its timeout: the worker is told to stop and the job
+    /// fails (a timeout is the build's fault, not the worker's: no retry).
+    fn time_out(&mut self, fx: &mut Effects, job: i64) {
+        self.leased.remove(&job);
+        let secs = self.job_timeout_secs;
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if let Some(w) = j
+            .row
+            .worker
+            .as_deref()
+            .and_then(|w| self.workers.get_mut(w))
+        {
+            w.running.remove(&job);
+            fx.sends.push((
+                w.tx.clone(),
+                pb::MasterMsg {
+                    msg: Some(pb::master_msg::Msg::Cancel(pb::Cancel {
+                        job_id: job as u64,
+                        attempt: j.row.attempt,
+                        reason: "timed out".into(),
+                    })),
+                },
+            ));
+        }
+        j.row.state = JobState::Failed;
+        j.row.message = Some(format!(
+            "timed out after {secs} s (ended by the master: the worker did not report in time)"
+        ));
+        j.row.finished_at = Some(now_ms());
+        let row = j.row.clone();
+        fx.ended_jobs.push((row.build, job));
+        self.save(fx, &row);
+        self.settle_build(fx, row.build);
+        if let Some(w) = row.worker {
+            self.fill_worker(fx, &w);
+        }
+    }
+
+    /// Re-queue every job whose lease has lapsed and fail the ones past
+    /// their timeout; returns the next deadline of either kind.
     pub fn expire_leases(&mut self, fx: &mut Effects) -> Option<Instant> {
         let now = Instant::now();
+        let wall = now_ms();
+        let overdue: Vec<i64> = self
+            .leased
+            .iter()
+            .filter(|id| {
+                self.jobs
+                    .get(id)
+                    .and_then(|j| self.timeout_at(j, now, wall))
+                    .is_some_and(|t| t <= now)
+            })
+            .copied()
+            .collect();
+        for id in overdue {
+            self.time_out(fx, id);
+        }
         let lapsed: Vec<i64> = self
             .leased
             .iter()
@@ -756,7 +833,8 @@ impl Sched {
         self.leased
             .iter()
             .filter_map(|id| self.jobs.get(id))
-            .map(|j| j.lease_until)
+            .flat_map(|j| [Some(j.lease_until), self.timeout_at(j, now, wall)])
+            .flatten()
             .min()
     }
 

@@ -91,6 +91,14 @@ fn sha256_file(p: &Path) -> Result<String, RepoError> {
         .map_err(RepoError::io(p))
 }
 
+/// fsync one file's content (a metadata file, before the rename that makes
+/// it live: after a power loss repomd.xml never names unwritten content).
+fn sync_file(p: &Path) -> Result<(), RepoError> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(RepoError::io(p))
+}
+
 fn sync_dir(d: &Path) {
     if let Ok(f) = std::fs::File::open(d) {
         let _ = f.sync_all();
@@ -200,9 +208,7 @@ fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<String, Rep
     if let Some(signer) = &target.signer {
         signer.sign_rpm(&tmp)?;
     }
-    if let Ok(f) = std::fs::File::open(&tmp) {
-        let _ = f.sync_all();
-    }
+    sync_file(&tmp)?;
     std::fs::rename(&tmp, &dest).map_err(RepoError::io(&dest))?;
     if let Some(td) = &target.tosign_dir {
         let d = td.join(&target.name);
@@ -210,6 +216,7 @@ fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<String, Rep
         let t = d.join(&s.pkg.file);
         let tt = tmp_name(&t);
         std::fs::copy(&s.src, &tt).map_err(RepoError::io(&tt))?;
+        sync_file(&tt)?;
         std::fs::rename(&tt, &t).map_err(RepoError::io(&t))?;
     }
     Ok(rel)
@@ -395,14 +402,18 @@ fn swap(work: &Path, dir: &Path, signer: Option<&Signer>) -> Result<(), RepoErro
         let (src, dst) = (work.join("repodata").join(name), served.join(name));
         if !dst.exists() {
             kiln_core::fsutil::link_or_copy(&src, &dst).map_err(RepoError::io(&dst))?;
+            // createrepo_c wrote it without an fsync.
+            sync_file(&dst)?;
         }
     }
     sync_dir(&served);
     let tmp = served.join(".repomd.xml.tmp");
     std::fs::write(&tmp, &new_xml).map_err(RepoError::io(&tmp))?;
+    sync_file(&tmp)?;
     if let Some(s) = signer {
         let asc_tmp = served.join(".repomd.xml.asc.tmp");
         s.sign_detached(&tmp, &asc_tmp)?;
+        sync_file(&asc_tmp)?;
         std::fs::rename(&asc_tmp, served.join("repomd.xml.asc")).map_err(RepoError::io(&served))?;
     }
     std::fs::rename(&tmp, served.join("repomd.xml")).map_err(RepoError::io(&served))?;

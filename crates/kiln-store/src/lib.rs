@@ -31,6 +31,13 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("database writer has stopped")]
     Closed,
+    /// The write was valid but its commit failed (disk full, I/O error):
+    /// nothing of it was kept; trying again later may work.
+    #[error("the database could not commit: {0}")]
+    CommitFailed(String),
+    /// A fault of the master itself (a thread that could not start or died).
+    #[error("internal: {0}")]
+    Internal(String),
     #[error("{0}")]
     Invalid(String),
     #[error("not found: {0}")]
@@ -52,7 +59,7 @@ pub enum Durability {
 
 /// A write closure runs inside the group transaction and returns its reply,
 /// which is delivered only once the commit outcome is known.
-type Reply = Box<dyn FnOnce(bool) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 type WriteFn = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
 
 #[derive(Clone)]
@@ -62,6 +69,8 @@ pub struct Store {
 
 struct Inner {
     writer: Mutex<Option<mpsc::Sender<WriteFn>>>,
+    /// The writer thread, joined by [`Store::close`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
 }
@@ -95,17 +104,36 @@ impl Store {
         let mut conn = open(path, durability, true)?;
         schema::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<WriteFn>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kiln-store-writer".into())
             .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Invalid(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 path: path.to_path_buf(),
             }),
         })
+    }
+
+    /// A consistent copy of the database at `dest` (a new file), taken
+    /// while the master runs (`VACUUM INTO` reads one snapshot). The copy
+    /// is self-contained: no WAL file goes with it.
+    pub fn backup_file(db: &Path, dest: &Path) -> Result<()> {
+        if dest.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} exists already; a backup is never written over a file",
+                dest.display()
+            )));
+        }
+        let conn = open(db, Durability::Normal, false)?;
+        let dest_s = dest.to_str().ok_or_else(|| {
+            StoreError::Invalid(format!("{} is not a UTF-8 path", dest.display()))
+        })?;
+        conn.execute("VACUUM INTO ?1", [dest_s])?;
+        Ok(())
     }
 
     /// Queue `f` for the next group commit. The write is queued when this
@@ -119,11 +147,10 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let job: WriteFn = Box::new(move |t| {
             let r = run_in_savepoint(t, f);
-            Box::new(move |committed| {
-                let r = if committed {
-                    r
-                } else {
-                    Err(StoreError::Invalid("commit failed".into()))
+            Box::new(move |committed: Result<(), String>| {
+                let r = match committed {
+                    Ok(()) => r,
+                    Err(e) => Err(StoreError::CommitFailed(e)),
                 };
                 let _ = tx.send(r);
             })
@@ -165,13 +192,25 @@ impl Store {
             r
         })
         .await
-        .map_err(|e| StoreError::Invalid(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 
-    /// Stop accepting writes; queued writes still commit.
+    /// Stop accepting writes; queued writes still commit, then the WAL is
+    /// checkpointed into the database file and truncated, so the file alone
+    /// holds everything (a copy without the `-wal` file loses nothing).
+    /// Blocks until the writer thread has finished.
     pub fn close(&self) {
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
+        }
+        if let Ok(mut r) = self.inner.readers.lock() {
+            r.clear();
+        }
+        let thread = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("the database writer thread panicked");
+            }
         }
     }
 }
@@ -213,15 +252,16 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>) {
             }
         };
         let replies: Vec<Reply> = batch.into_iter().map(|f| f(&tx)).collect();
-        let ok = match tx.commit() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("commit failed: {e}");
-                false
-            }
-        };
+        let outcome = tx.commit().map_err(|e| {
+            tracing::error!("commit failed: {e}");
+            e.to_string()
+        });
         for r in replies {
-            r(ok);
+            r(outcome.clone());
         }
+    }
+    // Every sender is gone: a clean stop. Fold the WAL into the database.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::error!("checkpointing the database at shutdown: {e}");
     }
 }

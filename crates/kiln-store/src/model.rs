@@ -647,6 +647,16 @@ pub fn has_blob(c: &Connection, sha256: &str) -> Result<Option<u64>> {
     )
 }
 
+/// The database records no build and no input at all (a new database, or
+/// one whose content was lost).
+pub fn holds_nothing(c: &Connection) -> Result<bool> {
+    Ok(c.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM builds) AND NOT EXISTS (SELECT 1 FROM blobs)",
+        [],
+        |r| r.get::<_, bool>(0),
+    )?)
+}
+
 pub fn add_blob(c: &Connection, sha256: &str, size: u64) -> Result<()> {
     c.prepare_cached("INSERT OR IGNORE INTO blobs (sha256, size, created_at) VALUES (?1, ?2, ?3)")?
         .execute(params![sha256, size as i64, now_ms()])?;

@@ -135,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Bring the schema up to date.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let current: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;

@@ -65,6 +65,15 @@ pub struct MasterArgs {
     /// Largest artifact, in bytes.
     #[arg(long, env = "KILN_MAX_ARTIFACT")]
     pub max_artifact: Option<u64>,
+    /// What one job attempt may stage in all, in bytes.
+    #[arg(long, env = "KILN_MAX_JOB_UPLOAD")]
+    pub max_job_upload: Option<u64>,
+    /// How many files one job attempt may stage.
+    #[arg(long, env = "KILN_MAX_JOB_FILES")]
+    pub max_job_files: Option<u64>,
+    /// The target of a submit that names none.
+    #[arg(long, env = "KILN_DEFAULT_TARGET")]
+    pub default_target: Option<String>,
     /// Build log cap per job, in bytes.
     #[arg(long, env = "KILN_LOG_CAP")]
     pub log_cap: Option<u64>,
@@ -103,6 +112,15 @@ impl MasterArgs {
         }
         if let Some(v) = self.max_artifact {
             c.max_artifact = v;
+        }
+        if let Some(v) = self.max_job_upload {
+            c.max_job_upload = v;
+        }
+        if let Some(v) = self.max_job_files {
+            c.max_job_files = v;
+        }
+        if let Some(v) = self.default_target {
+            c.default_target = Some(v);
         }
         if let Some(v) = self.log_cap {
             c.log_cap = v;

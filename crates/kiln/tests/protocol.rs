@@ -263,6 +263,108 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
     assert!(msg.contains("artifact name refused"), "{msg}");
     assert!(jarr(&b, "artifacts").is_empty(), "{b}");
     assert!(!incoming_dir(&m, build, "noarch").join("big.log").exists());
+    // What the refused result had staged is gone.
+    let staged = dir_names(&m.data.join("uploads"));
+    assert!(staged.is_empty(), "left in uploads/: {staged:?}");
+}
+
+#[test]
+fn a_job_held_past_its_timeout_is_failed_by_the_master() {
+    require_build_tools();
+    // The worker's own timeout would end the build first; this worker
+    // ignores it and keeps heartbeating, as a broken or hostile one would.
+    let m = Master::start_with(
+        MasterOpts::default()
+            .arg("--job-timeout-secs", "2")
+            .arg("--lease-secs", "2"),
+    );
+    let e = m.enroll("hand-slow");
+    let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
+    let build = submit(&m, &srpm, "hand");
+    let t0 = std::time::Instant::now();
+    let cancel = runtime().block_on(async {
+        let mut s = connect(&m, &e, "hand", vec![]).await;
+        let a = next_assign(&mut s).await;
+        assert_eq!(a.build_id, build);
+        s.tx.send(pb::WorkerMsg {
+            msg: Some(Out::Accepted(pb::Accepted {
+                job_id: a.job_id,
+                attempt: a.attempt,
+            })),
+        })
+        .await
+        .unwrap();
+        let running = vec![pb::RunningJob {
+            job_id: a.job_id,
+            attempt: a.attempt,
+        }];
+        let mut beat = tokio::time::interval(std::time::Duration::from_millis(300));
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    s.tx.send(pb::WorkerMsg {
+                        msg: Some(Out::Heartbeat(pb::Heartbeat { running: running.clone() })),
+                    })
+                    .await
+                    .unwrap();
+                }
+                m = tokio::time::timeout(std::time::Duration::from_secs(30), s.inbound.message()) => {
+                    let m = m.expect("a cancel in time").expect("stream").expect("message");
+                    if let Some(In::Cancel(c)) = m.msg {
+                        break c;
+                    }
+                }
+            }
+        }
+    });
+    assert!(cancel.reason.contains("timed out"), "{cancel:?}");
+    let b = m.wait_build_done(build, std::time::Duration::from_secs(30));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    assert!(msg.contains("timed out after 2 s"), "{msg}");
+    // Timeout (2 s) plus one lease of grace (2 s), not much more.
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn an_attempt_may_stage_only_so_much() {
+    require_build_tools();
+    let m = Master::start_with(
+        MasterOpts::default()
+            .arg("--max-job-files", "2")
+            .arg("--max-job-upload", "1000"),
+    );
+    let e = m.enroll("hand-greedy");
+    let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
+    submit(&m, &srpm, "hand");
+    runtime().block_on(async {
+        let mut s = connect(&m, &e, "hand", vec![]).await;
+        let a = next_assign(&mut s).await;
+        for name in ["a.log", "b.log"] {
+            upload(&mut s.client, key(&a, name, b"x"), 0, b"x")
+                .await
+                .unwrap();
+        }
+        // The same name again is no new file.
+        upload(&mut s.client, key(&a, "a.log", b"y"), 0, b"y")
+            .await
+            .unwrap();
+        let err = upload(&mut s.client, key(&a, "c.log", b"x"), 0, b"x")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_job_files"), "{err:?}");
+        let big = random_bytes(1200);
+        let err = upload(&mut s.client, key(&a, "b.log", &big), 0, &big)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_job_upload"), "{err:?}");
+    });
 }
 
 #[test]

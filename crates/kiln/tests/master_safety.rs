@@ -1,0 +1,278 @@
+//! The master's own safety: its files and modes, what it refuses to start
+//! on, what it cleans, backups that restore, auth before any body is read,
+//! `/repos` without symlinks, the target and arches a submit may name, and a
+//! revoked worker told to stop.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// `curl` a URL: (HTTP status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let curl = require_tool("curl");
+    let mut cmd = Command::new(curl);
+    cmd.args(["-s", "-S", "-w", "\n%{http_code}"]).args(args);
+    let out = run_timeout(cmd, Duration::from_secs(30), &format!("curl {args:?}")).assert_ok();
+    let (body, code) = out
+        .stdout
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl printed no status: {out:?}", out = out.stdout));
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `kiln master` on `data` that is expected to refuse to start.
+fn master_refuses(data: &Path, home: &Path) -> Out {
+    let mut cmd = Command::new(kiln());
+    cmd.arg("master")
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HOME", home);
+    let out = run_timeout(cmd, Duration::from_secs(30), "kiln master (refusing)");
+    assert!(
+        !out.success(),
+        "the master started: {out:?}",
+        out = out.stdout
+    );
+    out
+}
+
+#[test]
+fn files_are_private_a_lost_database_is_refused_and_leftovers_go() {
+    require_build_tools();
+    let mut m = Master::start();
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let srpm = Pkg::noarch("safe-one").build_srpm(&m.scratch);
+    m.submit_wait(&srpm, &[]);
+
+    assert_eq!(mode(&m.data), 0o700, "data directory mode");
+    assert_eq!(mode(&m.data.join("kiln.db")), 0o600, "database mode");
+
+    // Leftovers of a killed master: a partial file in tmp/, staged uploads
+    // of an attempt that is over. They go at the next start.
+    write_file(&m.data.join("tmp/upload-0123-456"), b"partial");
+    write_file(&m.data.join("uploads/999-1-x.rpm"), b"staged");
+    write_file(&m.data.join("uploads/999-1-y.log.part"), b"half");
+    m.restart();
+    assert!(dir_names(&m.data.join("tmp")).is_empty(), "tmp/ kept files");
+    assert!(
+        dir_names(&m.data.join("uploads")).is_empty(),
+        "uploads/ kept files"
+    );
+
+    // A clean stop folds the WAL into the database: the file alone is a
+    // complete database.
+    m.proc().signal(libc::SIGTERM);
+    m.proc()
+        .wait_exit(Duration::from_secs(15))
+        .expect("the master stops on SIGTERM");
+    let copy = m.dir.path().join("db-only");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(m.data.join("kiln.db"), copy.join("kiln.db")).unwrap();
+    let builds = runtime().block_on(async {
+        let st =
+            kiln_store::Store::open(&copy.join("kiln.db"), kiln_store::Durability::Normal).unwrap();
+        st.read(|c| kiln_store::list_builds(c, 10)).await.unwrap()
+    });
+    assert_eq!(builds.len(), 1, "the database file alone: {builds:?}");
+
+    // The database is lost (deleted with its WAL) while the files remain:
+    // the master refuses to start on an empty database, and says why.
+    for f in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        let _ = std::fs::remove_file(m.data.join(f));
+    }
+    let out = master_refuses(&m.data, &m.home);
+    assert!(
+        out.stderr.contains("was lost or replaced") && out.stderr.contains("kiln backup"),
+        "{}",
+        out.stderr
+    );
+    // Still refused the second time (the first refusal created nothing
+    // that would let it pass).
+    let out = master_refuses(&m.data, &m.home);
+    assert!(
+        out.stderr.contains("was lost or replaced"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_backup_restores_builds_and_repositories() {
+    require_build_tools();
+    let mut m = Master::start();
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let pkg = Pkg::noarch("safe-backup");
+    let srpm = pkg.build_srpm(&m.scratch);
+    let b = m.submit_wait(&srpm, &[]);
+    let id = build_id(&b);
+    let rpm = artifacts_of_kind(&b, "rpm")
+        .first()
+        .map(|a| jstr(a, "name"))
+        .expect("an rpm artifact");
+    let repo_url = format!("{}/repos/default/noarch/{rpm}", m.api_url);
+    wait_until("the build to be published", Duration::from_secs(60), || {
+        (jstr(&m.build(id), "publish") == "published").then_some(())
+    });
+
+    // A backup while the master runs.
+    let dest = m.dir.path().join("backup");
+    let out = run_timeout(
+        {
+            let mut c = Command::new(kiln());
+            c.arg("backup").arg("--data").arg(&m.data).arg(&dest);
+            c
+        },
+        Duration::from_secs(60),
+        "kiln backup",
+    )
+    .assert_ok();
+    assert!(out.stdout.contains("files"), "{}", out.stdout);
+    // Refused over an existing backup.
+    let again = run_timeout(
+        {
+            let mut c = Command::new(kiln());
+            c.arg("backup").arg("--data").arg(&m.data).arg(&dest);
+            c
+        },
+        Duration::from_secs(60),
+        "kiln backup (again)",
+    );
+    again.assert_error_line(&["not empty"]);
+
+    // Disaster: the master dies and its data directory is gone.
+    m.kill();
+    std::fs::rename(&m.data, m.dir.path().join("data.lost")).unwrap();
+    let mut cp = Command::new("cp");
+    cp.arg("-a").arg(&dest).arg(&m.data);
+    run_timeout(cp, Duration::from_secs(60), "cp -a backup data").assert_ok();
+
+    // Restored: the build, its state and its published package.
+    m.restart();
+    let b = m.build(id);
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+    assert_eq!(jstr(&b, "publish"), "published", "{b}");
+    let (code, _) = curl(&["-o", "/dev/null", &repo_url]);
+    assert_eq!(code, 200, "{repo_url}");
+    // And the farm goes on building.
+    let next = Pkg::noarch("safe-after-restore").build_srpm(&m.scratch);
+    m.submit_wait(&next, &[]);
+}
+
+#[test]
+fn writes_check_the_token_before_the_body_and_repos_serve_only_files() {
+    let m = Master::start();
+    let url = format!("{}/api/v1/builds", m.api_url);
+    // A body of the wrong type and shape, without a token: 401, and the
+    // answer names no field.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: text/plain",
+        "--data",
+        "nonsense",
+        &url,
+    ]);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("srpm_sha256"), "{body}");
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "authorization: Bearer wrong",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        "{}",
+        &url,
+    ]);
+    assert_eq!(code, 401, "{body}");
+    assert!(!body.contains("srpm_sha256"), "{body}");
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        "{}",
+        &format!("{}/api/v1/tokens", m.api_url),
+    ]);
+    assert_eq!(code, 401, "{body}");
+
+    // /repos: a regular file is served; a symlink (to a file or to a
+    // directory) planted in the tree is not, nor is a directory.
+    let repo = m.data.join("repos/default");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("plain.txt"), b"plain").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", repo.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", repo.join("etc")).unwrap();
+    let get = |p: &str| curl(&[&format!("{}/repos/default/{p}", m.api_url)]);
+    assert_eq!(get("plain.txt"), (200, "plain".to_string()));
+    for p in ["passwd", "etc/passwd", "etc/hostname", "", "%2e%2e/kiln.db"] {
+        let (code, body) = get(p);
+        assert_eq!(code, 404, "/repos/default/{p}: {body}");
+        assert!(!body.contains("root:"), "{body}");
+    }
+}
+
+#[test]
+fn a_submit_without_a_target_goes_to_the_only_one_and_unknown_arches_are_refused() {
+    require_build_tools();
+    let m = Master::start_with(
+        MasterOpts::default()
+            .config("[[target]]\nname = \"t1\"\narches = [\"x86_64\", \"noarch\"]\n"),
+    );
+    let srpm = Pkg::c("safe-target").build_srpm(&m.scratch);
+    // The CLI uploads the SRPM; the submit names no target.
+    let b = m.submit(&srpm, &["--arch", "x86_64"]);
+    assert_eq!(jstr(&b, "target"), "t1", "{b}");
+    // An arch the target does not list waits forever: refused at once.
+    let out = m.cli(&["submit", srpm.to_str().unwrap(), "--arch", "aarch64"]);
+    out.assert_error_line(&["does not build aarch64"]);
+}
+
+#[test]
+fn a_revoked_worker_is_told_to_stop_its_build() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("w-revoked", "x86_64,noarch", "default", 1);
+    // 73 seconds: a duration no other test uses, to find its process.
+    let srpm = Pkg::noarch("safe-revoked").sleep(73).build_srpm(&m.scratch);
+    let id = build_id(&m.submit(&srpm, &[]));
+    m.wait_job_running(id);
+    wait_until(
+        "the build's `sleep 73` to start",
+        Duration::from_secs(30),
+        || (!pids_with_argv(&["sleep", "73"]).is_empty()).then_some(()),
+    );
+    m.cli(&["worker", "revoke", "w-revoked"]).assert_ok();
+    wait_until(
+        "the revoked worker's build to be killed",
+        Duration::from_secs(20),
+        || pids_with_argv(&["sleep", "73"]).is_empty().then_some(()),
+    );
+    let b = m.build(id);
+    let j = only_job(&b);
+    assert_ne!(jstr(&j, "state"), "running", "{b}");
+}
