@@ -839,9 +839,12 @@ async fn put_blob(
         )));
     }
     let t2 = tmp.clone();
+    // A panic while reading the header (a bug that input reached) is the
+    // package's fault as far as the client is concerned: a 400, never the
+    // panic text, and nothing kept.
     let checked = tokio::task::spawn_blocking(move || inspect_srpm(&t2))
         .await
-        .map_err(ApiError::internal)?;
+        .unwrap_or_else(|_| Err(kiln_core::srpm::PackageError::Unreadable));
     if let Err(e) = checked {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(ApiError::bad(e.to_string()));
