@@ -52,6 +52,12 @@ string_enum!(JobState {
     Canceled => "canceled",
 });
 
+string_enum!(PublishState {
+    Pending => "pending",
+    Published => "published",
+    Failed => "failed",
+});
+
 string_enum!(ArtifactKind {
     Rpm => "rpm",
     Srpm => "srpm",
@@ -63,6 +69,12 @@ string_enum!(ArtifactKind {
 impl BuildState {
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Queued | Self::Building)
+    }
+
+    /// What a build entering this state means for its publication: a
+    /// succeeded build that is not a scratch build is queued for it.
+    pub fn publication(self, scratch: bool) -> Option<PublishState> {
+        (self == Self::Succeeded && !scratch).then_some(PublishState::Pending)
     }
 }
 

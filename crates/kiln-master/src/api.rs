@@ -18,7 +18,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::logs::LogEvent;
 use crate::paths::{is_sha256, sha256_file};
-use crate::sched::Effects;
 use crate::{io_err, Core, MasterError};
 
 pub struct ApiError {
@@ -404,8 +403,7 @@ async fn cancel_build(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<BuildView>> {
     auth(&core, &headers)?;
-    let mut fx = Effects::default();
-    let r = core.sched().cancel(&mut fx, id);
+    let (r, fx) = core.decide(|s, fx| s.cancel(fx, id));
     core.apply(fx).await;
     if let Err(e) = r {
         let v = build_view(&core, id).await?;
@@ -470,7 +468,7 @@ async fn submit(
     for a in &arches {
         check_arch(a).map_err(|e| ApiError::bad(e.to_string()))?;
         // noarch is welcome everywhere (any worker builds it).
-        if a != "noarch" && !target.arches.contains(a) {
+        if a != "noarch" && !target.implicit && !target.arches.contains(a) {
             return Err(ApiError::bad(format!(
                 "target {} does not build {a} (its arches: {})",
                 target.name,
@@ -558,7 +556,7 @@ async fn submit(
         arches: plan.build.clone(),
     };
     if let Some(reason) = skip {
-        let id = core.sched().allocate_ids(0).0;
+        let (id, _) = core.decide(|s, _| s.allocate_ids(0).0);
         let b = core
             .store
             .write(move |t| kiln_store::insert_skipped(t, &nb, id, &reason))
@@ -576,29 +574,20 @@ async fn submit(
     // so they usually share one group commit (one fsync fewer on the way to
     // a worker). Nothing is sent before both are durable, and the build is
     // committed before we answer.
-    let mut fx = Effects::default();
-    let (id, inserted, view) = {
-        let mut s = core.sched();
+    let ((id, view), fx) = core.decide(|s, fx| {
         let (id, job_ids) = s.allocate_ids(nb.arches.len());
         let (build, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
-        let (b, j) = (build.clone(), jobs.clone());
-        let inserted = core
-            .store
-            .write(move |t| kiln_store::insert_rows(t, &b, &j));
-        s.add_build(build.clone(), jobs.clone());
-        s.dispatch_jobs(&mut fx, &channel, &plan.build);
+        s.submit(fx, build.clone(), jobs.clone());
         // The answer shows the build as committed; a dispatch in progress
         // shows in the next look.
-        (id, inserted, BuildView::new(&s, build, jobs, vec![]))
-    };
-    if let Err(e) = inserted.await {
-        let mut undo = Effects::default();
-        core.sched().forget_build(&mut undo, id);
-        core.apply(fx).await;
+        (id, BuildView::new(s, build, jobs, vec![]))
+    });
+    if let Err(e) = core.try_apply(fx).await {
+        // Nothing was sent; the build never existed.
+        let ((), undo) = core.decide(|s, fx| s.forget_build(fx, id));
         core.apply(undo).await;
         return Err(e.into());
     }
-    core.apply(fx).await;
     tracing::debug!("build {id} of {} accepted", info.nevra());
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -1112,8 +1101,7 @@ async fn revoke_worker(
     if let Some(s) = serial {
         core.revoked.revoke(s);
     }
-    let mut fx = Effects::default();
-    core.sched().evict(&mut fx, &name);
+    let ((), fx) = core.decide(|s, fx| s.evict(fx, &name));
     core.apply(fx).await;
     tracing::info!("worker {name} revoked");
     Ok(Json(serde_json::json!({ "name": name, "revoked": true })))

@@ -30,6 +30,10 @@ pub struct Target {
     /// for an outside signer.
     #[serde(default)]
     pub tosign_dir: Option<PathBuf>,
+    /// Made by Kiln because no target was configured: it takes a build for
+    /// any arch asked (a configured target takes only its `arches`).
+    #[serde(skip)]
+    pub implicit: bool,
 }
 
 fn default_keep() -> u32 {
@@ -132,6 +136,7 @@ impl MasterConfig {
                 keep: default_keep(),
                 sign_key: None,
                 tosign_dir: None,
+                implicit: true,
             });
         }
         let mut seen = std::collections::HashSet::new();

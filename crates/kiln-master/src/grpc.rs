@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::intake::{verify_and_file, JobRef};
 use crate::paths::is_sha256;
-use crate::sched::Effects;
 use crate::Core;
 use sha2::Digest;
 
@@ -146,23 +145,19 @@ impl Farm for FarmService {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut fx = Effects::default();
-        let (conn, drop) = {
-            let mut s = self.core.sched();
-            let r = s.connect(
-                &mut fx,
-                &name,
-                peer.serial,
-                hello.arches.clone(),
-                hello.channels.clone(),
-                hello.capacity,
-                hello.draining,
-                &hello.running,
-                tx.clone(),
-            );
-            s.fill_worker(&mut fx, &name);
-            r
+        let who = crate::sched::Hello {
+            name: name.clone(),
+            serial: peer.serial,
+            arches: hello.arches.clone(),
+            channels: hello.channels.clone(),
+            capacity: hello.capacity,
+            draining: hello.draining,
         };
+        let ((conn, drop), fx) = self.core.decide(|s, fx| {
+            let r = s.connect(fx, who, &hello.running, tx.clone());
+            s.fill_worker(fx, &name);
+            r
+        });
         let heartbeat_secs = (self.core.cfg.lease_secs / 3).max(1);
         let _ = tx.send(msg(pb::master_msg::Msg::Welcome(pb::Welcome {
             master_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -184,7 +179,7 @@ impl Farm for FarmService {
         tokio::spawn(async move {
             core.apply(fx).await;
             session_loop(core.clone(), &name, conn, inbound, tx).await;
-            let gone = core.sched().disconnect(&name, conn);
+            let (gone, _) = core.decide(|s, _| s.disconnect(&name, conn));
             if gone {
                 tracing::info!("worker {name} disconnected");
                 let n = name.clone();
@@ -403,15 +398,16 @@ async fn session_loop(
         let Some(m) = m.msg else { continue };
         match m {
             In::Hello(_) => {}
-            In::Heartbeat(_) => core.sched().heartbeat(name, conn),
+            In::Heartbeat(_) => {
+                let ((), _) = core.decide(|s, _| s.heartbeat(name, conn));
+            }
             In::Draining(_) => {
                 tracing::info!("worker {name} is draining");
-                core.sched().drain(name, conn);
+                let ((), _) = core.decide(|s, _| s.drain(name, conn));
             }
             In::Accepted(a) => {
-                let mut fx = Effects::default();
-                core.sched()
-                    .accepted(&mut fx, name, a.job_id as i64, a.attempt);
+                let ((), fx) =
+                    core.decide(|s, fx| s.accepted(fx, name, a.job_id as i64, a.attempt));
                 core.apply(fx).await;
             }
             In::Log(l) => {
@@ -449,18 +445,23 @@ async fn finished(
             .then(|| s.job_current(job))
             .flatten()
     };
-    let mut fx = Effects::default();
     let mut journaled = None;
-    let outcome = match cur {
-        None => {
-            let mut s = core.sched();
+    let result = |success: bool, message: String, artifacts| crate::sched::JobResult {
+        job,
+        attempt: f.attempt,
+        success,
+        message,
+        artifacts,
+    };
+    let (outcome, fx) = match cur {
+        None => core.decide(|s, fx| {
             let why = s
-                .finish(&mut fx, &name, job, f.attempt, false, String::new(), vec![])
+                .finish(fx, &name, result(false, String::new(), vec![]))
                 .err()
                 .unwrap_or_default();
-            s.fill_worker(&mut fx, &name);
+            s.fill_worker(fx, &name);
             Err(why)
-        }
+        }),
         Some((build, _, _, arch, _)) => {
             let jr = JobRef {
                 build,
@@ -500,10 +501,11 @@ async fn finished(
                     (false, format!("artifacts refused: {e}"), vec![])
                 }
             };
-            let mut s = core.sched();
-            let r = s.finish(&mut fx, &name, job, f.attempt, success, message, rows);
-            s.fill_worker(&mut fx, &name);
-            r
+            core.decide(|s, fx| {
+                let r = s.finish(fx, &name, result(success, message, rows));
+                s.fill_worker(fx, &name);
+                r
+            })
         }
     };
     core.apply(fx).await;

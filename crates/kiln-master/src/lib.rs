@@ -10,11 +10,12 @@ mod intake;
 pub mod logs;
 pub mod paths;
 pub mod sched;
+mod shared;
 pub mod syncer;
 mod tls;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_core::pki::{Ca, RevocationList};
@@ -25,7 +26,8 @@ use tokio::sync::{broadcast, Notify};
 pub use config::{MasterConfig, Target};
 use logs::Logs;
 use paths::Paths;
-use sched::{Effects, Sched};
+use sched::{Sched, SchedConfig, SystemClock};
+pub use shared::{Core, SchedView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
@@ -51,123 +53,6 @@ pub enum MasterError {
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
     let what = what.into();
     move |source| MasterError::Io { what, source }
-}
-
-/// Everything the master's tasks share.
-pub struct Core {
-    pub cfg: MasterConfig,
-    pub paths: Paths,
-    pub store: Store,
-    pub logs: Logs,
-    /// Makes intake's small files durable (`durability = full` only).
-    pub syncer: Option<Arc<syncer::Syncer>>,
-    pub ca: Ca,
-    pub revoked: RevocationList,
-    pub admin_token: String,
-    sched: Mutex<Sched>,
-    lease_changed: Notify,
-    /// The lease timer has no deadline and waits to be told of a new lease.
-    lease_idle: std::sync::atomic::AtomicBool,
-    /// Build ids that reached a final state.
-    pub build_done: broadcast::Sender<i64>,
-    /// Every durable state change, for live views.
-    pub events: broadcast::Sender<sched::Event>,
-    pub repo: Arc<kiln_repo::RepoBuilder>,
-    /// Headers of SRPMs in the content-addressed store (immutable content,
-    /// so a submit of a known SRPM reads nothing from disk).
-    pub srpm_cache: Mutex<std::collections::HashMap<String, (u64, kiln_core::srpm::PackageInfo)>>,
-    /// sha256 of artifacts verified as they were uploaded, by
-    /// (job, attempt, name): intake need not hash them again.
-    pub verified: Mutex<std::collections::HashMap<(i64, u32, String), String>>,
-    /// Artifacts staged per job attempt (name → declared size), to bound
-    /// what one attempt may stage and to clean up after its result.
-    staging: Mutex<std::collections::HashMap<(i64, u32), std::collections::HashMap<String, u64>>>,
-}
-
-impl Core {
-    /// Record an artifact a job attempt starts to stage; refuse it past
-    /// `max_job_files` files or `max_job_upload` bytes for the attempt.
-    pub(crate) fn stage(
-        &self,
-        job: i64,
-        attempt: u32,
-        name: &str,
-        size: u64,
-    ) -> Result<(), tonic::Status> {
-        let mut st = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        let e = st.entry((job, attempt)).or_default();
-        let others: u64 = e.iter().filter(|(n, _)| *n != name).map(|(_, s)| s).sum();
-        let files = e.len() + usize::from(!e.contains_key(name));
-        if files as u64 > self.cfg.max_job_files {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "job {job} may stage at most {} files (max_job_files)",
-                self.cfg.max_job_files
-            )));
-        }
-        if others.saturating_add(size) > self.cfg.max_job_upload {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "job {job} may stage at most {} bytes in all (max_job_upload); {name} of {size} bytes is past it",
-                self.cfg.max_job_upload
-            )));
-        }
-        e.insert(name.to_string(), size);
-        Ok(())
-    }
-
-    /// Forget what a job attempt staged; whether it had staged anything.
-    pub(crate) fn unstage(&self, job: i64, attempt: u32) -> bool {
-        self.staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(job, attempt))
-            .is_some()
-    }
-
-    pub fn sched(&self) -> MutexGuard<'_, Sched> {
-        // A panic while holding the lock is a bug; keep serving with the
-        // state as it is rather than cascading the panic.
-        self.sched.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Run the effects of a scheduler decision: wait for the writes, send
-    /// the messages, close the logs of ended jobs and wake build waiters.
-    pub async fn apply(&self, fx: Effects) {
-        // A new lease never ends before the ones already running, so the
-        // timer only needs a nudge when it has no deadline at all.
-        if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
-            self.lease_changed.notify_one();
-        }
-        self.apply_quiet(fx).await
-    }
-
-    /// [`Core::apply`] without waking the lease timer: for the timer's own
-    /// decisions (waking itself would leave a permit behind and turn its
-    /// wait into a busy loop).
-    async fn apply_quiet(&self, fx: Effects) {
-        // The logs of ended jobs are queued behind the state changes that
-        // end them, so both usually go in one commit.
-        let logs_saved = self.logs.save(&fx.ended_jobs);
-        match fx.finish().await {
-            Ok((done, ended, events)) => {
-                if !done.is_empty() {
-                    // Succeeded builds were queued for publication in the
-                    // same commit.
-                    self.repo.kick();
-                }
-                for e in events {
-                    let _ = self.events.send(e);
-                }
-                logs_saved.await;
-                for (build, job) in ended {
-                    self.logs.close(build, job);
-                }
-                for b in done {
-                    let _ = self.build_done.send(b);
-                }
-            }
-            Err(e) => tracing::error!("database write failed: {e}"),
-        }
-    }
 }
 
 /// A running master.
@@ -220,11 +105,13 @@ impl Master {
             revoked.revoke(s);
         }
         let mut sched = Sched::new(
-            store.clone(),
-            Duration::from_secs(cfg.lease_secs),
-            cfg.max_attempts,
-            cfg.job_timeout_secs,
-            cfg.log_cap,
+            SchedConfig {
+                lease: Duration::from_secs(cfg.lease_secs),
+                max_attempts: cfg.max_attempts,
+                job_timeout_secs: cfg.job_timeout_secs,
+                log_cap: cfg.log_cap,
+            },
+            Arc::new(SystemClock),
         );
         let rewritten = syncer::recover(&paths, &store)
             .await
@@ -278,10 +165,7 @@ impl Master {
             cfg.createrepo.clone(),
             repo_targets,
             Arc::new(move |build, state| {
-                let _ = ev.send(sched::Event::Publish {
-                    build,
-                    state: state.to_string(),
-                });
+                let _ = ev.send(sched::Event::Publish { build, state });
             }),
         );
         for t in repo.unpublished_targets() {
@@ -334,8 +218,7 @@ async fn lease_task(core: Arc<Core>) {
         tokio::pin!(changed);
         changed.as_mut().enable();
         core.lease_idle.store(true, Ordering::SeqCst);
-        let mut fx = Effects::default();
-        let next = core.sched().expire_leases(&mut fx);
+        let (next, fx) = core.decide(|s, fx| s.expire_leases(fx));
         if next.is_some() {
             core.lease_idle.store(false, Ordering::SeqCst);
         }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_core::state::PublishState;
 use kiln_store::Store;
 use tokio::sync::Notify;
 
@@ -47,7 +48,7 @@ impl RepoError {
 }
 
 /// Called when a build's publication state changes: (build, state).
-pub type OnChange = Arc<dyn Fn(i64, &str) + Send + Sync>;
+pub type OnChange = Arc<dyn Fn(i64, PublishState) + Send + Sync>;
 
 pub struct RepoBuilder {
     store: Store,
@@ -179,13 +180,13 @@ impl RepoBuilder {
         self.mark(
             builds
                 .into_iter()
-                .map(|b| (b, "failed".to_string(), Some(msg.to_string())))
+                .map(|b| (b, PublishState::Failed, Some(msg.to_string())))
                 .collect(),
         )
         .await;
     }
 
-    async fn mark(&self, builds: Vec<(i64, String, Option<String>)>) {
+    async fn mark(&self, builds: Vec<(i64, PublishState, Option<String>)>) {
         if builds.is_empty() {
             return;
         }
@@ -194,7 +195,7 @@ impl RepoBuilder {
             .store
             .write(move |t| {
                 for (b, state, err) in &b2 {
-                    kiln_store::set_publish(t, *b, state, err.as_deref())?;
+                    kiln_store::set_publish(t, *b, *state, err.as_deref())?;
                 }
                 Ok(())
             })
@@ -203,7 +204,7 @@ impl RepoBuilder {
             tracing::error!("recording publication state: {e}");
         }
         for (b, state, _) in builds {
-            (self.on_change)(b, &state);
+            (self.on_change)(b, state);
         }
     }
 
@@ -283,15 +284,15 @@ impl RepoBuilder {
             return false;
         }
         let ok = plan.failed.is_empty();
-        let mut marks: Vec<(i64, String, Option<String>)> = plan
+        let mut marks: Vec<(i64, PublishState, Option<String>)> = plan
             .published
             .into_iter()
-            .map(|b| (b, "published".to_string(), None))
+            .map(|b| (b, PublishState::Published, None))
             .collect();
         marks.extend(
             plan.failed
                 .into_iter()
-                .map(|(b, e)| (b, "failed".to_string(), Some(e))),
+                .map(|(b, e)| (b, PublishState::Failed, Some(e))),
         );
         self.mark(marks).await;
         tracing::info!("target {name}: published");

@@ -2,7 +2,7 @@
 //! code serves reads (pooled connection) and writes (inside a group commit;
 //! a `Transaction` derefs to a `Connection`).
 
-use kiln_core::state::{ArtifactKind, BuildState, JobState};
+use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ pub struct Excluded {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildRow {
     pub id: i64,
     pub target: String,
@@ -40,12 +40,12 @@ pub struct BuildRow {
     pub excluded_arches: Vec<Excluded>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
-    /// Publication to the target's repository: pending, published, failed.
-    pub publish: Option<String>,
+    /// Publication to the target's repository.
+    pub publish: Option<PublishState>,
     pub publish_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRow {
     pub id: i64,
     pub build: i64,
@@ -59,7 +59,7 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactRow {
     pub job: i64,
     pub arch: String,
@@ -133,7 +133,7 @@ fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
         excluded_arches: serde_json::from_str(&excluded).unwrap_or_default(),
         created_at: r.get(15)?,
         finished_at: r.get(16)?,
-        publish: r.get(17)?,
+        publish: r.get::<_, Option<String>>(17)?.map(parse).transpose()?,
         publish_error: r.get(18)?,
     })
 }
@@ -375,27 +375,35 @@ pub fn save_job(c: &Connection, j: &JobRow) -> Result<()> {
     Ok(())
 }
 
+/// Store a build's new state and, when the domain decided one, its
+/// publication state. A build queued for publication is also the newest of
+/// its package in its target if its EVR is greater (rpm's ordering): the
+/// version gate's reference.
 pub fn set_build_state(
     c: &Connection,
     id: i64,
     state: BuildState,
     reason: Option<&str>,
+    publish: Option<PublishState>,
 ) -> Result<()> {
     let finished = state.is_final().then(now_ms);
-    // A succeeded build that is not scratch is queued for publication in
-    // the same commit.
     c.prepare_cached(
         "UPDATE builds SET state = ?2, reason = COALESCE(?3, reason), finished_at = ?4, \
-         publish = CASE WHEN ?2 = 'succeeded' AND scratch = 0 THEN 'pending' ELSE publish END \
-         WHERE id = ?1",
+         publish = COALESCE(?5, publish) WHERE id = ?1",
     )?
-    .execute(params![id, state.as_str(), reason, finished])?;
-    if state == BuildState::Succeeded {
-        let row: Option<(String, String, String, bool)> = c
-            .prepare_cached("SELECT target, package, evr, scratch FROM builds WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+    .execute(params![
+        id,
+        state.as_str(),
+        reason,
+        finished,
+        publish.map(|p| p.as_str())
+    ])?;
+    if publish == Some(PublishState::Pending) {
+        let row: Option<(String, String, String)> = c
+            .prepare_cached("SELECT target, package, evr FROM builds WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((target, package, evr, false)) = row {
+        if let Some((target, package, evr)) = row {
             let newer = match newest_evr(c, &target, &package)? {
                 Some(cur) => kiln_core::srpm::compare_evr(&evr, &cur).is_gt(),
                 None => true,
@@ -419,7 +427,7 @@ pub fn insert_skipped(c: &Connection, b: &NewBuild, id: i64, reason: &str) -> Re
     nb.arches.clear();
     let (row, _) = new_rows(&nb, id, &[]);
     insert_rows(c, &row, &[])?;
-    set_build_state(c, row.id, BuildState::Skipped, Some(reason))?;
+    set_build_state(c, row.id, BuildState::Skipped, Some(reason), None)?;
     get_build(c, row.id)?.ok_or_else(|| StoreError::NotFound(format!("build {}", row.id)))
 }
 
@@ -446,9 +454,14 @@ pub fn pending_publications(c: &Connection, retry_failed: bool) -> Result<Vec<(i
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn set_publish(c: &Connection, build: i64, state: &str, error: Option<&str>) -> Result<()> {
+pub fn set_publish(
+    c: &Connection,
+    build: i64,
+    state: PublishState,
+    error: Option<&str>,
+) -> Result<()> {
     c.prepare_cached("UPDATE builds SET publish = ?2, publish_error = ?3 WHERE id = ?1")?
-        .execute(params![build, state, error])?;
+        .execute(params![build, state.as_str(), error])?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kiln_core::state::{ArtifactKind, BuildState, JobState};
+use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
 use kiln_repo::{Layout, RepoBuilder, TargetRepo};
 use kiln_store::{ArtifactRow, Durability, NewBuild, Store};
 use tokio::sync::mpsc;
@@ -133,14 +133,20 @@ async fn land(store: &Store, incoming: &Path, rpms: &[PathBuf]) -> anyhow::Resul
                 kiln_store::add_artifact(t, id, a)?;
             }
             kiln_store::save_job(t, &job)?;
-            kiln_store::set_build_state(t, id, BuildState::Succeeded, None)
+            kiln_store::set_build_state(
+                t,
+                id,
+                BuildState::Succeeded,
+                None,
+                BuildState::Succeeded.publication(false),
+            )
         })
         .await?;
     Ok(id)
 }
 
 async fn wait_published(
-    rx: &mut mpsc::UnboundedReceiver<(i64, String)>,
+    rx: &mut mpsc::UnboundedReceiver<(i64, PublishState)>,
     ids: &[i64],
 ) -> anyhow::Result<Instant> {
     let mut left: std::collections::HashSet<i64> = ids.iter().copied().collect();
@@ -149,11 +155,12 @@ async fn wait_published(
             .await
             .context("publication timed out")?
             .context("builder stopped")?;
-        if state == "failed" {
-            bail!("build {b} failed to publish");
-        }
-        if state == "published" {
-            left.remove(&b);
+        match state {
+            PublishState::Failed => bail!("build {b} failed to publish"),
+            PublishState::Published => {
+                left.remove(&b);
+            }
+            PublishState::Pending => {}
         }
     }
     Ok(Instant::now())
@@ -212,7 +219,7 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
             tosign_dir: None,
         }],
         Arc::new(move |b, s| {
-            let _ = tx.send((b, s.to_string()));
+            let _ = tx.send((b, s));
         }),
     );
     tokio::spawn(builder.clone().run());

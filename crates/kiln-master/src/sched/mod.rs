@@ -8,75 +8,22 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_core::names::compatible_arches;
 use kiln_core::state::{build_state_from_jobs, BuildState, JobState};
 use kiln_proto as pb;
-use kiln_store::{now_ms, ArtifactRow, BuildRow, JobRow, Store, StoreError};
+use kiln_store::{ArtifactRow, BuildRow, JobRow};
 use tokio::sync::mpsc;
 
-type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+mod clock;
+pub(crate) mod effects;
+#[cfg(test)]
+mod tests;
 
-/// What a scheduler decision leaves to do once the lock is released: wait
-/// for the writes, then tell the workers and the waiters.
-#[derive(Default)]
-#[must_use]
-pub struct Effects {
-    commits: Vec<Commit>,
-    sends: Vec<(mpsc::UnboundedSender<pb::MasterMsg>, pb::MasterMsg)>,
-    pub done_builds: Vec<i64>,
-    pub ended_jobs: Vec<(i64, i64)>,
-    /// State changes to announce once durable.
-    pub events: Vec<Event>,
-}
-
-/// A state change, as announced on the event stream.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Event {
-    Job {
-        build: i64,
-        job: i64,
-        arch: String,
-        state: JobState,
-        worker: Option<String>,
-        attempt: u32,
-    },
-    Build {
-        build: i64,
-        state: BuildState,
-    },
-    /// A build's publication to its target's repositories.
-    Publish {
-        build: i64,
-        state: String,
-    },
-}
-
-impl Effects {
-    fn commit<T: Send + 'static>(
-        &mut self,
-        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) {
-        self.commits
-            .push(Box::pin(async move { f.await.map(|_| ()) }));
-    }
-
-    /// Wait for the writes; then send the messages. Returns the builds that
-    /// reached a final state and the (build, job) pairs that ended.
-    pub async fn finish(self) -> Result<(Vec<i64>, Vec<(i64, i64)>, Vec<Event>), StoreError> {
-        for c in self.commits {
-            c.await?;
-        }
-        for (tx, msg) in self.sends {
-            let _ = tx.send(msg);
-        }
-        Ok((self.done_builds, self.ended_jobs, self.events))
-    }
-}
+pub use clock::{Clock, SystemClock};
+pub use effects::{Effects, Event, Outbox, Write};
 
 #[derive(Debug, PartialEq, Eq)]
 struct QEntry {
@@ -141,8 +88,41 @@ pub struct WorkerView {
     pub draining: bool,
 }
 
+/// The scheduler's settings.
+#[derive(Debug, Clone)]
+pub struct SchedConfig {
+    /// A running job's lease, renewed by heartbeats.
+    pub lease: Duration,
+    pub max_attempts: u32,
+    /// The build timeout (0: none); the master enforces it one lease later.
+    pub job_timeout_secs: u64,
+    /// Sent to workers in `Assign`.
+    pub log_cap: u64,
+}
+
+/// A worker's session as it introduces itself.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub name: String,
+    pub serial: u64,
+    pub arches: Vec<String>,
+    pub channels: Vec<String>,
+    pub capacity: u32,
+    pub draining: bool,
+}
+
+/// A job's result as a worker reports it (artifacts verified and filed).
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    pub job: i64,
+    pub attempt: u32,
+    pub success: bool,
+    pub message: String,
+    pub artifacts: Vec<ArtifactRow>,
+}
+
 pub struct Sched {
-    store: Store,
+    clock: Arc<dyn Clock>,
     lease: Duration,
     max_attempts: u32,
     job_timeout_secs: u64,
@@ -161,6 +141,19 @@ pub struct Sched {
     next_job: i64,
 }
 
+/// The message telling a worker to stop a job.
+fn cancel_msg(job: i64, attempt: u32, reason: &str) -> pb::master_msg::Msg {
+    pb::master_msg::Msg::Cancel(pb::Cancel {
+        job_id: job as u64,
+        attempt,
+        reason: reason.to_string(),
+    })
+}
+
+fn w_name(w: &Option<String>) -> String {
+    w.clone().unwrap_or_default()
+}
+
 /// Expand declared arches with the ones each can also build.
 fn expand_arches(arches: &[String]) -> HashSet<String> {
     let mut s: HashSet<String> = arches.iter().cloned().collect();
@@ -171,19 +164,13 @@ fn expand_arches(arches: &[String]) -> HashSet<String> {
 }
 
 impl Sched {
-    pub fn new(
-        store: Store,
-        lease: Duration,
-        max_attempts: u32,
-        job_timeout_secs: u64,
-        log_cap: u64,
-    ) -> Sched {
+    pub fn new(cfg: SchedConfig, clock: Arc<dyn Clock>) -> Sched {
         Sched {
-            store,
-            lease,
-            max_attempts,
-            job_timeout_secs,
-            log_cap,
+            clock,
+            lease: cfg.lease,
+            max_attempts: cfg.max_attempts,
+            job_timeout_secs: cfg.job_timeout_secs,
+            log_cap: cfg.log_cap,
             builds: HashMap::new(),
             jobs: HashMap::new(),
             queues: HashMap::new(),
@@ -241,6 +228,22 @@ impl Sched {
         }
     }
 
+    /// A new build: its insert is decided first and the assignment of its
+    /// jobs right behind it, so both usually share one group commit (and no
+    /// Assign is sent unless both are durable).
+    pub fn submit(&mut self, fx: &mut Effects, build: BuildRow, jobs: Vec<JobRow>) {
+        let (channel, arches) = (
+            build.channel.clone(),
+            jobs.iter().map(|j| j.arch.clone()).collect::<Vec<_>>(),
+        );
+        fx.writes.push(Write::InsertBuild {
+            build: build.clone(),
+            jobs: jobs.clone(),
+        });
+        self.add_build(build, jobs);
+        self.dispatch_jobs(fx, &channel, &arches);
+    }
+
     /// Track a newly committed build and queue its pending jobs.
     pub fn add_build(&mut self, b: BuildRow, jobs: Vec<JobRow>) {
         let ids = jobs.iter().map(|j| j.id).collect();
@@ -252,7 +255,7 @@ impl Sched {
                     j.id,
                     ActiveJob {
                         row: j,
-                        lease_until: Instant::now(),
+                        lease_until: self.clock.now(),
                     },
                 );
                 continue;
@@ -266,7 +269,7 @@ impl Sched {
                 j.id,
                 ActiveJob {
                     row: j,
-                    lease_until: Instant::now() + self.lease,
+                    lease_until: self.clock.now() + self.lease,
                 },
             );
         }
@@ -309,8 +312,7 @@ impl Sched {
             worker: row.worker.clone(),
             attempt: row.attempt,
         });
-        let row = row.clone();
-        fx.commit(self.store.write(move |t| kiln_store::save_job(t, &row)));
+        fx.writes.push(Write::SaveJob(row.clone()));
     }
 
     /// Recompute a build's state from its jobs, persist a change, and drop
@@ -336,10 +338,12 @@ impl Sched {
         let changed = new != b.row.state;
         if changed {
             fx.events.push(Event::Build { build, state: new });
-            fx.commit(
-                self.store
-                    .write(move |t| kiln_store::set_build_state(t, build, new, None)),
-            );
+            fx.writes.push(Write::SetBuildState {
+                build,
+                state: new,
+                reason: None,
+                publish: new.publication(b.row.scratch),
+            });
         }
         if new.is_final() {
             if let Some(b) = self.builds.remove(&build) {
@@ -368,27 +372,25 @@ impl Sched {
         };
         j.row.state = JobState::Assigned;
         j.row.worker = Some(worker.to_string());
-        j.row.started_at = Some(now_ms());
+        j.row.started_at = Some(self.clock.wall_ms());
         j.row.finished_at = None;
-        j.lease_until = Instant::now() + self.lease;
+        j.lease_until = self.clock.now() + self.lease;
         w.running.insert(job);
         self.leased.insert(job);
-        let msg = pb::MasterMsg {
-            msg: Some(pb::master_msg::Msg::Assign(pb::Assign {
-                job_id: job as u64,
-                attempt: j.row.attempt,
-                build_id: b.row.id as u64,
-                arch: j.row.arch.clone(),
-                target: b.row.target.clone(),
-                disttag: b.row.disttag.clone(),
-                srpm_name: b.row.srpm_name.clone(),
-                srpm_sha256: b.row.srpm_sha256.clone(),
-                srpm_size: b.row.srpm_size,
-                timeout_secs: self.job_timeout_secs,
-                log_cap: self.log_cap,
-            })),
-        };
-        fx.sends.push((w.tx.clone(), msg));
+        let msg = pb::master_msg::Msg::Assign(pb::Assign {
+            job_id: job as u64,
+            attempt: j.row.attempt,
+            build_id: b.row.id as u64,
+            arch: j.row.arch.clone(),
+            target: b.row.target.clone(),
+            disttag: b.row.disttag.clone(),
+            srpm_name: b.row.srpm_name.clone(),
+            srpm_sha256: b.row.srpm_sha256.clone(),
+            srpm_size: b.row.srpm_size,
+            timeout_secs: self.job_timeout_secs,
+            log_cap: self.log_cap,
+        });
+        fx.send(worker, &w.tx, msg);
         let row = j.row.clone();
         let build = row.build;
         self.save(fx, &row);
@@ -466,24 +468,19 @@ impl Sched {
 
     /// A worker's session began. Adopts the jobs it reports (after a master
     /// restart or a reconnect) and tells it which to drop.
-    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &mut self,
         fx: &mut Effects,
-        name: &str,
-        serial: u64,
-        arches: Vec<String>,
-        channels: Vec<String>,
-        capacity: u32,
-        draining: bool,
+        hello: Hello,
         reported: &[pb::RunningJob],
         tx: mpsc::UnboundedSender<pb::MasterMsg>,
     ) -> (u64, Vec<pb::RunningJob>) {
+        let name = hello.name.as_str();
         self.next_conn += 1;
         let conn = self.next_conn;
         let mut running = HashSet::new();
         let mut drop = Vec::new();
-        let lease_until = Instant::now() + self.lease;
+        let lease_until = self.clock.now() + self.lease;
         for r in reported {
             let id = r.job_id as i64;
             let ok = self.jobs.get(&id).is_some_and(|j| {
@@ -500,7 +497,7 @@ impl Sched {
                         j.row.state = JobState::Running;
                         j.row.worker = Some(name.to_string());
                         if j.row.started_at.is_none() {
-                            j.row.started_at = Some(now_ms());
+                            j.row.started_at = Some(self.clock.wall_ms());
                         }
                         let row = j.row.clone();
                         self.save(fx, &row);
@@ -529,16 +526,16 @@ impl Sched {
             self.requeue(fx, id, "the worker reconnected without it");
         }
         self.workers.insert(
-            name.to_string(),
+            hello.name.clone(),
             WorkerLive {
                 conn,
-                serves: expand_arches(&arches),
-                arches,
-                channels,
-                capacity,
+                serves: expand_arches(&hello.arches),
+                arches: hello.arches,
+                channels: hello.channels,
+                capacity: hello.capacity,
                 running,
-                draining,
-                serial,
+                draining: hello.draining,
+                serial: hello.serial,
                 tx,
             },
         );
@@ -576,7 +573,7 @@ impl Sched {
     }
 
     pub fn heartbeat(&mut self, name: &str, conn: u64) {
-        let until = Instant::now() + self.lease;
+        let until = self.clock.now() + self.lease;
         if let Some(w) = self.workers.get(name).filter(|w| w.conn == conn) {
             for id in &w.running {
                 if let Some(j) = self.jobs.get_mut(id) {
@@ -616,17 +613,14 @@ impl Sched {
 
     /// A worker reports a job done. `artifacts` were verified and filed by
     /// the caller. Returns whether the result was accepted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn finish(
-        &mut self,
-        fx: &mut Effects,
-        name: &str,
-        job: i64,
-        attempt: u32,
-        success: bool,
-        message: String,
-        artifacts: Vec<ArtifactRow>,
-    ) -> Result<(), String> {
+    pub fn finish(&mut self, fx: &mut Effects, name: &str, r: JobResult) -> Result<(), String> {
+        let JobResult {
+            job,
+            attempt,
+            success,
+            message,
+            artifacts,
+        } = r;
         let newer_here = self
             .jobs
             .get(&job)
@@ -656,7 +650,7 @@ impl Sched {
             JobState::Failed
         };
         j.row.message = (!message.is_empty()).then_some(message);
-        j.row.finished_at = Some(now_ms());
+        j.row.finished_at = Some(self.clock.wall_ms());
         let row = j.row.clone();
         let build = row.build;
         fx.events.push(Event::Job {
@@ -667,12 +661,11 @@ impl Sched {
             worker: row.worker.clone(),
             attempt: row.attempt,
         });
-        fx.commit(self.store.write(move |t| {
-            for a in &artifacts {
-                kiln_store::add_artifact(t, build, a)?;
-            }
-            kiln_store::save_job(t, &row)
-        }));
+        fx.writes.push(Write::FinishJob {
+            build,
+            artifacts,
+            job: row,
+        });
         fx.ended_jobs.push((build, job));
         self.settle_build(fx, build);
         Ok(())
@@ -693,13 +686,11 @@ impl Sched {
             .and_then(|w| self.workers.get_mut(w))
         {
             w.running.remove(&job);
-            let _ = w.tx.send(pb::MasterMsg {
-                msg: Some(pb::master_msg::Msg::Cancel(pb::Cancel {
-                    job_id: job as u64,
-                    attempt: j.row.attempt,
-                    reason: why.to_string(),
-                })),
-            });
+            fx.send(
+                &w_name(&j.row.worker),
+                &w.tx,
+                cancel_msg(job, j.row.attempt, why),
+            );
         }
         let build = j.row.build;
         if j.row.attempt >= max {
@@ -708,7 +699,7 @@ impl Sched {
                 "given up after {} attempts; last: {why}",
                 j.row.attempt
             ));
-            j.row.finished_at = Some(now_ms());
+            j.row.finished_at = Some(self.clock.wall_ms());
             fx.ended_jobs.push((build, job));
         } else {
             j.row.attempt += 1;
@@ -757,22 +748,17 @@ impl Sched {
             .and_then(|w| self.workers.get_mut(w))
         {
             w.running.remove(&job);
-            fx.sends.push((
-                w.tx.clone(),
-                pb::MasterMsg {
-                    msg: Some(pb::master_msg::Msg::Cancel(pb::Cancel {
-                        job_id: job as u64,
-                        attempt: j.row.attempt,
-                        reason: "timed out".into(),
-                    })),
-                },
-            ));
+            fx.send(
+                &w_name(&j.row.worker),
+                &w.tx,
+                cancel_msg(job, j.row.attempt, "timed out"),
+            );
         }
         j.row.state = JobState::Failed;
         j.row.message = Some(format!(
             "timed out after {secs} s (ended by the master: the worker did not report in time)"
         ));
-        j.row.finished_at = Some(now_ms());
+        j.row.finished_at = Some(self.clock.wall_ms());
         let row = j.row.clone();
         fx.ended_jobs.push((row.build, job));
         self.save(fx, &row);
@@ -785,8 +771,8 @@ impl Sched {
     /// Re-queue every job whose lease has lapsed and fail the ones past
     /// their timeout; returns the next deadline of either kind.
     pub fn expire_leases(&mut self, fx: &mut Effects) -> Option<Instant> {
-        let now = Instant::now();
-        let wall = now_ms();
+        let now = self.clock.now();
+        let wall = self.clock.wall_ms();
         let overdue: Vec<i64> = self
             .leased
             .iter()
@@ -850,9 +836,12 @@ impl Sched {
             build,
             state: BuildState::Canceled,
         });
-        fx.commit(self.store.write(move |t| {
-            kiln_store::set_build_state(t, build, BuildState::Canceled, Some("canceled"))
-        }));
+        fx.writes.push(Write::SetBuildState {
+            build,
+            state: BuildState::Canceled,
+            reason: Some("canceled".into()),
+            publish: None,
+        });
         for id in ids {
             let Some(j) = self.jobs.get_mut(&id) else {
                 continue;
@@ -862,21 +851,16 @@ impl Sched {
             }
             if let Some(w) = j.row.worker.as_deref().and_then(|w| self.workers.get(w)) {
                 if matches!(j.row.state, JobState::Assigned | JobState::Running) {
-                    fx.sends.push((
-                        w.tx.clone(),
-                        pb::MasterMsg {
-                            msg: Some(pb::master_msg::Msg::Cancel(pb::Cancel {
-                                job_id: id as u64,
-                                attempt: j.row.attempt,
-                                reason: "build canceled".into(),
-                            })),
-                        },
-                    ));
+                    fx.send(
+                        &w_name(&j.row.worker),
+                        &w.tx,
+                        cancel_msg(id, j.row.attempt, "build canceled"),
+                    );
                 }
             }
             self.leased.remove(&id);
             j.row.state = JobState::Canceled;
-            j.row.finished_at = Some(now_ms());
+            j.row.finished_at = Some(self.clock.wall_ms());
             j.row.message = Some("canceled".into());
             let row = j.row.clone();
             fx.ended_jobs.push((build, id));
@@ -953,103 +937,5 @@ impl Sched {
             .values()
             .filter(|j| j.row.state == JobState::Pending)
             .count()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_build(arches: &[&str]) -> kiln_store::NewBuild {
-        kiln_store::NewBuild {
-            target: "default".into(),
-            package: "p".into(),
-            evr: "1-1".into(),
-            srpm_name: "p-1-1.src.rpm".into(),
-            srpm_sha256: "0".repeat(64),
-            srpm_size: 1,
-            channel: "default".into(),
-            disttag: String::new(),
-            priority: 0,
-            scratch: true,
-            ci: false,
-            excluded: vec![],
-            arches: arches.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    /// After a restart, a build with one failed job and one running job
-    /// ends failed when the running one succeeds.
-    #[tokio::test]
-    async fn a_restored_build_keeps_its_failed_job() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(&dir.path().join("kiln.db"), kiln_store::Durability::Normal).unwrap();
-        let (b, jobs) = store
-            .write(|t| kiln_store::insert_build(t, &new_build(&["x86_64", "i686"])))
-            .await
-            .unwrap();
-        let (mut failed, mut running) = (jobs[0].clone(), jobs[1].clone());
-        failed.state = JobState::Failed;
-        running.state = JobState::Running;
-        running.worker = Some("w".into());
-        let (f2, r2) = (failed.clone(), running.clone());
-        store
-            .write(move |t| {
-                kiln_store::save_job(t, &f2)?;
-                kiln_store::save_job(t, &r2)?;
-                kiln_store::set_build_state(t, b.id, BuildState::Building, None)
-            })
-            .await
-            .unwrap();
-        let mut s = Sched::new(store.clone(), Duration::from_secs(60), 3, 60, 1 << 20);
-        s.restore(store.read(kiln_store::active_builds).await.unwrap());
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let mut fx = Effects::default();
-        let reported = [pb::RunningJob {
-            job_id: running.id as u64,
-            attempt: 1,
-        }];
-        s.connect(
-            &mut fx,
-            "w",
-            1,
-            vec!["x86_64".into()],
-            vec!["default".into()],
-            2,
-            false,
-            &reported,
-            tx,
-        );
-        s.finish(&mut fx, "w", running.id, 1, true, String::new(), vec![])
-            .unwrap();
-        let (done, _, _) = fx.finish().await.unwrap();
-        assert_eq!(done, vec![b.id]);
-        let row = store
-            .read(move |c| kiln_store::get_build(c, b.id))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(row.state, BuildState::Failed);
-    }
-
-    #[test]
-    fn queue_order_is_priority_then_age() {
-        let mut h = BinaryHeap::new();
-        h.push(QEntry {
-            priority: 0,
-            job: 1,
-        });
-        h.push(QEntry {
-            priority: 0,
-            job: 2,
-        });
-        h.push(QEntry {
-            priority: 100,
-            job: 3,
-        });
-        assert_eq!(h.pop().map(|e| e.job), Some(3));
-        assert_eq!(h.pop().map(|e| e.job), Some(1));
-        assert_eq!(h.pop().map(|e| e.job), Some(2));
     }
 }

@@ -1,0 +1,547 @@
+//! The scheduler's rules, specified by fast unit tests: no database, no
+//! process, no waiting (time comes from a clock the test moves).
+
+use super::*;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use kiln_core::state::PublishState;
+use pb::master_msg::Msg;
+
+/// A clock that moves only when the test says so.
+struct TestClock {
+    base: Instant,
+    base_wall: i64,
+    offset_ms: AtomicU64,
+}
+
+impl TestClock {
+    fn advance(&self, d: Duration) {
+        self.offset_ms
+            .fetch_add(d.as_millis() as u64, AtomicOrdering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.offset_ms.load(AtomicOrdering::SeqCst))
+    }
+    fn wall_ms(&self) -> i64 {
+        self.base_wall + self.offset_ms.load(AtomicOrdering::SeqCst) as i64
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+struct T {
+    s: Sched,
+    clock: Arc<TestClock>,
+    /// Each connected worker's session, as the worker would read it.
+    inbox: HashMap<String, mpsc::UnboundedReceiver<pb::MasterMsg>>,
+}
+
+impl T {
+    fn new() -> T {
+        T::with(3, 0)
+    }
+
+    fn with(max_attempts: u32, job_timeout_secs: u64) -> T {
+        let clock = Arc::new(TestClock {
+            base: Instant::now(),
+            base_wall: 1_000_000,
+            offset_ms: AtomicU64::new(0),
+        });
+        let s = Sched::new(
+            SchedConfig {
+                lease: LEASE,
+                max_attempts,
+                job_timeout_secs,
+                log_cap: 1 << 20,
+            },
+            clock.clone(),
+        );
+        T {
+            s,
+            clock,
+            inbox: HashMap::new(),
+        }
+    }
+
+    /// Submit a build; returns its job ids (in arch order).
+    fn submit(
+        &mut self,
+        fx: &mut Effects,
+        channel: &str,
+        arches: &[&str],
+        priority: i64,
+    ) -> Vec<i64> {
+        self.submit_build(fx, channel, arches, priority, false)
+    }
+
+    fn submit_build(
+        &mut self,
+        fx: &mut Effects,
+        channel: &str,
+        arches: &[&str],
+        priority: i64,
+        scratch: bool,
+    ) -> Vec<i64> {
+        let nb = kiln_store::NewBuild {
+            target: "t".into(),
+            package: "p".into(),
+            evr: "1-1".into(),
+            srpm_name: "p-1-1.src.rpm".into(),
+            srpm_sha256: "0".repeat(64),
+            srpm_size: 1,
+            channel: channel.into(),
+            disttag: String::new(),
+            priority,
+            scratch,
+            ci: false,
+            excluded: vec![],
+            arches: arches.iter().map(|a| a.to_string()).collect(),
+        };
+        let (id, job_ids) = self.s.allocate_ids(arches.len());
+        let (b, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
+        self.s.submit(fx, b, jobs);
+        job_ids
+    }
+
+    fn connect(
+        &mut self,
+        fx: &mut Effects,
+        name: &str,
+        arches: &[&str],
+        channels: &[&str],
+        capacity: u32,
+        reported: &[pb::RunningJob],
+    ) -> (u64, Vec<pb::RunningJob>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inbox.insert(name.to_string(), rx);
+        let hello = Hello {
+            name: name.into(),
+            serial: 1,
+            arches: arches.iter().map(|a| a.to_string()).collect(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            capacity,
+            draining: false,
+        };
+        let r = self.s.connect(fx, hello, reported, tx);
+        self.s.fill_worker(fx, name);
+        r
+    }
+
+    fn state(&self, job: i64) -> JobState {
+        self.s.job_current(job).expect("an active job").4
+    }
+
+    fn worker_of(&self, job: i64) -> Option<String> {
+        self.s.job_current(job).and_then(|j| j.2)
+    }
+
+    fn attempt(&self, job: i64) -> u32 {
+        self.s.job_current(job).expect("an active job").1
+    }
+
+    fn ok(&mut self, fx: &mut Effects, worker: &str, job: i64) -> Result<(), String> {
+        let attempt = self.attempt(job);
+        self.result(fx, worker, job, attempt, true)
+    }
+
+    fn result(
+        &mut self,
+        fx: &mut Effects,
+        worker: &str,
+        job: i64,
+        attempt: u32,
+        success: bool,
+    ) -> Result<(), String> {
+        let r = self.s.finish(
+            fx,
+            worker,
+            JobResult {
+                job,
+                attempt,
+                success,
+                message: String::new(),
+                artifacts: vec![],
+            },
+        );
+        self.s.fill_worker(fx, worker);
+        r
+    }
+}
+
+/// The (worker, job) of every Assign, in decision order.
+fn assigns(fx: &Effects) -> Vec<(String, i64)> {
+    fx.sends
+        .iter()
+        .filter_map(|o| match &o.msg.msg {
+            Some(Msg::Assign(a)) => Some((o.worker.clone(), a.job_id as i64)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The (worker, job, reason) of every Cancel.
+fn cancels(fx: &Effects) -> Vec<(String, i64, String)> {
+    fx.sends
+        .iter()
+        .filter_map(|o| match &o.msg.msg {
+            Some(Msg::Cancel(c)) => Some((o.worker.clone(), c.job_id as i64, c.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fx() -> Effects {
+    Effects::default()
+}
+
+#[test]
+fn jobs_go_to_workers_of_their_channel_and_arch() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "x86", &["x86_64"], &["a"], 4, &[]);
+    t.connect(&mut f, "arm", &["aarch64"], &["a"], 4, &[]);
+    t.connect(&mut f, "other", &["x86_64", "aarch64"], &["b"], 4, &[]);
+    let mut f = fx();
+    let jobs = t.submit(&mut f, "a", &["x86_64", "aarch64", "s390x"], 0);
+    let mut got = assigns(&f);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("arm".to_string(), jobs[1]), ("x86".to_string(), jobs[0])]
+    );
+    // Nobody serves s390x on channel a: it waits, and says why.
+    assert_eq!(t.state(jobs[2]), JobState::Pending);
+    let why = t.s.waiting_reason(jobs[2]).unwrap();
+    assert!(
+        why.contains("no connected worker serves channel `a` for `s390x`"),
+        "{why}"
+    );
+    // The write of the build comes before the writes of its assignments.
+    assert!(matches!(f.writes.first(), Some(Write::InsertBuild { .. })));
+}
+
+#[test]
+fn a_worker_builds_the_arches_its_own_can_build() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "x86", &["x86_64"], &["default"], 4, &[]);
+    let jobs = t.submit(&mut f, "default", &["i686", "noarch"], 0);
+    let got: Vec<i64> = assigns(&f).into_iter().map(|(_, j)| j).collect();
+    assert_eq!(got, jobs);
+    // But an aarch64 worker does not take x86_64.
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "arm", &["aarch64"], &["default"], 4, &[]);
+    t.submit(&mut f, "default", &["x86_64"], 0);
+    assert!(assigns(&f).is_empty());
+}
+
+#[test]
+fn capacity_is_never_exceeded_and_a_freed_slot_is_filled() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 2, &[]);
+    let mut jobs = Vec::new();
+    for _ in 0..5 {
+        jobs.extend(t.submit(&mut f, "default", &["x86_64"], 0));
+    }
+    assert_eq!(assigns(&f).len(), 2);
+    assert_eq!(t.s.worker_views()["w"].running.len(), 2);
+    let mut f = fx();
+    t.ok(&mut f, "w", jobs[0]).unwrap();
+    assert_eq!(assigns(&f), vec![("w".to_string(), jobs[2])]);
+    assert_eq!(t.s.worker_views()["w"].running.len(), 2);
+    let why = t.s.waiting_reason(jobs[3]).unwrap();
+    assert!(why.contains("busy (2/2 slots used)"), "{why}");
+}
+
+#[test]
+fn priority_first_then_age_and_now_jumps_the_queue() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let busy = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    let a = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    let b = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    // `--now` is priority 100.
+    let now = t.submit(&mut f, "default", &["x86_64"], 100)[0];
+    let mut order = Vec::new();
+    let mut cur = busy;
+    for _ in 0..3 {
+        let mut f = fx();
+        t.ok(&mut f, "w", cur).unwrap();
+        let got = assigns(&f);
+        assert_eq!(got.len(), 1);
+        cur = got[0].1;
+        order.push(cur);
+    }
+    assert_eq!(order, vec![now, a, b]);
+}
+
+#[test]
+fn a_lapsed_lease_requeues_with_the_next_attempt_and_the_late_result_is_refused() {
+    let mut t = T::new();
+    let mut f = fx();
+    let (conn, _) = t.connect(&mut f, "w1", &["x86_64"], &["default"], 1, &[]);
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    assert_eq!(t.worker_of(job).as_deref(), Some("w1"));
+    // The worker's session drops and it does not come back. The job keeps
+    // its lease meanwhile (the worker may return and report it).
+    assert!(t.s.disconnect("w1", conn));
+    t.clock.advance(LEASE - Duration::from_secs(1));
+    let mut f = fx();
+    let next = t.s.expire_leases(&mut f);
+    assert!(f.sends.is_empty());
+    assert_eq!(next, Some(t.clock.now() + Duration::from_secs(1)));
+    // After it: back in the queue at attempt 2.
+    t.clock.advance(Duration::from_secs(2));
+    let mut f = fx();
+    t.s.expire_leases(&mut f);
+    assert_eq!(t.state(job), JobState::Pending);
+    assert_eq!(t.attempt(job), 2);
+    assert!(f
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::SaveJob(r) if r.id == job && r.attempt == 2)));
+    // w1's late result (attempt 1) counts for nothing.
+    let mut f = fx();
+    let err = t.result(&mut f, "w1", job, 1, true).unwrap_err();
+    assert!(err.contains("stale result"), "{err}");
+    assert_eq!(t.state(job), JobState::Pending);
+    // Another worker takes attempt 2.
+    let mut f = fx();
+    t.connect(&mut f, "w2", &["x86_64"], &["default"], 1, &[]);
+    assert_eq!(assigns(&f), vec![("w2".to_string(), job)]);
+}
+
+#[test]
+fn heartbeats_keep_a_lease_and_attempts_run_out() {
+    let mut t = T::with(2, 0);
+    let mut f = fx();
+    let (conn, _) = t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    for _ in 0..5 {
+        t.clock.advance(LEASE / 2);
+        t.s.heartbeat("w", conn);
+        let mut f = fx();
+        t.s.expire_leases(&mut f);
+        assert!(f.sends.is_empty());
+    }
+    assert_eq!(t.state(job), JobState::Assigned);
+    // Two lapses with max_attempts = 2: failed for good.
+    for _ in 0..2 {
+        t.clock.advance(LEASE * 2);
+        let mut f = fx();
+        t.s.expire_leases(&mut f);
+    }
+    assert!(t.s.job_current(job).is_none(), "the build ended");
+}
+
+#[test]
+fn the_master_fails_a_job_held_past_its_timeout() {
+    let mut t = T::with(3, 600);
+    let mut f = fx();
+    let (conn, _) = t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    // The worker keeps heartbeating past the timeout (600 s) and the grace
+    // of one lease.
+    let mut f = fx();
+    let mut ended = false;
+    for _ in 0..((600 + 60) / 30 + 2) {
+        t.clock.advance(Duration::from_secs(30));
+        t.s.heartbeat("w", conn);
+        f = fx();
+        t.s.expire_leases(&mut f);
+        if t.s.job_current(job).is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the job was not ended by the master");
+    assert_eq!(cancels(&f), vec![("w".into(), job, "timed out".into())]);
+    let saved = f.writes.iter().find_map(|w| match w {
+        Write::SaveJob(r) if r.id == job => Some(r.clone()),
+        _ => None,
+    });
+    let row = saved.expect("the job's row is written");
+    assert_eq!(row.state, JobState::Failed);
+    assert!(row.message.unwrap().contains("timed out after 600 s"));
+}
+
+#[test]
+fn cancel_ends_queued_jobs_at_once_and_tells_the_worker_of_running_ones() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let jobs = t.submit(&mut f, "default", &["x86_64", "aarch64"], 0);
+    let build = t.s.job_current(jobs[0]).unwrap().0;
+    let mut f = fx();
+    t.s.cancel(&mut f, build).unwrap();
+    assert_eq!(
+        cancels(&f),
+        vec![("w".into(), jobs[0], "build canceled".into())]
+    );
+    assert!(f.writes.contains(&Write::SetBuildState {
+        build,
+        state: BuildState::Canceled,
+        reason: Some("canceled".into()),
+        publish: None,
+    }));
+    assert_eq!(f.done_builds, vec![build]);
+    assert!(t.s.cancel(&mut fx(), build).is_err(), "not active any more");
+}
+
+#[test]
+fn a_succeeded_build_is_queued_for_publication_unless_scratch() {
+    for scratch in [false, true] {
+        let mut t = T::new();
+        let mut f = fx();
+        t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+        let job = t.submit_build(&mut f, "default", &["x86_64"], 0, scratch)[0];
+        let mut f = fx();
+        t.ok(&mut f, "w", job).unwrap();
+        let publish = f.writes.iter().find_map(|w| match w {
+            Write::SetBuildState {
+                state: BuildState::Succeeded,
+                publish,
+                ..
+            } => Some(*publish),
+            _ => None,
+        });
+        let want = (!scratch).then_some(PublishState::Pending);
+        assert_eq!(publish, Some(want), "scratch = {scratch}");
+    }
+}
+
+/// The rows a submit wrote (as the database would hold them).
+fn inserted(f: &Effects) -> (BuildRow, Vec<JobRow>) {
+    f.writes
+        .iter()
+        .find_map(|w| match w {
+            Write::InsertBuild { build, jobs } => Some((build.clone(), jobs.clone())),
+            _ => None,
+        })
+        .expect("a build insert")
+}
+
+#[test]
+fn after_a_restart_a_worker_keeps_what_it_reports_and_loses_what_it_does_not() {
+    let mut t = T::new();
+    let mut f = fx();
+    let jobs = t.submit(&mut f, "default", &["x86_64", "x86_64"], 0);
+    let (mut b, mut rows) = inserted(&f);
+    // As the database holds them when the master restarts: both running
+    // on w.
+    b.state = BuildState::Building;
+    for r in &mut rows {
+        r.state = JobState::Running;
+        r.worker = Some("w".into());
+    }
+    let mut t = T::new();
+    t.s.restore(vec![(b, rows)]);
+    // The worker comes back reporting the first job only, and one the
+    // master never heard of.
+    let reported = [
+        pb::RunningJob {
+            job_id: jobs[0] as u64,
+            attempt: 1,
+        },
+        pb::RunningJob {
+            job_id: 9999,
+            attempt: 1,
+        },
+    ];
+    let mut f = fx();
+    let (_, drop) = t.connect(&mut f, "w", &["x86_64"], &["default"], 2, &reported);
+    assert_eq!(drop.len(), 1);
+    assert_eq!(drop[0].job_id, 9999);
+    assert_eq!(t.state(jobs[0]), JobState::Running);
+    // The second was lost with the old session: re-queued, and given to the
+    // worker again (it has a free slot) at attempt 2.
+    assert_eq!(t.attempt(jobs[1]), 2);
+    assert_eq!(assigns(&f), vec![("w".to_string(), jobs[1])]);
+}
+
+#[test]
+fn a_restored_build_keeps_its_failed_job() {
+    let mut t = T::new();
+    let mut f = fx();
+    let jobs = t.submit(&mut f, "default", &["x86_64", "i686"], 0);
+    let (mut b, mut rows) = inserted(&f);
+    b.state = BuildState::Building;
+    rows[0].state = JobState::Failed;
+    rows[1].state = JobState::Running;
+    rows[1].worker = Some("w".into());
+    let mut t = T::new();
+    t.s.restore(vec![(b.clone(), rows)]);
+    let reported = [pb::RunningJob {
+        job_id: jobs[1] as u64,
+        attempt: 1,
+    }];
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 2, &reported);
+    let mut f = fx();
+    t.ok(&mut f, "w", jobs[1]).unwrap();
+    assert_eq!(f.done_builds, vec![b.id]);
+    assert!(f.writes.contains(&Write::SetBuildState {
+        build: b.id,
+        state: BuildState::Failed,
+        reason: None,
+        publish: None,
+    }));
+}
+
+#[test]
+fn a_draining_worker_gets_no_new_job() {
+    let mut t = T::new();
+    let mut f = fx();
+    let (conn, _) = t.connect(&mut f, "w", &["x86_64"], &["default"], 2, &[]);
+    t.s.drain("w", conn);
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    assert!(assigns(&f).is_empty());
+    let why = t.s.waiting_reason(job).unwrap();
+    assert!(why.contains("draining"), "{why}");
+}
+
+#[test]
+fn a_revoked_worker_is_told_to_cancel_and_its_jobs_go_back() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    let mut f = fx();
+    t.s.evict(&mut f, "w");
+    assert_eq!(
+        cancels(&f),
+        vec![("w".into(), job, "its worker was revoked".into())]
+    );
+    assert_eq!(t.state(job), JobState::Pending);
+    assert!(!t.s.worker_views().contains_key("w"));
+    // The message reaches the session it was addressed to.
+    let rx = t.inbox.get_mut("w").unwrap();
+    let sent = f.sends.into_iter().map(|o| o.tx.send(o.msg)).count();
+    assert!(sent > 0 && rx.try_recv().is_ok());
+}
+
+#[test]
+fn queue_order_is_priority_then_age() {
+    let mut h = BinaryHeap::new();
+    h.push(QEntry {
+        priority: 0,
+        job: 1,
+    });
+    h.push(QEntry {
+        priority: 0,
+        job: 2,
+    });
+    h.push(QEntry {
+        priority: 100,
+        job: 3,
+    });
+    assert_eq!(h.pop().map(|e| e.job), Some(3));
+    assert_eq!(h.pop().map(|e| e.job), Some(1));
+    assert_eq!(h.pop().map(|e| e.job), Some(2));
+}

@@ -1,0 +1,213 @@
+//! `Core`: what the master's tasks share (configuration, files, database,
+//! scheduler, logs, repository builder), and the one way scheduler
+//! decisions take effect: [`Core::decide`], then [`Core::apply`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kiln_core::pki::{Ca, RevocationList};
+use kiln_store::Store;
+use tokio::sync::{broadcast, Notify};
+
+use crate::config::MasterConfig;
+use crate::logs::Logs;
+use crate::paths::Paths;
+use crate::sched::effects::Commit;
+use crate::sched::{self, Effects, Sched, Write};
+use crate::syncer;
+
+/// The scheduler under its lock, read only.
+pub struct SchedView<'a>(MutexGuard<'a, Sched>);
+
+impl std::ops::Deref for SchedView<'_> {
+    type Target = Sched;
+    fn deref(&self) -> &Sched {
+        &self.0
+    }
+}
+
+/// Everything the master's tasks share.
+pub struct Core {
+    pub cfg: MasterConfig,
+    pub paths: Paths,
+    pub store: Store,
+    pub logs: Logs,
+    /// Makes intake's small files durable (`durability = full` only).
+    pub syncer: Option<Arc<syncer::Syncer>>,
+    pub ca: Ca,
+    pub revoked: RevocationList,
+    pub admin_token: String,
+    pub(crate) sched: Mutex<Sched>,
+    pub(crate) lease_changed: Notify,
+    /// The lease timer has no deadline and waits to be told of a new lease.
+    pub(crate) lease_idle: std::sync::atomic::AtomicBool,
+    /// Build ids that reached a final state.
+    pub build_done: broadcast::Sender<i64>,
+    /// Every durable state change, for live views.
+    pub events: broadcast::Sender<sched::Event>,
+    pub repo: Arc<kiln_repo::RepoBuilder>,
+    /// Headers of SRPMs in the content-addressed store (immutable content,
+    /// so a submit of a known SRPM reads nothing from disk).
+    pub srpm_cache: Mutex<std::collections::HashMap<String, (u64, kiln_core::srpm::PackageInfo)>>,
+    /// sha256 of artifacts verified as they were uploaded, by
+    /// (job, attempt, name): intake need not hash them again.
+    pub verified: Mutex<std::collections::HashMap<(i64, u32, String), String>>,
+    /// Artifacts staged per job attempt (name → declared size), to bound
+    /// what one attempt may stage and to clean up after its result.
+    pub(crate) staging:
+        Mutex<std::collections::HashMap<(i64, u32), std::collections::HashMap<String, u64>>>,
+}
+
+impl Core {
+    /// Record an artifact a job attempt starts to stage; refuse it past
+    /// `max_job_files` files or `max_job_upload` bytes for the attempt.
+    pub(crate) fn stage(
+        &self,
+        job: i64,
+        attempt: u32,
+        name: &str,
+        size: u64,
+    ) -> Result<(), tonic::Status> {
+        let mut st = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let e = st.entry((job, attempt)).or_default();
+        let others: u64 = e.iter().filter(|(n, _)| *n != name).map(|(_, s)| s).sum();
+        let files = e.len() + usize::from(!e.contains_key(name));
+        if files as u64 > self.cfg.max_job_files {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "job {job} may stage at most {} files (max_job_files)",
+                self.cfg.max_job_files
+            )));
+        }
+        if others.saturating_add(size) > self.cfg.max_job_upload {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "job {job} may stage at most {} bytes in all (max_job_upload); {name} of {size} bytes is past it",
+                self.cfg.max_job_upload
+            )));
+        }
+        e.insert(name.to_string(), size);
+        Ok(())
+    }
+
+    /// Forget what a job attempt staged; whether it had staged anything.
+    pub(crate) fn unstage(&self, job: i64, attempt: u32) -> bool {
+        self.staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(job, attempt))
+            .is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        // A panic while holding the lock is a bug; keep serving with the
+        // state as it is rather than cascading the panic.
+        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A look at the scheduler (read only: every change goes through
+    /// [`Core::decide`]).
+    pub fn sched(&self) -> SchedView<'_> {
+        SchedView(self.lock())
+    }
+
+    /// Make scheduler decisions: `f` runs under the scheduler lock and the
+    /// database writes it decided are queued before the lock is released,
+    /// so writes commit in the order the decisions were made. Apply the
+    /// effects returned with [`Core::apply`].
+    pub fn decide<R>(&self, f: impl FnOnce(&mut Sched, &mut Effects) -> R) -> (R, Effects) {
+        let mut s = self.lock();
+        let mut fx = Effects::default();
+        let r = f(&mut s, &mut fx);
+        self.queue_writes(&mut fx);
+        drop(s);
+        (r, fx)
+    }
+
+    /// Hand the decided writes to the database writer (in order).
+    pub(crate) fn queue_writes(&self, fx: &mut Effects) {
+        for w in std::mem::take(&mut fx.writes) {
+            let c: Commit = match w {
+                Write::InsertBuild { build, jobs } => Box::pin(
+                    self.store
+                        .write(move |t| kiln_store::insert_rows(t, &build, &jobs)),
+                ),
+                Write::SaveJob(row) => {
+                    Box::pin(self.store.write(move |t| kiln_store::save_job(t, &row)))
+                }
+                Write::FinishJob {
+                    build,
+                    artifacts,
+                    job,
+                } => Box::pin(self.store.write(move |t| {
+                    for a in &artifacts {
+                        kiln_store::add_artifact(t, build, a)?;
+                    }
+                    kiln_store::save_job(t, &job)
+                })),
+                Write::SetBuildState {
+                    build,
+                    state,
+                    reason,
+                    publish,
+                } => Box::pin(self.store.write(move |t| {
+                    kiln_store::set_build_state(t, build, state, reason.as_deref(), publish)
+                })),
+            };
+            fx.commits.push(c);
+        }
+    }
+
+    /// Run the effects of a scheduler decision: wait for the writes, send
+    /// the messages, close the logs of ended jobs and wake build waiters.
+    pub async fn apply(&self, fx: Effects) {
+        // A new lease never ends before the ones already running, so the
+        // timer only needs a nudge when it has no deadline at all.
+        if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
+            self.lease_changed.notify_one();
+        }
+        self.apply_quiet(fx).await
+    }
+
+    /// [`Core::apply`] without waking the lease timer: for the timer's own
+    /// decisions (waking itself would leave a permit behind and turn its
+    /// wait into a busy loop).
+    pub(crate) async fn apply_quiet(&self, fx: Effects) {
+        if let Err(e) = self.apply_inner(fx).await {
+            tracing::error!("database write failed: {e}");
+        }
+    }
+
+    /// [`Core::apply`], saying whether the writes committed (when they did
+    /// not, nothing was sent).
+    pub async fn try_apply(&self, fx: Effects) -> Result<(), kiln_store::StoreError> {
+        if self.lease_idle.load(std::sync::atomic::Ordering::SeqCst) {
+            self.lease_changed.notify_one();
+        }
+        self.apply_inner(fx).await
+    }
+
+    async fn apply_inner(&self, fx: Effects) -> Result<(), kiln_store::StoreError> {
+        // The logs of ended jobs are queued behind the state changes that
+        // end them, so both usually go in one commit.
+        let logs_saved = self.logs.save(&fx.ended_jobs);
+        match fx.finish().await {
+            Ok((done, ended, events)) => {
+                if !done.is_empty() {
+                    // Succeeded builds were queued for publication in the
+                    // same commit.
+                    self.repo.kick();
+                }
+                for e in events {
+                    let _ = self.events.send(e);
+                }
+                logs_saved.await;
+                for (build, job) in ended {
+                    self.logs.close(build, job);
+                }
+                for b in done {
+                    let _ = self.build_done.send(b);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
