@@ -16,7 +16,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::intake::{verify_and_file, JobRef};
+use crate::intake::JobRef;
 use crate::paths::is_sha256;
 use crate::Core;
 use sha2::Digest;
@@ -426,132 +426,17 @@ async fn session_loop(
             }
             In::Finished(f) => {
                 let (core, name, tx) = (core.clone(), name.to_string(), tx.clone());
-                tokio::spawn(async move { finished(core, name, f, tx).await });
+                tokio::spawn(async move {
+                    let (job_id, attempt) = (f.job_id, f.attempt);
+                    let (accepted, message) = crate::result::accept(&core, &name, f).await;
+                    let _ = tx.send(msg(pb::master_msg::Msg::FinishAck(pb::FinishAck {
+                        job_id,
+                        attempt,
+                        accepted,
+                        message,
+                    })));
+                });
             }
         }
-    }
-}
-
-async fn finished(
-    core: Arc<Core>,
-    name: String,
-    f: pb::Finished,
-    tx: mpsc::UnboundedSender<pb::MasterMsg>,
-) {
-    let job = f.job_id as i64;
-    let cur = {
-        let s = core.sched();
-        s.holds(&name, job, f.attempt)
-            .then(|| s.job_current(job))
-            .flatten()
-    };
-    let mut journaled = None;
-    let result = |success: bool, message: String, artifacts| crate::sched::JobResult {
-        job,
-        attempt: f.attempt,
-        success,
-        message,
-        artifacts,
-    };
-    let (outcome, fx) = match cur {
-        None => core.decide(|s, fx| {
-            let why = s
-                .finish(fx, &name, result(false, String::new(), vec![]))
-                .err()
-                .unwrap_or_default();
-            s.fill_worker(fx, &name);
-            Err(why)
-        }),
-        Some((build, _, _, arch, _)) => {
-            let jr = JobRef {
-                build,
-                job,
-                attempt: f.attempt,
-                arch,
-            };
-            let paths = core.paths.clone();
-            let arts = f.artifacts.clone();
-            let known: std::collections::HashMap<String, String> = core
-                .verified
-                .lock()
-                .map(|mut v| {
-                    arts.iter()
-                        .filter_map(|a| {
-                            v.remove(&(job, f.attempt, a.name.clone()))
-                                .map(|sha| (a.name.clone(), sha))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let verified =
-                tokio::task::spawn_blocking(move || verify_and_file(&paths, &jr, &arts, &known))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
-            let (success, message, rows) = match verified {
-                Ok((rows, unsynced)) => {
-                    // Queued ahead of the result's commit below.
-                    if let Some(sy) = core.syncer.as_ref().filter(|_| !unsynced.is_empty()) {
-                        journaled = Some((sy.clone(), sy.journal(unsynced)));
-                    }
-                    complete_log(&core, build, job, &rows).await;
-                    (f.success, f.message.clone(), rows)
-                }
-                Err(e) => {
-                    tracing::warn!("job {job} from {name}: {e}");
-                    (false, format!("artifacts refused: {e}"), vec![])
-                }
-            };
-            core.decide(|s, fx| {
-                let r = s.finish(fx, &name, result(success, message, rows));
-                s.fill_worker(fx, &name);
-                r
-            })
-        }
-    };
-    core.apply(fx).await;
-    if core.unstage(job, f.attempt) {
-        // Whatever the result did not file (all of it, if refused).
-        let paths = core.paths.clone();
-        let attempt = f.attempt;
-        let _ = tokio::task::spawn_blocking(move || {
-            crate::housekeeping::purge_staged(&paths, job, attempt)
-        })
-        .await;
-    }
-    if let Some((sy, j)) = journaled {
-        match j.await {
-            Ok(()) => sy.kick(),
-            Err(e) => tracing::error!("job {job}: cannot journal its incoming files: {e}"),
-        }
-    }
-    let (accepted, message) = match outcome {
-        Ok(()) => (true, String::new()),
-        Err(e) => (false, e),
-    };
-    let _ = tx.send(msg(pb::master_msg::Msg::FinishAck(pb::FinishAck {
-        job_id: f.job_id,
-        attempt: f.attempt,
-        accepted,
-        message,
-    })));
-}
-
-/// If the live log missed chunks (the session dropped during the build),
-/// keep the complete `build.log` of the result as the job's log.
-async fn complete_log(core: &Arc<Core>, build: i64, job: i64, rows: &[kiln_store::ArtifactRow]) {
-    let Some(log) = rows
-        .iter()
-        .find(|r| r.kind == kiln_core::state::ArtifactKind::Log && r.name == "build.log")
-    else {
-        return;
-    };
-    if core.logs.written(job) == Some(log.size) {
-        return;
-    }
-    let path = core.paths.incoming(build, &log.arch).join(&log.name);
-    let c = core.clone();
-    let r = tokio::task::spawn_blocking(move || c.logs.replace(build, job, &path)).await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!("job {job}: cannot store its complete log: {e}");
     }
 }

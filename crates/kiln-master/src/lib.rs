@@ -9,8 +9,10 @@ pub mod housekeeping;
 mod intake;
 pub mod logs;
 pub mod paths;
+pub mod result;
 pub mod sched;
 mod shared;
+pub mod submit;
 pub mod syncer;
 mod tls;
 

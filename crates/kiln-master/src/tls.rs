@@ -60,6 +60,88 @@ impl AsyncWrite for WorkerConn {
     }
 }
 
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The one accept loop of both listeners: each connection is handled in a
+/// task of its own (a slow handshake holds up nobody). An accept error (out
+/// of file descriptors, say) is logged and retried after a pause, never in
+/// a tight loop.
+fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
+where
+    F: Fn(TcpStream, std::net::SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("{what} listener accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(handle(tcp, remote));
+        }
+    });
+}
+
+/// The API's listener with TLS: connections are accepted and their
+/// handshakes run concurrently (a slow client holds up nobody); the server
+/// takes them as they complete.
+pub(crate) struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    addr: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    pub(crate) fn new(
+        listener: tokio::net::TcpListener,
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> TlsListener {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        accept_loop(listener, "API", move |tcp, remote| {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send((s, remote)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("API TLS handshake with {remote}: {e}"),
+                    Err(_) => tracing::debug!("API TLS handshake with {remote} timed out"),
+                }
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop never ends; if it did, serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
 pub(crate) fn server_names(core: &Core) -> Vec<String> {
     let mut names = vec![
         "localhost".to_string(),
@@ -101,41 +183,28 @@ pub async fn serve_workers(core: Arc<Core>) -> Result<std::net::SocketAddr, Mast
         .map_err(io_err("reading the worker listener address"))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<WorkerConn, std::io::Error>>(64);
     let accept_core = core.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("worker listener accept: {e}");
-                    continue;
+    accept_loop(listener, "worker", move |tcp, remote| {
+        let (grpc_cfg, enroll_cfg, tx, core) = (
+            grpc_cfg.clone(),
+            enroll_cfg.clone(),
+            tx.clone(),
+            accept_core.clone(),
+        );
+        async move {
+            let hs =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, grpc_cfg, enroll_cfg)).await;
+            match hs {
+                Ok(Ok(Accepted::Worker(conn))) => {
+                    let _ = tx.send(Ok(conn)).await;
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (grpc_cfg, enroll_cfg, tx, core) = (
-                grpc_cfg.clone(),
-                enroll_cfg.clone(),
-                tx.clone(),
-                accept_core.clone(),
-            );
-            tokio::spawn(async move {
-                let hs = tokio::time::timeout(
-                    std::time::Duration::from_secs(20),
-                    handshake(tcp, grpc_cfg, enroll_cfg),
-                )
-                .await;
-                match hs {
-                    Ok(Ok(Accepted::Worker(conn))) => {
-                        let _ = tx.send(Ok(conn)).await;
+                Ok(Ok(Accepted::Enroll(stream))) => {
+                    if let Err(e) = enroll(core, stream).await {
+                        tracing::info!("enrollment from {remote} failed: {e}");
                     }
-                    Ok(Ok(Accepted::Enroll(stream))) => {
-                        if let Err(e) = enroll(core, stream).await {
-                            tracing::info!("enrollment from {remote} failed: {e}");
-                        }
-                    }
-                    Ok(Err(e)) => tracing::info!("TLS handshake with {remote} refused: {e}"),
-                    Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
                 }
-            });
+                Ok(Err(e)) => tracing::info!("TLS handshake with {remote} refused: {e}"),
+                Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
+            }
         }
     });
     let svc = crate::grpc::service(core.clone());

@@ -522,8 +522,13 @@ fn a_revoked_worker_is_told_to_cancel_and_its_jobs_go_back() {
     assert!(!t.s.worker_views().contains_key("w"));
     // The message reaches the session it was addressed to.
     let rx = t.inbox.get_mut("w").unwrap();
-    let sent = f.sends.into_iter().map(|o| o.tx.send(o.msg)).count();
-    assert!(sent > 0 && rx.try_recv().is_ok());
+    for o in f.sends {
+        o.tx.send(o.msg).unwrap();
+    }
+    assert!(matches!(
+        rx.try_recv().map(|m| m.msg),
+        Ok(Some(Msg::Cancel(_)))
+    ));
 }
 
 #[test]

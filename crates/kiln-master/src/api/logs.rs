@@ -1,0 +1,136 @@
+//! Build logs (live with `follow`) and the event stream.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::S;
+use crate::logs::LogEvent;
+use axum::body::Body;
+
+#[derive(Deserialize)]
+pub(super) struct Follow {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The build log of a job; with `follow`, the response stays open and
+/// streams new lines until the job ends.
+pub(super) async fn job_log(
+    State(core): S,
+    Path(id): Path<i64>,
+    Query(q): Query<Follow>,
+) -> ApiResult<Response> {
+    let job = core
+        .store
+        .read(move |c| kiln_store::get_job(c, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    let build = job.build;
+    let active = core
+        .sched()
+        .job_current(id)
+        .is_some_and(|(_, _, _, _, st)| !st.is_final());
+    let mut sub = None;
+    if q.follow && active {
+        core.logs.open(build, id).map_err(ApiError::internal)?;
+        sub = core.logs.subscribe(id);
+    }
+    let start = core
+        .logs
+        .read(build, id)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(mut rx) = sub else {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], start).into_response());
+    };
+    let mut sent = start.len() as u64;
+    let stream = async_stream(move |tx| async move {
+        if tx.send(Ok(bytes::Bytes::from(start))).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(LogEvent::Data { offset, data }) => {
+                    let end = offset + data.len() as u64;
+                    if end <= sent {
+                        continue;
+                    }
+                    let skip = sent.saturating_sub(offset) as usize;
+                    sent = end;
+                    if tx.send(Ok(data.slice(skip..))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(LogEvent::End) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(all) = core.logs.read(build, id).await {
+                        if (all.len() as u64) > sent {
+                            let rest = bytes::Bytes::from(all).slice(sent as usize..);
+                            sent += rest.len() as u64;
+                            if tx.send(Ok(rest)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A body stream fed by a task.
+pub(super) fn async_stream<F, Fut>(
+    f: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes, std::io::Error>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Every durable state change as newline-delimited JSON, live.
+pub(super) async fn events(State(core): S) -> Response {
+    let mut rx = core.events.subscribe();
+    let stream = async_stream(move |tx| async move {
+        // Tell the client it is subscribed: events after this line are complete.
+        if tx
+            .send(Ok(bytes::Bytes::from_static(
+                b"{\"kind\":\"subscribed\"}\n",
+            )))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let line = match rx.recv().await {
+                Ok(e) => serde_json::to_vec(&e).unwrap_or_default(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("{{\"kind\":\"lagged\",\"missed\":{n}}}").into_bytes()
+                }
+                Err(_) => return,
+            };
+            let mut line = line;
+            line.push(b'\n');
+            if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,152 @@
+//! Targets and their repositories: `.repo` files, what is published,
+//! regeneration, the CA certificate, and `/repos` (regular files only).
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::auth::auth;
+use super::error::{ApiError, ApiResult};
+use super::S;
+use crate::Core;
+
+pub(super) async fn targets(State(core): S) -> Json<Vec<crate::Target>> {
+    Json(core.cfg.targets.clone())
+}
+
+pub(super) fn target_of<'a>(core: &'a Core, name: &str) -> ApiResult<&'a crate::Target> {
+    core.cfg
+        .target(name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown target {name:?}")))
+}
+
+/// The master's CA certificate (public): what clients of an `https://` API
+/// and dnf (`sslcacert`) trust.
+pub(super) async fn ca_cert(State(core): S) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        core.ca.cert_pem().to_string(),
+    )
+        .into_response()
+}
+
+/// A `.repo` file for a target, pointing at this master as the client
+/// reached it.
+pub(super) async fn repo_file(
+    State(core): S,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> ApiResult<Response> {
+    let t = target_of(&core, &target)?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| core.cfg.api_listen.to_string());
+    // With TLS, dnf wants the CA as a local file: the .repo file says how
+    // to fetch it once from /ca.crt and check it.
+    let (scheme, header_lines, ssl) = if core.cfg.api_tls {
+        let fp = core
+            .ca
+            .fingerprint()
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        (
+            "https",
+            format!(
+                "# This master's CA: mkdir -p /etc/pki/kiln && curl -k -o /etc/pki/kiln/ca.crt https://{host}/ca.crt\n\
+                 # then check: openssl x509 -in /etc/pki/kiln/ca.crt -noout -fingerprint -sha256\n\
+                 # must print sha256 Fingerprint={fp}\n"
+            ),
+            "sslcacert=/etc/pki/kiln/ca.crt\n",
+        )
+    } else {
+        ("http", String::new(), "")
+    };
+    let base = format!("{scheme}://{host}/repos/{}", t.name);
+    let signed = t.sign_key.is_some();
+    let gpg = if signed {
+        format!(
+            "gpgcheck=1\nrepo_gpgcheck=1\ngpgkey={base}/RPM-GPG-KEY-kiln-{}\n",
+            t.name
+        )
+    } else {
+        "gpgcheck=0\nrepo_gpgcheck=0\n".to_string()
+    };
+    let text = format!(
+        "{header_lines}[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}{ssl}metadata_expire=60\n\n\
+         [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}{ssl}metadata_expire=60\n",
+        n = t.name
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+pub(super) async fn repo_packages(
+    State(core): S,
+    Path(target): Path<String>,
+) -> ApiResult<Json<Vec<kiln_store::RepoPackage>>> {
+    let t = target_of(&core, &target)?.name.clone();
+    let rows = core
+        .store
+        .read(move |c| kiln_store::repo_packages(c, &t))
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| r.retired_gen.is_none())
+            .collect(),
+    ))
+}
+
+pub(super) async fn repo_regen(
+    State(core): S,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    auth(&core, &headers)?;
+    let t = target_of(&core, &target)?.name.clone();
+    core.repo
+        .request_regen(&t)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "target": t, "regen": "queued" })),
+    ))
+}
+
+/// `/repos` serves regular files inside the repository tree and nothing
+/// else: no symlink (at any depth), no directory, no special file.
+pub(super) async fn only_regular_files(
+    State(core): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let decoded = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8();
+    let ok = decoded.is_ok_and(|rel| {
+        let root = core.paths.repos();
+        let mut p = root.clone();
+        let mut parts = 0;
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            if c == "." || c == ".." || c.contains('\0') {
+                return false;
+            }
+            p.push(c);
+            parts += 1;
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => return false,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        parts > 0 && std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file())
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::not_found("no such file in the repositories").into_response()
+    }
+}

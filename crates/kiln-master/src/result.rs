@@ -1,0 +1,128 @@
+//! The result use case: a worker reports that a job ended. Its artifacts
+//! are verified and filed (`intake`), the small ones journaled for
+//! durability, the live log completed from the result's own log, and the
+//! scheduler decides; staged leftovers are removed. The gRPC session only
+//! translates the message and sends the acknowledgement.
+
+use std::sync::Arc;
+
+use kiln_proto as pb;
+
+use crate::intake::{verify_and_file, JobRef};
+use crate::Core;
+
+/// A worker's report that a job ended. Returns whether the result was
+/// accepted, and why not.
+pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, String) {
+    let name = name.to_string();
+    let job = f.job_id as i64;
+    let cur = {
+        let s = core.sched();
+        s.holds(&name, job, f.attempt)
+            .then(|| s.job_current(job))
+            .flatten()
+    };
+    let mut journaled = None;
+    let result = |success: bool, message: String, artifacts| crate::sched::JobResult {
+        job,
+        attempt: f.attempt,
+        success,
+        message,
+        artifacts,
+    };
+    let (outcome, fx) = match cur {
+        None => core.decide(|s, fx| {
+            let why = s
+                .finish(fx, &name, result(false, String::new(), vec![]))
+                .err()
+                .unwrap_or_default();
+            s.fill_worker(fx, &name);
+            Err(why)
+        }),
+        Some((build, _, _, arch, _)) => {
+            let jr = JobRef {
+                build,
+                job,
+                attempt: f.attempt,
+                arch,
+            };
+            let paths = core.paths.clone();
+            let arts = f.artifacts.clone();
+            let known: std::collections::HashMap<String, String> = core
+                .verified
+                .lock()
+                .map(|mut v| {
+                    arts.iter()
+                        .filter_map(|a| {
+                            v.remove(&(job, f.attempt, a.name.clone()))
+                                .map(|sha| (a.name.clone(), sha))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let verified =
+                tokio::task::spawn_blocking(move || verify_and_file(&paths, &jr, &arts, &known))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+            let (success, message, rows) = match verified {
+                Ok((rows, unsynced)) => {
+                    // Queued ahead of the result's commit below.
+                    if let Some(sy) = core.syncer.as_ref().filter(|_| !unsynced.is_empty()) {
+                        journaled = Some((sy.clone(), sy.journal(unsynced)));
+                    }
+                    complete_log(core, build, job, &rows).await;
+                    (f.success, f.message.clone(), rows)
+                }
+                Err(e) => {
+                    tracing::warn!("job {job} from {name}: {e}");
+                    (false, format!("artifacts refused: {e}"), vec![])
+                }
+            };
+            core.decide(|s, fx| {
+                let r = s.finish(fx, &name, result(success, message, rows));
+                s.fill_worker(fx, &name);
+                r
+            })
+        }
+    };
+    core.apply(fx).await;
+    if core.unstage(job, f.attempt) {
+        // Whatever the result did not file (all of it, if refused).
+        let paths = core.paths.clone();
+        let attempt = f.attempt;
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::housekeeping::purge_staged(&paths, job, attempt)
+        })
+        .await;
+    }
+    if let Some((sy, j)) = journaled {
+        match j.await {
+            Ok(()) => sy.kick(),
+            Err(e) => tracing::error!("job {job}: cannot journal its incoming files: {e}"),
+        }
+    }
+    match outcome {
+        Ok(()) => (true, String::new()),
+        Err(e) => (false, e),
+    }
+}
+
+/// If the live log missed chunks (the session dropped during the build),
+/// keep the complete `build.log` of the result as the job's log.
+async fn complete_log(core: &Arc<Core>, build: i64, job: i64, rows: &[kiln_store::ArtifactRow]) {
+    let Some(log) = rows
+        .iter()
+        .find(|r| r.kind == kiln_core::state::ArtifactKind::Log && r.name == "build.log")
+    else {
+        return;
+    };
+    if core.logs.written(job) == Some(log.size) {
+        return;
+    }
+    let path = core.paths.incoming(build, &log.arch).join(&log.name);
+    let c = core.clone();
+    let r = tokio::task::spawn_blocking(move || c.logs.replace(build, job, &path)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!("job {job}: cannot store its complete log: {e}");
+    }
+}
