@@ -1,7 +1,9 @@
 //! Kiln's shared vocabulary: validated names, arches, build and job states,
-//! SRPM header inspection and the PKI (CA, enrollment, TLS configs).
+//! rpm file checks (`header`), SRPM header inspection and the PKI (CA,
+//! enrollment, TLS configs).
 
 pub mod fsutil;
+pub mod header;
 pub mod listing;
 pub mod names;
 pub mod pki;

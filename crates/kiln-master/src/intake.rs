@@ -227,7 +227,7 @@ fn check_package(
 
 /// The listing file must name exactly the other artifacts, as reported.
 fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), String> {
-    let l: Listing = serde_json::from_slice(text).map_err(|e| format!("malformed listing: {e}"))?;
+    let l = Listing::parse(text).map_err(|e| e.to_string())?;
     if l.job != j.job as u64 || l.attempt != j.attempt || l.arch != j.arch {
         return Err("the listing belongs to another job".into());
     }

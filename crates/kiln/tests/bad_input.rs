@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use kiln_core::header::{self, Which};
 use std::fs;
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 /// Submits `file` with `extra` and checks the refusal: non-zero exit, one
 /// `error:` line on stderr mentioning one of `keywords` (the file's own path
@@ -165,4 +168,207 @@ fn an_oversized_upload_is_refused() {
         ],
     );
     assert_eq!(m.builds().len(), 0);
+}
+
+/// `GET URL` with curl: the HTTP status (0 when nothing answered).
+fn http_status(m: &Master, path: &str) -> u16 {
+    let curl = require_tool("curl");
+    let mut cmd = Command::new(curl);
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if m.api_url.starts_with("https://") {
+        cmd.arg("--cacert").arg(m.data.join("ca").join("ca.crt"));
+    }
+    cmd.arg(format!("{}{path}", m.api_url));
+    let out = run_timeout(cmd, Duration::from_secs(30), "curl /healthz");
+    out.stdout.trim().parse().unwrap_or(0)
+}
+
+/// The 266-byte SRPM of issue 6: a valid lead and signature header, then a
+/// main header whose one entry declares 4,294,967,295 INT64 items (the
+/// `rpm` crate reserved 32 GiB for it and the master aborted).
+fn crafted_266() -> Vec<u8> {
+    let mut v = header::LEAD_MAGIC.to_vec();
+    v.extend_from_slice(&[3, 0, 0, 1, 0, 1]);
+    v.extend_from_slice(&[0; 66]);
+    v.extend_from_slice(&[0, 1, 0, 5]);
+    v.extend_from_slice(&[0; 16]);
+    v.extend_from_slice(&header::HEADER_MAGIC);
+    for w in [
+        1u32,
+        4,
+        header::RPMSIGTAG_SIZE,
+        header::TYPE_INT32,
+        0,
+        1,
+        170,
+    ] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&header::HEADER_MAGIC);
+    for w in [1u32, 98, 5009, header::TYPE_INT64, 0, u32::MAX] {
+        v.extend_from_slice(&w.to_be_bytes());
+    }
+    v.extend_from_slice(&[0; 98]);
+    assert_eq!(v.len(), 266);
+    v
+}
+
+/// Files left under DATA/uploads, DATA/tmp and DATA/cas.
+fn leftovers(m: &Master) -> Vec<std::path::PathBuf> {
+    ["uploads", "tmp", "cas"]
+        .iter()
+        .flat_map(|d| files_under(&m.data.join(d)))
+        .collect()
+}
+
+#[test]
+fn a_crafted_header_is_refused_and_the_master_lives() {
+    let m = Master::start();
+    let file = m.scratch.join("crafted.src.rpm");
+    write_file(&file, &crafted_266());
+    let line = assert_refused(&m, &file, &[], &["malformed rpm header"]);
+    assert!(
+        line.contains("4294967295 INT64 items"),
+        "the error names the entry: {line}"
+    );
+    assert_eq!(
+        http_status(&m, "/healthz"),
+        200,
+        "the master stopped answering"
+    );
+    let pid = m.pid();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the master process is gone"
+    );
+    assert_eq!(
+        leftovers(&m),
+        Vec::<std::path::PathBuf>::new(),
+        "files left behind"
+    );
+    assert_eq!(m.builds().len(), 0);
+    assert_still_accepts(&m);
+}
+
+#[test]
+fn an_srpm_with_a_corrupted_payload_is_refused_at_submit() {
+    let m = Master::start();
+    let good = Pkg::noarch("bi-corrupt").build_srpm(&m.scratch);
+    let mut bytes = fs::read(&good).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x40;
+    let file = m.scratch.join("corrupt.src.rpm");
+    write_file(&file, &bytes);
+    let line = assert_refused(&m, &file, &[], &["digest mismatch"]);
+    assert!(
+        line.contains("payload") && line.contains("corrupt"),
+        "{line}"
+    );
+    assert_eq!(m.builds().len(), 0, "a corrupt SRPM was queued");
+    assert_eq!(
+        leftovers(&m),
+        Vec::<std::path::PathBuf>::new(),
+        "files left behind"
+    );
+    assert_still_accepts(&m);
+}
+
+/// Replace `from` by `to` (same length) in the main header and record the
+/// header's new SHA-256 in the signature header: a package consistent but
+/// for its content. (rpmbuild itself refuses such a Release in a spec, so
+/// this is how such a package comes to exist.)
+fn forge_main_header(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let h = header::parse_headers(data).expect("a good package");
+    let mut out = data.to_vec();
+    let main = h.main.range.clone();
+    let at = main.start
+        + data[main]
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the placeholder in the main header");
+    out[at..at + to.len()].copy_from_slice(to);
+    let h = header::parse_headers(&out).expect("the same layout");
+    let sha = h.view(Which::Main).sha256();
+    let sig = h.view(Which::Signature);
+    let e = sig
+        .find(header::RPMSIGTAG_SHA256)
+        .expect("a header SHA-256");
+    let at = h.signature.range.start + sig.store_offset() + e.offset as usize;
+    out[at..at + 64].copy_from_slice(sha.as_bytes());
+    out
+}
+
+#[test]
+fn a_release_with_an_ansi_escape_or_a_bidi_override_is_refused() {
+    let m = Master::start();
+    let srpm = Pkg::noarch("bi-rel")
+        .release("1ZZZZZ")
+        .build_srpm(&m.scratch);
+    let bytes = fs::read(&srpm).unwrap();
+    for (i, (to, what)) in [("1\u{1b}[31m", "escape"), ("1ZZ\u{202e}", "bidirectional")]
+        .iter()
+        .enumerate()
+    {
+        let forged = forge_main_header(&bytes, b"1ZZZZZ", to.as_bytes());
+        let file = m.scratch.join(format!("forged{i}.src.rpm"));
+        write_file(&file, &forged);
+        let line = assert_refused(&m, &file, &[], &["release"]);
+        assert!(line.contains(what), "{line}");
+        assert!(
+            !line.contains('\u{1b}') && !line.contains('\u{202e}'),
+            "the error printed the raw character: {line:?}"
+        );
+    }
+    assert_eq!(m.builds().len(), 0);
+    assert_eq!(
+        leftovers(&m),
+        Vec::<std::path::PathBuf>::new(),
+        "files left behind"
+    );
+    assert_still_accepts(&m);
+}
+
+#[test]
+fn noarch_in_the_arches_means_noarch_packages_are_welcome() {
+    let m = Master::start_with(
+        MasterOpts::default()
+            .config("[[target]]\nname = \"t1\"\narches = [\"x86_64\", \"noarch\"]\n"),
+    );
+    let arches_of = |b: &serde_json::Value| -> Vec<String> {
+        let mut a: Vec<String> = jobs_of(b).iter().map(|j| jstr(j, "arch")).collect();
+        a.sort();
+        a
+    };
+    // An arch-specific package: one job per real arch, no noarch job.
+    let c = Pkg::c("bi-native").build_srpm(&m.scratch);
+    let b = m.submit(&c, &["--target", "t1"]);
+    assert_eq!(arches_of(&b), ["x86_64"], "{b}");
+    // A noarch package: the one noarch job.
+    let n = Pkg::noarch("bi-noarch").build_srpm(&m.scratch);
+    let b = m.submit(&n, &["--target", "t1"]);
+    assert_eq!(arches_of(&b), ["noarch"], "{b}");
+    // Only noarch for an arch-specific package: refused, saying why (its
+    // SRPM, a good one, stays in the store).
+    let builds = m.builds().len();
+    let out = m.cli(&[
+        "submit",
+        c.to_str().unwrap(),
+        "--target",
+        "t1",
+        "--arch",
+        "noarch",
+    ]);
+    let line = out.assert_error_line(&["arch-specific"]);
+    assert!(line.contains("BuildArch: noarch"), "{line}");
+    assert_eq!(m.builds().len(), builds);
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::auth::auth;
-use super::error::{ApiError, ApiResult};
+use super::error::{disk_error, ApiError, ApiResult};
 use super::S;
 use axum::body::Body;
 use futures_util::StreamExt;
@@ -155,20 +155,6 @@ pub(super) enum Receive {
     Interrupted(String),
     /// The master could not write it.
     Disk(std::io::Error),
-}
-
-/// A failure of the master's own disk, as a client sees it: a full disk
-/// says so, with 507; anything else is a 500.
-pub(super) fn disk_error(e: std::io::Error) -> ApiError {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "no_space",
-            "no space left on device on the master; nothing was kept, retry once there is room",
-        )
-    } else {
-        ApiError::internal(format!("writing the upload: {e}"))
-    }
 }
 
 pub(super) async fn receive(tmp: &std::path::Path, body: Body, max: u64) -> Result<u64, Receive> {

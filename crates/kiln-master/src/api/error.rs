@@ -60,6 +60,20 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A failure of the master's own disk, as a client sees it: a full disk
+/// says so, with 507; anything else is a 500.
+pub(crate) fn disk_error(e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            "no space left on device on the master; nothing was kept, retry once there is room",
+        )
+    } else {
+        ApiError::internal(format!("writing the upload: {e}"))
+    }
+}
+
 impl From<crate::submit::SubmitError> for ApiError {
     fn from(e: crate::submit::SubmitError) -> Self {
         use crate::submit::SubmitError as E;
@@ -68,5 +82,47 @@ impl From<crate::submit::SubmitError> for ApiError {
             E::BlobMissing => ApiError::new(StatusCode::NOT_FOUND, "blob_missing", e.to_string()),
             E::Store(s) => s.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_store::StoreError;
+
+    fn status(e: ApiError) -> (StatusCode, &'static str) {
+        (e.status, e.code)
+    }
+
+    #[test]
+    fn store_errors_tell_the_client_whose_fault_it_is() {
+        assert_eq!(
+            status(StoreError::Invalid("x".into()).into()),
+            (StatusCode::BAD_REQUEST, "bad_request")
+        );
+        assert_eq!(
+            status(StoreError::NotFound("x".into()).into()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        // A commit that failed (disk full, I/O error) is not the request's
+        // fault: 503, retry later.
+        let e: ApiError = StoreError::CommitFailed("database or disk is full".into()).into();
+        assert!(e.message.contains("could not commit"), "{}", e.message);
+        assert_eq!(status(e), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        assert_eq!(
+            status(StoreError::Closed.into()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(
+            status(StoreError::Internal("thread".into()).into()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_507_and_says_so() {
+        let e = disk_error(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(e.message.contains("no space left on device"));
+        assert_eq!(status(e), (StatusCode::INSUFFICIENT_STORAGE, "no_space"));
     }
 }
