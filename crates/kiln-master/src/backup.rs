@@ -12,6 +12,7 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
+use crate::housekeeping::{private_dir, set_mode};
 use crate::paths::Paths;
 use crate::{io_err, MasterError};
 
@@ -57,17 +58,10 @@ pub fn backup(data: &Path, dest: &Path) -> Result<BackupReport, MasterError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(format!("reading {}", dest.display()))(e)),
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dest)
-        .map_err(io_err(format!("creating {}", dest.display())))?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
-        .map_err(io_err(format!("setting the mode of {}", dest.display())))?;
+    private_dir(dest)?;
     let copy_db = dest.join("kiln.db");
     kiln_store::Store::backup_file(&db, &copy_db)?;
-    std::fs::set_permissions(&copy_db, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("setting the mode of {}", copy_db.display())))?;
+    set_mode(&copy_db, 0o600)?;
     let mut report = BackupReport {
         files: 1,
         bytes: std::fs::metadata(&copy_db).map(|m| m.len()).unwrap_or(0),

@@ -13,14 +13,7 @@ use crate::{io_err, MasterError};
 /// SQLite opens it, so its `-wal` and `-shm` files get the same mode; an
 /// existing directory and database are brought to those modes.
 pub fn secure_data_dir(paths: &Paths) -> Result<(), MasterError> {
-    let root = &paths.root;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-        .map_err(io_err(format!("creating {}", root.display())))?;
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-        .map_err(io_err(format!("setting the mode of {}", root.display())))?;
+    private_dir(&paths.root)?;
     let db = paths.db();
     std::fs::OpenOptions::new()
         .create(true)
@@ -39,6 +32,21 @@ pub fn secure_data_dir(paths: &Paths) -> Result<(), MasterError> {
         }
     }
     Ok(())
+}
+
+/// Create `dir` (and its parents) if needed and make it 0700.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), MasterError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("creating {}", dir.display())))?;
+    set_mode(dir, 0o700)
+}
+
+pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<(), MasterError> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("setting the mode of {}", p.display())))
 }
 
 /// How many entries the content directories hold (`cas/`, `incoming/`,

@@ -137,28 +137,15 @@ fn a_backup_restores_builds_and_repositories() {
 
     // A backup while the master runs.
     let dest = m.dir.path().join("backup");
-    let out = run_timeout(
-        {
-            let mut c = Command::new(kiln());
-            c.arg("backup").arg("--data").arg(&m.data).arg(&dest);
-            c
-        },
-        Duration::from_secs(60),
-        "kiln backup",
-    )
-    .assert_ok();
+    let backup = || {
+        let mut c = Command::new(kiln());
+        c.arg("backup").arg("--data").arg(&m.data).arg(&dest);
+        run_timeout(c, Duration::from_secs(60), "kiln backup")
+    };
+    let out = backup().assert_ok();
     assert!(out.stdout.contains("files"), "{}", out.stdout);
     // Refused over an existing backup.
-    let again = run_timeout(
-        {
-            let mut c = Command::new(kiln());
-            c.arg("backup").arg("--data").arg(&m.data).arg(&dest);
-            c
-        },
-        Duration::from_secs(60),
-        "kiln backup (again)",
-    );
-    again.assert_error_line(&["not empty"]);
+    backup().assert_error_line(&["not empty"]);
 
     // Disaster: the master dies and its data directory is gone.
     m.kill();

@@ -150,10 +150,6 @@ fn cancel_msg(job: i64, attempt: u32, reason: &str) -> pb::master_msg::Msg {
     })
 }
 
-fn w_name(w: &Option<String>) -> String {
-    w.clone().unwrap_or_default()
-}
-
 /// Expand declared arches with the ones each can also build.
 fn expand_arches(arches: &[String]) -> HashSet<String> {
     let mut s: HashSet<String> = arches.iter().cloned().collect();
@@ -671,27 +667,30 @@ impl Sched {
         Ok(())
     }
 
+    /// Take a held job back from its worker: its lease and slot end, and the
+    /// worker (if connected) is told to stop it.
+    fn take_back(&mut self, fx: &mut Effects, job: i64, why: &str) {
+        self.leased.remove(&job);
+        let Some(j) = self.jobs.get(&job) else {
+            return;
+        };
+        let Some(name) = j.row.worker.clone() else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(&name) {
+            w.running.remove(&job);
+            fx.send(&name, &w.tx, cancel_msg(job, j.row.attempt, why));
+        }
+    }
+
     /// Put a job back in its queue with attempt + 1, or fail it when it has
     /// used up its attempts.
     fn requeue(&mut self, fx: &mut Effects, job: i64, why: &str) {
         let max = self.max_attempts;
-        self.leased.remove(&job);
+        self.take_back(fx, job, why);
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if let Some(w) = j
-            .row
-            .worker
-            .as_deref()
-            .and_then(|w| self.workers.get_mut(w))
-        {
-            w.running.remove(&job);
-            fx.send(
-                &w_name(&j.row.worker),
-                &w.tx,
-                cancel_msg(job, j.row.attempt, why),
-            );
-        }
         let build = j.row.build;
         if j.row.attempt >= max {
             j.row.state = JobState::Failed;
@@ -736,24 +735,11 @@ impl Sched {
     /// A job held past its timeout: the worker is told to stop and the job
     /// fails (a timeout is the build's fault, not the worker's: no retry).
     fn time_out(&mut self, fx: &mut Effects, job: i64) {
-        self.leased.remove(&job);
         let secs = self.job_timeout_secs;
+        self.take_back(fx, job, "timed out");
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if let Some(w) = j
-            .row
-            .worker
-            .as_deref()
-            .and_then(|w| self.workers.get_mut(w))
-        {
-            w.running.remove(&job);
-            fx.send(
-                &w_name(&j.row.worker),
-                &w.tx,
-                cancel_msg(job, j.row.attempt, "timed out"),
-            );
-        }
         j.row.state = JobState::Failed;
         j.row.message = Some(format!(
             "timed out after {secs} s (ended by the master: the worker did not report in time)"
@@ -849,13 +835,14 @@ impl Sched {
             if j.row.state.is_final() {
                 continue;
             }
-            if let Some(w) = j.row.worker.as_deref().and_then(|w| self.workers.get(w)) {
+            if let Some((name, w)) = j
+                .row
+                .worker
+                .as_deref()
+                .and_then(|n| self.workers.get(n).map(|w| (n, w)))
+            {
                 if matches!(j.row.state, JobState::Assigned | JobState::Running) {
-                    fx.send(
-                        &w_name(&j.row.worker),
-                        &w.tx,
-                        cancel_msg(id, j.row.attempt, "build canceled"),
-                    );
+                    fx.send(name, &w.tx, cancel_msg(id, j.row.attempt, "build canceled"));
                 }
             }
             self.leased.remove(&id);
