@@ -56,7 +56,14 @@ pub fn sha256_bytes(data: &[u8]) -> String {
 
 /// sha256 (lowercase hex) and size of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_open(&mut std::fs::File::open(path)?)
+}
+
+/// sha256 and size of what an open file holds, from its start (for a file
+/// opened with care, e.g. `O_NOFOLLOW`, and hashed through that descriptor).
+pub fn sha256_open(f: &mut std::fs::File) -> std::io::Result<(String, u64)> {
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(0))?;
     let mut h = Sha256::new();
     // A buffer no larger than the file: most artifacts of a job are small.
     let len = f.metadata()?.len();

@@ -4,6 +4,7 @@
 
 pub mod fsutil;
 pub mod header;
+pub mod layout;
 pub mod listing;
 pub mod names;
 pub mod pki;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::names::{
-    check_arch, check_arch_token, check_file_name, check_ident, check_version_field, printable,
-    NameError,
+    check_arch, check_arch_token, check_file_name, check_ident, check_version_field, is_sha256,
+    printable, NameError,
 };
 
 pub const LISTING_NAME: &str = "listing.json";
@@ -95,10 +95,6 @@ fn clip(s: &str) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// `name-epoch:version-release.arch`, each part as rpm accepts it.

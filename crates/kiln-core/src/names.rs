@@ -314,6 +314,11 @@ pub fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Is `s` a sha256 as Kiln writes it everywhere: 64 lower-case hex digits?
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,10 @@
-//! The master's settings. The binary layers a TOML file, `KILN_*`
-//! environment variables and flags over these defaults.
+//! The master's settings. The binary (`kiln/src/settings.rs`) layers a TOML
+//! file, then `KILN_<KEY>` environment variables, then `--<key>` flags over
+//! these defaults, for every key at once: it reads the keys and their types
+//! off `MasterConfig::default()` serialized. A new key needs only its field
+//! here (and a line of help there); keep it a boolean, a number, a string
+//! (or an `Option` of one) or a list of strings, or it can only be given in
+//! the file, like the `[[target]]` tables.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -195,5 +200,29 @@ impl MasterConfig {
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key but the targets is of a kind the environment and flags can
+    /// spell (see the module's doc).
+    #[test]
+    fn every_key_can_be_given_as_text() {
+        let serde_json::Value::Object(keys) =
+            serde_json::to_value(MasterConfig::default()).expect("the defaults serialize")
+        else {
+            panic!("MasterConfig is not a table");
+        };
+        for (k, v) in keys {
+            let ok = match &v {
+                serde_json::Value::Array(a) => k == "target" || a.iter().all(|x| x.is_string()),
+                serde_json::Value::Object(_) => false,
+                _ => true,
+            };
+            assert!(ok, "{k} = {v} cannot be given as KILN_{}", k.to_uppercase());
+        }
     }
 }

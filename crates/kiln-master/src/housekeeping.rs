@@ -53,9 +53,7 @@ pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<(), MasterError> {
 /// `logs/`, and published metadata under `repos/`).
 fn content_entries(paths: &Paths) -> usize {
     let count = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
-    let mut n = count(&paths.root.join("cas"))
-        + count(&paths.root.join("incoming"))
-        + count(&paths.root.join("logs"));
+    let mut n = count(&paths.cas_dir()) + count(&paths.incoming_dir()) + count(&paths.logs());
     if let Ok(targets) = std::fs::read_dir(paths.repos()) {
         for t in targets.flatten() {
             if let Ok(repos) = std::fs::read_dir(t.path()) {
@@ -100,25 +98,16 @@ pub fn clean_tmp(paths: &Paths) -> usize {
 /// result was refused or filed, or the attempt was re-queued). Files of
 /// active attempts stay: their workers resume where they were.
 pub fn clean_uploads(paths: &Paths, active: &HashSet<(i64, u32)>) -> usize {
-    remove_entries(&paths.root.join("uploads"), |name| {
-        staged_key(name).is_none_or(|k| !active.contains(&k))
+    remove_entries(&paths.uploads(), |name| {
+        Paths::staged_key(name).is_none_or(|k| !active.contains(&k))
     })
 }
 
 /// Remove what is left staged for one job attempt (`uploads/<job>-<attempt>-*`).
 pub fn purge_staged(paths: &Paths, job: i64, attempt: u32) -> usize {
-    remove_entries(&paths.root.join("uploads"), |name| {
-        staged_key(name) == Some((job, attempt))
+    remove_entries(&paths.uploads(), |name| {
+        Paths::staged_key(name) == Some((job, attempt))
     })
-}
-
-/// The (job, attempt) a staged file belongs to, from `<job>-<attempt>-<name>`.
-fn staged_key(name: &str) -> Option<(i64, u32)> {
-    let mut it = name.splitn(3, '-');
-    let job = it.next()?.parse().ok()?;
-    let attempt = it.next()?.parse().ok()?;
-    it.next()?;
-    Some((job, attempt))
 }
 
 fn remove_entries(dir: &Path, pick: impl Fn(&str) -> bool) -> usize {
@@ -147,14 +136,6 @@ fn remove_entries(dir: &Path, pick: impl Fn(&str) -> bool) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staged_names_parse() {
-        assert_eq!(staged_key("12-3-foo-1.0.rpm"), Some((12, 3)));
-        assert_eq!(staged_key("12-3-x.part"), Some((12, 3)));
-        assert_eq!(staged_key("junk"), None);
-        assert_eq!(staged_key("12-x-y"), None);
-    }
 
     #[test]
     fn uploads_of_inactive_attempts_go() {

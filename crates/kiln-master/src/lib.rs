@@ -163,7 +163,7 @@ impl Master {
         let ev = events.clone();
         let repo = kiln_repo::RepoBuilder::new(
             store.clone(),
-            paths.repo_layout(),
+            paths.clone(),
             cfg.createrepo.clone(),
             repo_targets,
             Arc::new(move |build, state| {

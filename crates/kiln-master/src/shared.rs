@@ -72,13 +72,13 @@ impl Core {
         let others: u64 = e.iter().filter(|(n, _)| *n != name).map(|(_, s)| s).sum();
         let files = e.len() + usize::from(!e.contains_key(name));
         if files as u64 > self.cfg.max_job_files {
-            return Err(tonic::Status::resource_exhausted(format!(
+            return Err(tonic::Status::out_of_range(format!(
                 "job {job} may stage at most {} files (max_job_files)",
                 self.cfg.max_job_files
             )));
         }
         if others.saturating_add(size) > self.cfg.max_job_upload {
-            return Err(tonic::Status::resource_exhausted(format!(
+            return Err(tonic::Status::out_of_range(format!(
                 "job {job} may stage at most {} bytes in all (max_job_upload); {name} of {size} bytes is past it",
                 self.cfg.max_job_upload
             )));

@@ -22,7 +22,8 @@ use kiln_core::state::PublishState;
 use kiln_store::Store;
 use tokio::sync::Notify;
 
-pub use publish::{BuildInput, Layout, Plan, TargetRepo};
+pub use kiln_core::layout::Layout;
+pub use publish::{BuildInput, Plan, TargetRepo};
 pub use sign::Signer;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +114,7 @@ impl RepoBuilder {
                 t.repos().iter().any(|r| {
                     !self
                         .layout
-                        .repos
-                        .join(&t.name)
-                        .join(r)
+                        .repo(&t.name, r)
                         .join("repodata/repomd.xml")
                         .exists()
                 })

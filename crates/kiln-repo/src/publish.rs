@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kiln_core::layout::Layout;
 use kiln_core::names::check_file_name;
 use kiln_core::srpm::{compare_evr, inspect_package, same_package};
 use kiln_core::state::ArtifactKind;
@@ -15,19 +16,6 @@ use kiln_store::{ArtifactRow, RepoPackage};
 
 use crate::sign::Signer;
 use crate::RepoError;
-
-/// Where things are.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// `<data>/repos`: served over HTTP.
-    pub repos: PathBuf,
-    /// `<data>/incoming`.
-    pub incoming: PathBuf,
-    /// createrepo_c's own output (never served): `<data>/repowork`.
-    pub work: PathBuf,
-    /// createrepo_c's checksum cache.
-    pub cache: PathBuf,
-}
 
 /// A target as the repository builder sees it.
 #[derive(Debug, Clone)]
@@ -123,11 +111,7 @@ fn check_build(
             continue;
         }
         check_file_name(&a.name).map_err(|e| e.to_string())?;
-        let path = layout
-            .incoming
-            .join(b.id.to_string())
-            .join(&a.arch)
-            .join(&a.name);
+        let path = layout.incoming(b.id, &a.arch).join(&a.name);
         let sha = sha256_file(&path).map_err(|e| e.to_string())?;
         if sha != a.sha256 {
             return Err(format!(
@@ -185,7 +169,7 @@ fn check_build(
 /// The file the live metadata names is never overwritten: it stays until
 /// the metadata that drops it has been live for a generation.
 fn place(layout: &Layout, target: &TargetRepo, s: &Staged) -> Result<String, RepoError> {
-    let dir = layout.repos.join(&target.name).join(&s.pkg.repo);
+    let dir = layout.repo(&target.name, &s.pkg.repo);
     let there = |p: &Path| p.exists().then(|| same_package(&s.src, p).unwrap_or(false));
     let flat = dir.join(&s.pkg.file);
     let rel = match there(&flat) {
@@ -297,7 +281,7 @@ pub fn publish(
     }
     for repo in &touched {
         let gen = new_gen(repo);
-        let dir = layout.repos.join(&target.name).join(repo);
+        let dir = layout.repo(&target.name, repo);
         std::fs::create_dir_all(&dir).map_err(RepoError::io(&dir))?;
         let mut files: Vec<&str> = live
             .values()
@@ -306,8 +290,8 @@ pub fn publish(
             .collect();
         files.sort_unstable();
         files.dedup();
-        let work = layout.work.join(&target.name).join(repo);
-        createrepo_run(createrepo, &layout.cache, &work, &dir, &files)?;
+        let work = layout.repowork(&target.name, repo);
+        createrepo_run(createrepo, &layout.repocache(), &work, &dir, &files)?;
         plan.createrepo_runs += 1;
         swap(&work, &dir, target.signer.as_ref())?;
         plan.gens.push((repo.clone(), gen));

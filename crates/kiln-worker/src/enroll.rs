@@ -25,7 +25,13 @@ pub async fn enroll(master: &str, token: &str, dir: &Path) -> Result<String, Wor
         ["kiln1", _, fp] => fp.to_string(),
         _ => return Err(WorkerError::Enroll("malformed enrollment token".into())),
     };
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    // Only the worker may read what is kept here (its key above all).
+    crate::backend::make_private_dir(dir)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(io_err(format!("creating {}", dir.display())))?;
     let cfg = Arc::new(pki::enroll_client_config(&fp)?);
     // The master signs for the name the token was made for; the CSR's own
     // subject does not matter.
@@ -59,9 +65,9 @@ pub async fn enroll(master: &str, token: &str, dir: &Path) -> Result<String, Wor
         return Err(WorkerError::Enroll(resp.error));
     }
     write_file(&dir.join(files::KEY), &key_pem, 0o600)?;
-    write_file(&dir.join(files::CERT), &resp.cert_pem, 0o644)?;
-    write_file(&dir.join(files::CA), &resp.ca_pem, 0o644)?;
-    write_file(&dir.join(files::MASTER), &format!("{master}\n"), 0o644)?;
-    write_file(&dir.join(files::NAME), &format!("{}\n", resp.name), 0o644)?;
+    write_file(&dir.join(files::CERT), &resp.cert_pem, 0o600)?;
+    write_file(&dir.join(files::CA), &resp.ca_pem, 0o600)?;
+    write_file(&dir.join(files::MASTER), &format!("{master}\n"), 0o600)?;
+    write_file(&dir.join(files::NAME), &format!("{}\n", resp.name), 0o600)?;
     Ok(resp.name)
 }

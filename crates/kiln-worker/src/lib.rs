@@ -32,6 +32,36 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| WorkerError::Io { what, source }
 }
 
+/// Make the worker's files private to it: its directory, the work
+/// directory, the input cache and the job directories 0700 (created when
+/// missing), the key and certificate 0600; what an older version or an
+/// operator left looser is tightened.
+pub(crate) fn make_private(
+    dir: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<(), WorkerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |path: &std::path::Path, mode: u32| {
+        let Ok(m) = std::fs::metadata(path) else {
+            return;
+        };
+        if m.permissions().mode() & 0o7777 & !mode != 0 {
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+                tracing::warn!("cannot make {} private ({mode:o}): {e}", path.display());
+            }
+        }
+    };
+    tighten(dir, 0o700);
+    for f in [files::KEY, files::CERT] {
+        tighten(&dir.join(f), 0o600);
+    }
+    for d in [work.to_path_buf(), work.join("cache"), work.join("jobs")] {
+        backend::make_private_dir(&d).map_err(io_err(format!("creating {}", d.display())))?;
+        tighten(&d, 0o700);
+    }
+    Ok(())
+}
+
 /// Split `https://host:port` into host and port.
 pub fn parse_master_url(url: &str) -> Result<(String, u16), WorkerError> {
     let bad = || WorkerError::BadUrl(url.to_string());
@@ -62,6 +92,34 @@ pub mod files {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_worker_files_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let set = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("worker");
+        let work = dir.join("work");
+        std::fs::create_dir_all(work.join("cache")).unwrap();
+        for d in [&dir, &work, &work.join("cache")] {
+            set(d, 0o755);
+        }
+        for f in [super::files::KEY, super::files::CERT] {
+            std::fs::write(dir.join(f), "x").unwrap();
+            set(&dir.join(f), 0o644);
+        }
+        super::make_private(&dir, &work).unwrap();
+        for d in [&dir, &work, &work.join("cache"), &work.join("jobs")] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        for f in [super::files::KEY, super::files::CERT] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(

@@ -2,7 +2,9 @@
 //! upload results, reconnect with backoff and jitter, drain on request.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +22,15 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
-use crate::backend::{Backend, JobSpec, LogSink};
+use crate::backend::{make_private_dir, Backend, JobSpec, LogSink};
 use crate::{files, io_err, parse_master_url, WorkerError};
+
+/// Tries of a request that fails on a live session (an upload the master
+/// cannot take, a download it cannot serve) before the job is given up:
+/// 1 s, 2 s, 4 s … at most 30 s apart. A new session starts the count over.
+const RETRY_ATTEMPTS: u32 = 7;
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct WorkerConfig {
     /// Where `enroll` left the key, certificate, CA and master URL.
@@ -104,10 +113,7 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
         &read_trim(&cfg.dir.join(files::CERT))?,
         &read_trim(&cfg.dir.join(files::KEY))?,
     )?);
-    for d in ["cache", "jobs"] {
-        std::fs::create_dir_all(cfg.work.join(d))
-            .map_err(io_err(format!("creating {}", cfg.work.join(d).display())))?;
-    }
+    crate::make_private(&cfg.dir, &cfg.work)?;
     let (session, _) = watch::channel(Session::default());
     let shared = Arc::new(Shared {
         cfg,
@@ -133,7 +139,7 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
             Ok(()) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
-                eprintln!("worker {}: {e}", shared.name);
+                tracing::warn!("worker {}: {e}", shared.name);
             }
         }
         // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to 30 s.
@@ -296,7 +302,7 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
         if still_ours {
             shared.jobs().remove(&job);
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_job_dir(&dir);
         shared.idle.notify_one();
     });
 }
@@ -365,8 +371,8 @@ impl LogText {
             let opened = self
                 .path
                 .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|_| std::fs::File::create(&self.path))
+                .map_or(Ok(()), make_private_dir)
+                .and_then(|_| create_new(&self.path))
                 .and_then(|mut f| f.write_all(&self.mem).map(|_| f));
             match opened {
                 Ok(f) => {
@@ -431,22 +437,17 @@ async fn wait_client(shared: &Shared) -> (u64, FarmClient<Channel>) {
 
 async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch::Receiver<bool>) {
     let (job, attempt) = (a.job_id, a.attempt);
-    let _ = std::fs::remove_dir_all(dir);
-    let (finished, files) = match build(shared, &a, dir, cancel.clone()).await {
+    remove_job_dir(dir);
+    let (mut finished, mut files) = match build(shared, &a, dir, cancel.clone()).await {
         Ok(f) => f,
         Err(e) => (
-            pb::Finished {
-                job_id: job,
-                attempt,
-                success: false,
-                message: format!("worker error: {e}"),
-                artifacts: vec![],
-            },
+            bare_failure(&a, format!("worker error: {e}")),
             HashMap::new(),
         ),
     };
     // Report until the master acknowledges (across reconnects).
     let mut fresh = true;
+    let mut retry = Retry::default();
     loop {
         let (gen, mut client) = wait_client(shared).await;
         let uploaded = if finished.artifacts.is_empty() {
@@ -474,8 +475,16 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
             }
             Err(s) => {
                 tracing::warn!("job {job}: upload failed: {}", s.message());
-                wait_new_session(shared, gen).await;
-                continue;
+                if !refused_for_good(&s) && retry.wait(shared, gen).await {
+                    continue;
+                }
+                // The master refuses the artifacts, or keeps failing to take
+                // them (a full disk…): the job fails, with why, rather than
+                // wait for ever.
+                tracing::warn!("job {job}: giving up the upload, reporting the job failed");
+                finished =
+                    bare_failure(&a, format!("uploading the results failed: {}", s.message()));
+                files.clear();
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -495,6 +504,74 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
             }
             _ = wait_new_session(shared, gen) => continue,
         }
+    }
+}
+
+/// A failed result without files: only its listing (of nothing), which the
+/// master needs to take any result.
+fn bare_failure(a: &pb::Assign, message: String) -> pb::Finished {
+    let listing = Listing {
+        job: a.job_id,
+        attempt: a.attempt,
+        arch: a.arch.clone(),
+        artifacts: vec![],
+    };
+    let artifacts = match serde_json::to_vec_pretty(&listing) {
+        Ok(text) => vec![pb::Artifact {
+            name: LISTING_NAME.to_string(),
+            kind: ArtifactKind::Listing.as_str().to_string(),
+            size: text.len() as u64,
+            sha256: kiln_core::fsutil::sha256_bytes(&text),
+            nevra: String::new(),
+            inline: text,
+        }],
+        Err(_) => vec![],
+    };
+    pb::Finished {
+        job_id: a.job_id,
+        attempt: a.attempt,
+        success: false,
+        message,
+        artifacts,
+    }
+}
+
+/// Whether the master refused a request in a way no retry can change (an
+/// artifact past its size limit, a bad name): the job fails at once.
+fn refused_for_good(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::PermissionDenied
+    )
+}
+
+/// Retries of a request that failed on session `gen`.
+#[derive(Default)]
+struct Retry {
+    gen: u64,
+    failures: u32,
+}
+
+impl Retry {
+    /// After a failure on session `gen`: wait before the next try (less if
+    /// a new session comes). False once the tries are spent.
+    async fn wait(&mut self, shared: &Shared, gen: u64) -> bool {
+        if gen != self.gen {
+            self.gen = gen;
+            self.failures = 0;
+        }
+        self.failures += 1;
+        if self.failures >= RETRY_ATTEMPTS {
+            return false;
+        }
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (self.failures - 1).min(5))
+            .min(RETRY_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wait_new_session(shared, gen) => {}
+        }
+        true
     }
 }
 
@@ -592,8 +669,10 @@ async fn build(
         files.insert(a.srpm_name.clone(), spec.srpm.clone());
         paths.push(spec.srpm.clone());
     }
+    // The worker's own log file, beside (never inside) what the build wrote.
     let log_path = dir.join("build.log");
-    if log_path.is_file() {
+    let log_on_disk = std::fs::symlink_metadata(&log_path).is_ok_and(|m| m.is_file());
+    if log_on_disk {
         paths.push(log_path.clone());
     }
     for p in paths {
@@ -605,16 +684,18 @@ async fn build(
                 .ok_or_else(|| WorkerError::Other(format!("odd file name {}", p.display())))?
                 .to_string()
         };
+        // Every file is read through one descriptor, opened without
+        // following a symbolic link: what is checked is what is sent.
+        let mut f = open_regular(&p).map_err(io_err(format!("opening {}", p.display())))?;
         let (kind, nevra) = if name.ends_with(".src.rpm") {
-            let i = inspect_package(&p).map_err(|e| WorkerError::Other(e.to_string()))?;
-            (ArtifactKind::Srpm, Some(i.nevra()))
+            (ArtifactKind::Srpm, Some(inspect_open(&f, &p)?.nevra()))
         } else if name.ends_with(".rpm") {
-            let i = inspect_package(&p).map_err(|e| WorkerError::Other(e.to_string()))?;
-            (ArtifactKind::Rpm, Some(i.nevra()))
+            (ArtifactKind::Rpm, Some(inspect_open(&f, &p)?.nevra()))
         } else {
             (ArtifactKind::Log, None)
         };
-        let (sha256, size) = hash_file(&p)?;
+        let (sha256, size) = kiln_core::fsutil::sha256_open(&mut f)
+            .map_err(io_err(format!("reading {}", p.display())))?;
         if files.insert(name.clone(), p.clone()).is_some() && p != spec.srpm {
             return Err(WorkerError::Other(format!(
                 "two artifacts are named {name}"
@@ -629,7 +710,7 @@ async fn build(
         });
     }
     let mut inline: HashMap<String, Vec<u8>> = HashMap::new();
-    if !log_path.is_file() {
+    if !log_on_disk {
         entries.push(ListingEntry {
             name: "build.log".into(),
             kind: ArtifactKind::Log,
@@ -648,9 +729,11 @@ async fn build(
     let text = serde_json::to_vec_pretty(&listing)
         .map_err(|e| WorkerError::Other(format!("encoding the listing: {e}")))?;
     if text.len() as u64 > pb::INLINE_MAX {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        make_private_dir(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let lpath = dir.join(LISTING_NAME);
-        std::fs::write(&lpath, &text).map_err(io_err("writing the listing"))?;
+        create_new(&lpath)
+            .and_then(|mut f| f.write_all(&text))
+            .map_err(io_err("writing the listing"))?;
         files.insert(LISTING_NAME.into(), lpath);
     }
     entries.push(ListingEntry {
@@ -708,7 +791,13 @@ fn inline_small(
         a.inline = match held.remove(&a.name) {
             Some(bytes) => bytes,
             None => match files.get(&a.name) {
-                Some(p) => std::fs::read(p).map_err(io_err(format!("reading {}", p.display())))?,
+                Some(p) => {
+                    let mut bytes = Vec::new();
+                    open_regular(p)
+                        .and_then(|f| f.take(a.size + 1).read_to_end(&mut bytes))
+                        .map_err(io_err(format!("reading {}", p.display())))?;
+                    bytes
+                }
                 None => continue,
             },
         };
@@ -727,6 +816,63 @@ fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
     kiln_core::fsutil::sha256_file(p).map_err(io_err(format!("reading {}", p.display())))
 }
 
+/// Open a file of a job directory for reading: never through a symbolic
+/// link, and only a regular file (a FIFO the build planted would block).
+fn open_regular(p: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+/// Create a file of the worker's own in a job directory: a new file only
+/// the worker may read, never through a symbolic link.
+fn create_new(p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)
+}
+
+/// A package's header, read through the descriptor `f` already holds (its
+/// `/proc/self/fd` entry names that very file, whatever the path now is).
+fn inspect_open(f: &std::fs::File, p: &Path) -> Result<kiln_core::srpm::PackageInfo, WorkerError> {
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    let path = if fd_path.exists() { &fd_path } else { p };
+    inspect_package(path).map_err(|e| WorkerError::Other(format!("{}: {e}", p.display())))
+}
+
+/// Remove a job directory. A build may have left directories it made
+/// unreadable: open them up (never through a link) and try again.
+fn remove_job_dir(dir: &Path) {
+    fn open_up(d: &Path, depth: usize) {
+        if let Ok(m) = std::fs::symlink_metadata(d) {
+            if m.is_dir() && depth < 256 {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = std::fs::read_dir(d) {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            open_up(&e.path(), depth + 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if std::fs::remove_dir_all(dir).is_err() && dir.exists() {
+        open_up(dir, 0);
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+}
+
 /// Fetch an input into the cache by sha256 (resuming a partial download);
 /// a cached input is not downloaded again.
 async fn fetch_input(
@@ -735,7 +881,7 @@ async fn fetch_input(
     size: u64,
     log: &JobLog,
 ) -> Result<PathBuf, WorkerError> {
-    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !kiln_core::names::is_sha256(sha) {
         return Err(WorkerError::Other("malformed input sha256".into()));
     }
     let path = shared.cfg.work.join("cache").join(sha);
@@ -745,6 +891,7 @@ async fn fetch_input(
         return Ok(path);
     }
     let part = path.with_extension("part");
+    let mut retry = Retry::default();
     loop {
         let (gen, mut client) = wait_client(shared).await;
         let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -752,6 +899,8 @@ async fn fetch_input(
             let mut f = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&part)
                 .await
                 .map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -782,7 +931,12 @@ async fn fetch_input(
                 log.write(
                     format!("kiln: download interrupted ({}), resuming\n", s.message()).as_bytes(),
                 );
-                wait_new_session(shared, gen).await;
+                if !retry.wait(shared, gen).await {
+                    return Err(WorkerError::Other(format!(
+                        "downloading the input failed {RETRY_ATTEMPTS} times: {}",
+                        s.message()
+                    )));
+                }
             }
         }
     }
@@ -835,9 +989,23 @@ async fn upload_all(
         let Some(path) = files.get(&a.name) else {
             continue;
         };
-        let mut f = tokio::fs::File::open(path)
+        // Never through a symbolic link; only the regular file listed.
+        let mut f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .await
+            .map_err(|e| tonic::Status::internal(format!("opening {}: {e}", a.name)))?;
+        let md = f
+            .metadata()
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        if !md.is_file() || md.len() != a.size {
+            return Err(tonic::Status::internal(format!(
+                "{} changed after it was listed",
+                a.name
+            )));
+        }
         f.seek(std::io::SeekFrom::Start(st.have))
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))?;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use kiln_core::layout::Layout;
 use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
-use kiln_repo::{Layout, RepoBuilder, TargetRepo};
+use kiln_repo::{RepoBuilder, TargetRepo};
 use kiln_store::{ArtifactRow, Durability, NewBuild, Store};
 use tokio::sync::mpsc;
 
@@ -88,7 +89,7 @@ fn sha256(p: &Path) -> anyhow::Result<String> {
 
 /// Record a succeeded build whose verified artifacts are `rpms`, filed in
 /// incoming/ as intake does. Publication is queued by the same commit.
-async fn land(store: &Store, incoming: &Path, rpms: &[PathBuf]) -> anyhow::Result<i64> {
+async fn land(store: &Store, layout: &Layout, rpms: &[PathBuf]) -> anyhow::Result<i64> {
     let nb = NewBuild {
         target: "bench".into(),
         package: "benchbase".into(),
@@ -107,7 +108,7 @@ async fn land(store: &Store, incoming: &Path, rpms: &[PathBuf]) -> anyhow::Resul
     let (b, jobs) = store
         .write(move |t| kiln_store::insert_build(t, &nb))
         .await?;
-    let dir = incoming.join(b.id.to_string()).join("noarch");
+    let dir = layout.incoming(b.id, "noarch");
     std::fs::create_dir_all(&dir)?;
     let mut arts = Vec::new();
     for r in rpms {
@@ -199,13 +200,8 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
     let (burst, singles) = rest.split_at(a.burst);
     let data = tmp.join("data");
     std::fs::create_dir_all(&data)?;
-    let store = Store::open(&data.join("kiln.db"), Durability::Full)?;
-    let layout = Layout {
-        repos: data.join("repos"),
-        incoming: data.join("incoming"),
-        work: data.join("repowork"),
-        cache: data.join("repocache"),
-    };
+    let layout = Layout::new(&data);
+    let store = Store::open(&layout.db(), Durability::Full)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let builder = RepoBuilder::new(
         store.clone(),
@@ -225,7 +221,7 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
     tokio::spawn(builder.clone().run());
 
     let t = Instant::now();
-    let id = land(&store, &layout.incoming, base).await?;
+    let id = land(&store, &layout, base).await?;
     builder.kick();
     wait_published(&mut rx, &[id]).await?;
     println!(
@@ -233,11 +229,11 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
         base.len(),
         t.elapsed().as_secs_f64()
     );
-    let repo_dir = layout.repos.join("bench/x86_64");
+    let repo_dir = layout.repo("bench", "x86_64");
 
     let mut lat = Vec::new();
     for rpm in singles {
-        let id = land(&store, &layout.incoming, std::slice::from_ref(rpm)).await?;
+        let id = land(&store, &layout, std::slice::from_ref(rpm)).await?;
         let t0 = Instant::now();
         builder.kick();
         let t1 = wait_published(&mut rx, &[id]).await?;
@@ -266,7 +262,7 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
             std::process::Command::new("createrepo_c")
                 .arg("--update")
                 .arg("--cachedir")
-                .arg(&layout.cache)
+                .arg(layout.repocache())
                 .arg("--outputdir")
                 .arg(tmp.join("alone"))
                 .arg("--pkglist")
@@ -330,7 +326,7 @@ async fn run(a: &BenchRepoArgs, tmp: &Path) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let mut ids = Vec::new();
     for rpm in burst {
-        ids.push(land(&store, &layout.incoming, std::slice::from_ref(rpm)).await?);
+        ids.push(land(&store, &layout, std::slice::from_ref(rpm)).await?);
         builder.kick();
     }
     let landed = t0.elapsed().as_secs_f64();

@@ -92,14 +92,19 @@ pub fn make_srpms(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
-    let cfg = MasterArgs {
+    // The master's and the worker's settings are layered as for `kiln
+    // master` and `kiln worker` (file, `KILN_*`), with `kiln up`'s own
+    // values over them as flags would be.
+    let mut margs = MasterArgs {
         config: a.config.clone(),
-        data: Some(a.data.clone()),
-        api_listen: Some(a.api_listen),
-        worker_listen: Some(a.worker_listen),
         ..Default::default()
-    }
-    .into_config()?;
+    };
+    margs
+        .keys
+        .set("data", a.data.to_string_lossy())
+        .set("api_listen", a.api_listen.to_string())
+        .set("worker_listen", a.worker_listen.to_string());
+    let cfg = margs.into_config()?;
     let host_arch = kiln_core::names::host_arch().to_string();
     let m = settings::start_master(cfg).await?;
     let api = format!("http://{}", m.api_addr);
@@ -119,14 +124,15 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
         kiln_worker::enroll::enroll(&worker_url, token, &wdir).await?;
         println!("worker: enrolled `local` in {}", wdir.display());
     }
-    let mut wcfg = settings::worker_config(WorkerArgs {
-        dir: Some(wdir),
-        master: Some(worker_url),
-        arch: vec![host_arch.clone()],
-        channel: vec!["default".into()],
-        capacity: Some(a.capacity),
-        ..Default::default()
-    })?;
+    let mut wargs = WorkerArgs::default();
+    wargs
+        .keys
+        .set("dir", wdir.to_string_lossy())
+        .set("master", worker_url)
+        .set("arches", host_arch.clone())
+        .set("channels", "default")
+        .set("capacity", a.capacity.to_string());
+    let mut wcfg = settings::worker_config(wargs)?;
     wcfg.announce = false;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(kiln_worker::run(wcfg, stop_rx));
@@ -162,12 +168,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
                 let name = art["name"].as_str().unwrap_or("");
                 println!(
                     "  RPM: {}",
-                    a.data
-                        .join("incoming")
-                        .join(id.to_string())
-                        .join(arch)
-                        .join(name)
-                        .display()
+                    m.core.paths.incoming(id, arch).join(name).display()
                 );
             }
         }

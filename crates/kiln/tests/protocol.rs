@@ -356,13 +356,13 @@ fn an_attempt_may_stage_only_so_much() {
         let err = upload(&mut s.client, key(&a, "c.log", b"x"), 0, b"x")
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
         assert!(err.message().contains("max_job_files"), "{err:?}");
         let big = random_bytes(1200);
         let err = upload(&mut s.client, key(&a, "b.log", &big), 0, &big)
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
         assert!(err.message().contains("max_job_upload"), "{err:?}");
     });
 }

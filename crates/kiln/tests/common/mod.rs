@@ -1638,3 +1638,112 @@ impl Farm {
         Farm { a, b, m }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Source RPMs with scripts of the test's own (sandbox tests)
+// ---------------------------------------------------------------------------
+
+/// What goes into a spec made by [`srpm_with`], beyond a noarch package
+/// that installs one small file.
+#[derive(Default, Clone, Debug)]
+pub struct SpecParts {
+    /// Lines of the preamble (`%global …`).
+    pub preamble: String,
+    /// The `%build` script (run under `sh -e`, as rpmbuild runs it).
+    pub build: String,
+    /// More `%install` lines.
+    pub install: String,
+    /// More `%files` lines.
+    pub files: String,
+}
+
+/// A noarch source RPM called `name` made of `parts`, with `rpmbuild -bs`
+/// under `dir`; a build that gets through its scripts makes one package.
+pub fn srpm_with(dir: &Path, name: &str, parts: &SpecParts) -> PathBuf {
+    require_tool("rpmbuild");
+    let work = dir.join(format!("pkg-{name}-{}", unique()));
+    let top = work.join("rpmbuild");
+    fs::create_dir_all(top.join("SOURCES")).unwrap();
+    let spec = format!(
+        "Name: {name}\nVersion: 1.0\nRelease: 1\nSummary: Kiln sandbox test package {name}\n\
+         License: MIT\nBuildArch: noarch\n{pre}\n\n%description\nA package made by the Kiln sandbox tests.\n\n\
+         %build\n{build}\n\n%install\nmkdir -p %{{buildroot}}/usr/share/kiln-test\n\
+         echo '{name}' > %{{buildroot}}/usr/share/kiln-test/{name}.txt\n{install}\n\n\
+         %files\n/usr/share/kiln-test/{name}.txt\n{files}\n",
+        pre = parts.preamble,
+        build = parts.build,
+        install = parts.install,
+        files = parts.files,
+    );
+    let spec_path = work.join(format!("{name}.spec"));
+    fs::write(&spec_path, spec).unwrap();
+    rpmbuild_bs(&top, &spec_path)
+}
+
+/// A noarch source RPM whose `%build` runs `build` (see [`srpm_with`]).
+pub fn srpm_with_build(dir: &Path, name: &str, build: &str) -> PathBuf {
+    srpm_with(
+        dir,
+        name,
+        &SpecParts {
+            build: build.to_string(),
+            ..SpecParts::default()
+        },
+    )
+}
+
+/// Whether any process runs with exactly one of these argument vectors.
+pub fn any_running(argvs: &[&[&str]]) -> bool {
+    argvs.iter().any(|a| !pids_with_argv(a).is_empty())
+}
+
+/// A small tmpfs the test mounts (to fill a disk on purpose), lazily
+/// unmounted on drop. Mounting needs root: the test fails (never skips)
+/// when it does not run as root, as `scripts/test.sh` does.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, bytes: u64) -> Tmpfs {
+        require_tool("mount");
+        require_tool("umount");
+        // SAFETY: geteuid(2) has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "this test fills a small tmpfs it mounts, which needs root (run the suite as root, \
+             as scripts/test.sh does); it never skips"
+        );
+        fs::create_dir_all(path).unwrap();
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0700"))
+            .arg("kiln-test")
+            .arg(path);
+        run_timeout(cmd, CLI_TIMEOUT, "mount -t tmpfs").assert_ok();
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Gives the filesystem a new size (space comes back).
+    pub fn resize(&self, bytes: u64) {
+        let mut cmd = Command::new("mount");
+        cmd.args(["-o"])
+            .arg(format!("remount,size={bytes}"))
+            .arg(&self.path);
+        run_timeout(cmd, CLI_TIMEOUT, "mount -o remount").assert_ok();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

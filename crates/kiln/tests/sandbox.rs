@@ -1,0 +1,490 @@
+//! The build sandbox, attacked from inside a `%build`: the secrets of the
+//! worker and the master stay out of reach, links the build plants are
+//! never followed by the worker, and nothing the build starts outlives it
+//! (after success, cancel, timeout, or the worker's death). And the
+//! worker's side of a master that cannot take the results: a full disk is
+//! retried on the same session, a refusal fails the job instead of leaving
+//! it running for ever.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The `%build` shell function every probe goes through: it runs a
+/// command, says whether it succeeded, and shows the start of its output.
+const PROBE_FN: &str = r#"probe() {
+  name=$1; shift
+  if "$@" > /tmp/kiln-probe.out 2>&1; then echo "PROBE $name: SUCCEEDED"; else echo "PROBE $name: failed"; fi
+  head -c 200 /tmp/kiln-probe.out; echo
+}"#;
+
+/// `kiln logs JOB` of a build's only job.
+fn job_log(m: &Master, b: &Value) -> String {
+    let job = ju64(&only_job(b), "id").to_string();
+    m.cli(&["logs", &job]).assert_ok().stdout
+}
+
+/// The lines of a PEM file long enough to identify it (its base64 body).
+fn pem_body(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_build_can_reach_no_secret_and_nothing_of_the_host() {
+    require_build_tools();
+    for t in ["mount", "unshare", "bash", "setsid"] {
+        require_tool(t);
+    }
+    let m = Master::start();
+    let mut w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let wpid = w.proc().pid();
+    let mpid = m.pid();
+
+    let key_path = w.dir.join("worker.key");
+    let key = fs::read_to_string(&key_path).unwrap();
+    let token_path = m.data.join("admin.token");
+    let token = fs::read_to_string(&token_path).unwrap().trim().to_string();
+    let ca_key_path = m.data.join("ca").join("ca.key");
+    let ca_key = fs::read_to_string(&ca_key_path).unwrap();
+    assert!(!token.is_empty() && !pem_body(&key).is_empty() && !pem_body(&ca_key).is_empty());
+
+    // Files the build tries to write on the host.
+    let planted_worker = w.dir.join("planted-by-the-build");
+    let planted_tmp = std::env::temp_dir().join(format!("kiln-planted-{}", unique()));
+    let planted_via_proc = std::env::temp_dir().join(format!("kiln-planted-proc-{}", unique()));
+    let planted_usr = Path::new("/usr").join(format!("kiln-planted-{}", unique()));
+
+    let (key, token_p, ca) = (
+        key_path.display(),
+        token_path.display(),
+        ca_key_path.display(),
+    );
+    let probes: Vec<(&str, String)> = vec![
+        ("key-by-path", format!("cat {key}")),
+        (
+            "key-via-proc-root",
+            format!("sh -c 'cat /proc/*/root{key}'"),
+        ),
+        ("key-via-worker-root", format!("cat /proc/{wpid}/root{key}")),
+        ("token-by-path", format!("cat {token_p}")),
+        (
+            "token-via-proc-root",
+            format!("sh -c 'cat /proc/*/root{token_p}'"),
+        ),
+        (
+            "token-via-master-root",
+            format!("cat /proc/{mpid}/root{token_p}"),
+        ),
+        ("ca-key-by-path", format!("cat {ca}")),
+        (
+            "ca-key-via-proc-root",
+            format!("sh -c 'cat /proc/*/root{ca}'"),
+        ),
+        ("worker-environ", format!("cat /proc/{wpid}/environ")),
+        ("remount-root", "mount -o remount,rw /".to_string()),
+        ("remount-usr", "mount -o remount,rw /usr".to_string()),
+        ("write-usr", format!("touch {}", planted_usr.display())),
+        (
+            "write-worker-dir",
+            format!("sh -c 'echo pwned > {}'", planted_worker.display()),
+        ),
+        (
+            "write-via-proc-root",
+            format!(
+                "sh -c 'echo pwned > /proc/{wpid}/root{}'",
+                planted_via_proc.display()
+            ),
+        ),
+        ("kill-worker", format!("kill -9 {wpid}")),
+        ("kill-master", format!("kill -9 {mpid}")),
+        ("new-user-namespace", "unshare -U -r true".to_string()),
+        (
+            "network-to-master",
+            format!(
+                "bash -c 'echo hello > /dev/tcp/127.0.0.1/{}'",
+                m.worker_port
+            ),
+        ),
+    ];
+    let mut build = format!("set +e\n{PROBE_FN}\n");
+    for (name, cmd) in &probes {
+        build += &format!("probe {name} {cmd}\n");
+    }
+    // /tmp is the sandbox's own: writing there works, and nothing reaches
+    // the host's /tmp.
+    build += &format!(
+        "echo pwned > {} && echo 'wrote the sandbox /tmp'\n",
+        planted_tmp.display()
+    );
+    build += "echo \"UID $(id -u)\"\necho \"PROCS $(ls /proc | grep -c '^[0-9]')\"\nexit 0\n";
+    let srpm = srpm_with_build(&m.scratch, "sbx-probe", &build);
+
+    let b = m.submit_wait(&srpm, &[]);
+    let log = job_log(&m, &b);
+    for (name, _) in &probes {
+        assert!(
+            log.contains(&format!("PROBE {name}: failed")),
+            "probe {name} did not fail:\n{log}"
+        );
+        assert!(
+            !log.contains(&format!("PROBE {name}: SUCCEEDED")),
+            "probe {name} succeeded:\n{log}"
+        );
+    }
+    // Not a line of any secret appears in the log.
+    assert!(!log.contains(&token), "the admin token leaked:\n{log}");
+    for (what, text) in [
+        ("worker key", fs::read_to_string(&key_path).unwrap()),
+        ("CA key", ca_key.clone()),
+    ] {
+        for line in pem_body(&text) {
+            assert!(!log.contains(&line), "the {what} leaked:\n{log}");
+        }
+    }
+    // An unprivileged user, and only the build's own few processes.
+    let field = |tag: &str| -> u64 {
+        log.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{tag}` line in the log:\n{log}"))
+    };
+    assert_ne!(field("UID "), 0, "the build ran as root:\n{log}");
+    let procs = field("PROCS ");
+    assert!(procs <= 10, "the build sees {procs} processes:\n{log}");
+    assert!(log.contains("wrote the sandbox /tmp"), "{log}");
+
+    // Nothing was written on the host.
+    for p in [
+        &planted_worker,
+        &planted_tmp,
+        &planted_via_proc,
+        &planted_usr,
+    ] {
+        let there = p.exists();
+        let _ = fs::remove_file(p);
+        assert!(!there, "the build wrote {} on the host", p.display());
+    }
+
+    // What the worker keeps is its own: 0700 directories, 0600 secrets.
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let work = w.dir.parent().unwrap().join("work-1");
+    for d in [
+        w.dir.clone(),
+        work.clone(),
+        work.join("cache"),
+        work.join("jobs"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    for f in ["worker.key", "worker.crt"] {
+        assert_eq!(mode(&w.dir.join(f)), 0o600, "{f}");
+    }
+
+    // The worker and the master still run and build.
+    assert!(w.proc().try_status().is_none(), "the worker died");
+    assert!(m
+        .worker_info("w1")
+        .is_some_and(|i| i["connected"] == Value::Bool(true)));
+    let next = Pkg::noarch("sbx-after-probe").build_srpm(&m.scratch);
+    m.submit_wait(&next, &[]);
+}
+
+#[test]
+fn links_the_build_plants_are_never_followed() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+
+    // Host files the links point at: a text file, a real package, and a
+    // directory holding a package.
+    let canary = m.scratch.join("canary.txt");
+    fs::write(&canary, "CANARY-UNTOUCHED\n").unwrap();
+    let canary_rpm = Pkg::noarch("sbx-canary").build_srpm(&m.scratch);
+    let canary_rpm_sha = sha256_file(&canary_rpm);
+    let canary_dir = m.scratch.join("canary-dir");
+    fs::create_dir_all(&canary_dir).unwrap();
+    let in_dir = canary_dir.join("indir-1.0-1.noarch.rpm");
+    fs::copy(&canary_rpm, &in_dir).unwrap();
+
+    let c = canary.display();
+    let build = format!(
+        "set +e\n\
+         for d in . .. ../.. ../../.. %{{_topdir}} %{{_topdir}}/..; do\n\
+         ln -sf {c} $d/build.log; ln -sf {c} $d/listing.json\n\
+         done\n\
+         mkdir -p %{{_topdir}}/RPMS/noarch\n\
+         ln -sf {rpm} %{{_topdir}}/RPMS/noarch/planted-1.0-1.noarch.rpm\n\
+         ln -sfn {dir} %{{_topdir}}/RPMS/linked\n\
+         mkfifo %{{_topdir}}/RPMS/noarch/fifo-1.0-1.noarch.rpm\n\
+         echo KILN-LINKS-PLANTED\n\
+         yes 'a line to make the log too big to stay in memory' | head -n 3000\n\
+         exit 0\n",
+        rpm = canary_rpm.display(),
+        dir = canary_dir.display(),
+    );
+    let srpm = srpm_with_build(&m.scratch, "sbx-links", &build);
+    let b = m.submit_wait(&srpm, &[]);
+    let log = job_log(&m, &b);
+    assert!(log.contains("KILN-LINKS-PLANTED"), "{log}");
+
+    // The host files are untouched.
+    assert_eq!(fs::read_to_string(&canary).unwrap(), "CANARY-UNTOUCHED\n");
+    assert!(fs::symlink_metadata(&canary).unwrap().is_file());
+    assert_eq!(sha256_file(&canary_rpm), canary_rpm_sha);
+    assert_eq!(sha256_file(&in_dir), canary_rpm_sha);
+
+    // Only the package the build made was taken, and the log is the real one.
+    let names: Vec<String> = jarr(&b, "artifacts")
+        .iter()
+        .map(|a| jstr(a, "name"))
+        .collect();
+    let rpms = artifacts_of_kind(&b, "rpm");
+    assert_eq!(rpms.len(), 1, "{names:?}");
+    assert_eq!(jstr(&rpms[0], "name"), "sbx-links-1.0-1.noarch.rpm");
+    for n in &names {
+        assert!(
+            !n.contains("planted") && !n.contains("indir") && !n.contains("fifo"),
+            "{n} was uploaded: {names:?}"
+        );
+    }
+    check_artifacts_on_disk(&m, &b);
+    let incoming = incoming_dir(&m, build_id(&b), "noarch");
+    let logs = artifacts_of_kind(&b, "log");
+    assert_eq!(logs.len(), 1, "{names:?}");
+    let filed_log = fs::read(incoming.join(jstr(&logs[0], "name"))).unwrap();
+    let filed_log = String::from_utf8_lossy(&filed_log);
+    assert!(
+        filed_log.contains("KILN-LINKS-PLANTED"),
+        "the filed log is not the build's"
+    );
+    assert!(!filed_log.contains("CANARY"), "the filed log is the canary");
+    // What was passed over is said in the log.
+    for n in [
+        "planted-1.0-1.noarch.rpm",
+        "linked",
+        "fifo-1.0-1.noarch.rpm",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with("kiln: not taking") && l.contains(n)),
+            "the log does not say {n} was passed over:\n{}",
+            tail_lines(&log, 30)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nothing outlives the build
+// ---------------------------------------------------------------------------
+
+/// A `%build` that leaves a process that escaped into its own session and
+/// one that holds the build's output, both with a marker in their argv,
+/// then (with `foreground`) sleeps with a third marker.
+fn leaving_build(escaped: &str, held: &str, foreground: Option<&str>) -> String {
+    let mut s = format!("setsid sleep {escaped} &\nsleep {held} &\necho KILN-LEFT-BEHIND\n");
+    if let Some(f) = foreground {
+        s += &format!("sleep {f}\n");
+    }
+    s
+}
+
+fn wait_started(markers: &[&[&str]]) {
+    for a in markers {
+        wait_until(&format!("{a:?} to start"), Duration::from_secs(60), || {
+            (!pids_with_argv(a).is_empty()).then_some(())
+        });
+    }
+}
+
+fn wait_all_gone(markers: &[&[&str]], what: &str) {
+    wait_until(
+        &format!("every process the build left to be gone {what}"),
+        Duration::from_secs(15),
+        || (!any_running(markers)).then_some(()),
+    );
+}
+
+#[test]
+fn after_a_successful_build_nothing_it_started_is_left() {
+    require_build_tools();
+    require_tool("setsid");
+    // The worker's timeout (60 s) would end a build that waits for its
+    // output to close; this one must end as soon as rpmbuild does.
+    let m = Master::start_with(MasterOpts::default().arg("--job-timeout-secs", "60"));
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let (escaped, held) = (["sleep", "3001001"], ["sleep", "3001002"]);
+    let srpm = srpm_with_build(
+        &m.scratch,
+        "sbx-left-ok",
+        &leaving_build(escaped[1], held[1], None),
+    );
+    let t0 = Instant::now();
+    let b = m.submit_wait(&srpm, &[]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(40),
+        "the build took {:?}: it waited for what it left behind",
+        t0.elapsed()
+    );
+    assert!(job_log(&m, &b).contains("KILN-LEFT-BEHIND"));
+    wait_all_gone(&[&escaped, &held], "after success");
+}
+
+#[test]
+fn a_canceled_build_leaves_nothing() {
+    require_build_tools();
+    require_tool("setsid");
+    let m = Master::start();
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let (escaped, held, fg) = (
+        ["sleep", "3001011"],
+        ["sleep", "3001012"],
+        ["sleep", "3001013"],
+    );
+    let srpm = srpm_with_build(
+        &m.scratch,
+        "sbx-left-cancel",
+        &leaving_build(escaped[1], held[1], Some(fg[1])),
+    );
+    let id = build_id(&m.submit(&srpm, &[]));
+    wait_started(&[&escaped, &held, &fg]);
+    m.cancel(id).assert_ok();
+    m.wait_build(id, "state canceled", Duration::from_secs(30), |b| {
+        jstr(b, "state") == "canceled"
+    });
+    wait_all_gone(&[&escaped, &held, &fg], "after a cancel");
+}
+
+#[test]
+fn a_build_past_its_timeout_leaves_nothing() {
+    require_build_tools();
+    require_tool("setsid");
+    let m = Master::start_with(MasterOpts::default().arg("--job-timeout-secs", "8"));
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let (escaped, held, fg) = (
+        ["sleep", "3001021"],
+        ["sleep", "3001022"],
+        ["sleep", "3001023"],
+    );
+    let srpm = srpm_with_build(
+        &m.scratch,
+        "sbx-left-timeout",
+        &leaving_build(escaped[1], held[1], Some(fg[1])),
+    );
+    let id = build_id(&m.submit(&srpm, &[]));
+    wait_started(&[&escaped, &held, &fg]);
+    let b = m.wait_build_done(id, Duration::from_secs(60));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    assert!(msg.contains("timed out"), "{msg}");
+    wait_all_gone(&[&escaped, &held, &fg], "after the timeout");
+}
+
+#[test]
+fn when_the_worker_is_killed_its_build_dies_with_it() {
+    require_build_tools();
+    require_tool("setsid");
+    let m = Master::start();
+    let mut w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let (escaped, held, fg) = (
+        ["sleep", "3001031"],
+        ["sleep", "3001032"],
+        ["sleep", "3001033"],
+    );
+    let srpm = srpm_with_build(
+        &m.scratch,
+        "sbx-left-kill",
+        &leaving_build(escaped[1], held[1], Some(fg[1])),
+    );
+    m.submit(&srpm, &[]);
+    wait_started(&[&escaped, &held, &fg]);
+    // SIGKILL: the worker gets no chance to clean up.
+    w.kill();
+    wait_all_gone(&[&escaped, &held, &fg], "after the worker was killed");
+}
+
+// ---------------------------------------------------------------------------
+// Results the master cannot take
+// ---------------------------------------------------------------------------
+
+/// A package holding `bytes` random bytes, stored uncompressed: its rpm is
+/// about that big.
+fn big_package(dir: &Path, name: &str, bytes: u64) -> std::path::PathBuf {
+    srpm_with(
+        dir,
+        name,
+        &SpecParts {
+            preamble: "%global _binary_payload w0.ufdio".into(),
+            install: format!(
+                "head -c {bytes} /dev/urandom > %{{buildroot}}/usr/share/kiln-test/blob.bin"
+            ),
+            files: "/usr/share/kiln-test/blob.bin".into(),
+            ..SpecParts::default()
+        },
+    )
+}
+
+#[test]
+fn an_upload_refused_for_a_full_disk_is_retried_on_the_same_session() {
+    require_build_tools();
+    // The master's data directory on a 24 MiB tmpfs (mounted by the test,
+    // which needs root; see `Tmpfs`): the first master is stopped and a
+    // fresh one starts on the tmpfs, mounted over its data directory.
+    let mut m = Master::start();
+    m.kill();
+    let disk = Tmpfs::mount(&m.data, 24 << 20);
+    m.restart();
+    let w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+
+    let srpm = big_package(&m.scratch, "sbx-full-disk", 32 << 20);
+    let id = build_id(&m.submit(&srpm, &[]));
+    wait_until(
+        "the worker to say an upload failed for want of space",
+        BUILD_TIMEOUT,
+        || {
+            let err = w.stderr_text();
+            (err.contains("upload failed") && err.contains("no space left on device")).then_some(())
+        },
+    );
+    let b = m.build(id);
+    assert_eq!(jstr(&only_job(&b), "state"), "running", "{b}");
+    // Space comes back: the next try goes through, without a reconnect.
+    disk.resize(128 << 20);
+    let b = m.wait_build_succeeded(id);
+    check_artifacts_on_disk(&m, &b);
+    assert_eq!(
+        w.connected_count(),
+        1,
+        "the upload waited for a new session:\n{}",
+        w.diagnostics()
+    );
+}
+
+#[test]
+fn an_upload_refused_for_good_fails_the_job_instead_of_hanging() {
+    require_build_tools();
+    let m = Master::start_with(MasterOpts::default().arg("--max-artifact", "150000"));
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let srpm = big_package(&m.scratch, "sbx-too-big", 300_000);
+    let id = build_id(&m.submit(&srpm, &[]));
+    let b = m.wait_build_done(id, Duration::from_secs(90));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    assert!(
+        msg.contains("uploading the results failed") && msg.contains("exceeds the limit"),
+        "{msg}"
+    );
+}
