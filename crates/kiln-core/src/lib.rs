@@ -6,6 +6,7 @@ pub mod fsutil;
 pub mod header;
 pub mod layout;
 pub mod listing;
+pub mod logcap;
 pub mod names;
 pub mod pki;
 pub mod srpm;

@@ -98,7 +98,7 @@ impl Logs {
             e.insert(Open {
                 sink,
                 written,
-                capped: written > self.cap,
+                capped: self.cap > 0 && written > self.cap,
                 tx,
             });
         }
@@ -147,18 +147,14 @@ impl Logs {
             if o.capped {
                 return Ok(());
             }
-            let room = cap.saturating_sub(o.written) as usize;
-            let (frame, text): (std::borrow::Cow<[u8]>, Vec<u8>) = if text.len() <= room {
-                (std::borrow::Cow::Borrowed(frame), text)
-            } else {
-                let mut t = text[..room].to_vec();
-                t.extend_from_slice(
-                    format!("\n[kiln: log cut here: it reached the cap of {cap} bytes; the build goes on]\n")
-                        .as_bytes(),
-                );
-                o.capped = true;
-                (zstd::bulk::compress(&t, 3)?.into(), t)
-            };
+            let (frame, text): (std::borrow::Cow<[u8]>, Vec<u8>) =
+                match kiln_core::logcap::cut(cap, o.written, &text) {
+                    None => (std::borrow::Cow::Borrowed(frame), text),
+                    Some(t) => {
+                        o.capped = true;
+                        (zstd::bulk::compress(&t, 3)?.into(), t)
+                    }
+                };
             self.store_frame(o, build, job, &frame)?;
             let offset = o.written;
             o.written += text.len() as u64;
@@ -262,7 +258,7 @@ impl Logs {
                 });
             }
             o.written = text.len() as u64;
-            o.capped = o.written > self.cap;
+            o.capped = self.cap > 0 && o.written > self.cap;
             Ok(())
         })
     }

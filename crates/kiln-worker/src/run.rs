@@ -340,19 +340,8 @@ impl LogText {
         if self.failed || self.cut || data.is_empty() {
             return;
         }
-        if self.cap > 0 && self.written + data.len() as u64 > self.cap {
-            // A runaway log is cut here, with a marker; the build goes on.
-            // A log that filled the cap exactly gets its marker with the
-            // next byte.
-            let room = self.cap.saturating_sub(self.written) as usize;
-            let mut cut = data[..room].to_vec();
-            cut.extend_from_slice(
-                format!(
-                    "\n[kiln: log cut here: it reached the cap of {} bytes; the build goes on]\n",
-                    self.cap
-                )
-                .as_bytes(),
-            );
+        // A runaway log is cut here, with a marker; the build goes on.
+        if let Some(cut) = kiln_core::logcap::cut(self.cap, self.written, data) {
             self.written = self.cap;
             self.cut = true;
             self.write_raw(&cut);
