@@ -1,7 +1,17 @@
 //! The client commands: submit, listings, logs, cancel, tokens, revoke.
+//!
+//! Output: everything a command prints on stdout goes through [`emit`], so a
+//! reader that goes away (`kiln builds | head -1`) ends the command quietly
+//! (exit status [`EXIT_STDOUT_CLOSED`]) instead of a panic; messages on
+//! stderr go through [`say`]. Text that came from packages or workers (names,
+//! versions, reasons, messages) passes through [`term_safe`] before it is
+//! printed, so it cannot carry terminal escapes or bidi overrides.
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -9,6 +19,219 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::client::{ApiError, Client};
+
+/// Exit status when stdout was closed under us (a reader such as `head`
+/// went away): what a process killed by SIGPIPE reports in a shell.
+pub const EXIT_STDOUT_CLOSED: i32 = 141;
+
+/// Exit status of `kiln submit --wait --timeout` when the limit passed
+/// before the build ended (as `timeout(1)`).
+pub const EXIT_WAIT_TIMEOUT: i32 = 124;
+
+/// Stdout was closed by its reader: the command ends quietly.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes `text` to stdout (locked, flushed). A closed pipe becomes
+/// [`StdoutClosed`], which `main` turns into a quiet exit.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    emit_bytes(text.as_bytes())
+}
+
+fn emit_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// One line on stderr; a stderr that cannot be written to is ignored (no
+/// panic as with `eprintln!`).
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// Characters that must not reach a terminal as they are: C0 and C1
+/// controls (ESC starts every terminal escape sequence), DEL, the Unicode
+/// line and paragraph separators, and the bidi controls (overrides
+/// U+202A–U+202E, isolates U+2066–U+2069, marks U+200E, U+200F, U+061C)
+/// that make text display in another order than it reads.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    let n = u32::from(c);
+    if n < 0x100 {
+        let _ = write!(out, "\\x{n:02x}");
+    } else {
+        let _ = write!(out, "\\u{{{n:04x}}}");
+    }
+}
+
+/// `s` fit for a terminal: every [unsafe](is_unsafe_char) character is
+/// written as an escape (`\x1b`, `\x0a`, `\u{202e}`). A backslash is left as
+/// it is: this is for reading, not for parsing back.
+pub fn term_safe(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Like [`term_safe`], but newlines and tabs stay: for messages that may
+/// span lines (an error quoting a config file), not for table fields.
+pub fn term_safe_lines(s: &str) -> Cow<'_, str> {
+    let unsafe_here = |c: char| c != '\n' && c != '\t' && is_unsafe_char(c);
+    if !s.chars().any(unsafe_here) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_here(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Pretty JSON with every [unsafe](is_unsafe_char) character written as a
+/// `\uXXXX` escape. serde_json already escapes C0 controls; DEL, C1
+/// controls and the bidi controls it writes as they are. They can only
+/// occur inside strings, where `\uXXXX` means the same character, so the
+/// document parses to the same value.
+pub fn json_text(v: &Value) -> anyhow::Result<String> {
+    let text = serde_json::to_string_pretty(v)?;
+    if !text.chars().any(|c| c != '\n' && is_unsafe_char(c)) {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c != '\n' && is_unsafe_char(c) {
+            // All of them are in the Basic Multilingual Plane.
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+fn emit_json(v: &Value) -> anyhow::Result<()> {
+    let mut text = json_text(v)?;
+    text.push('\n');
+    emit(&text)
+}
+
+/// A build log on its way to a terminal: raw bytes in, text out with every
+/// control character escaped except newline, tab and the CR of a CRLF;
+/// bidi controls escaped; bytes that are not UTF-8 written as `\xNN`.
+/// Chunks may split characters and CRLF pairs anywhere.
+#[derive(Default)]
+pub struct TermLog {
+    /// The start of a UTF-8 sequence cut by the end of the last chunk.
+    carry: Vec<u8>,
+    /// A CR was last: printed as is if a LF follows, else escaped.
+    cr: bool,
+}
+
+impl TermLog {
+    pub fn push(&mut self, chunk: &[u8], out: &mut String) {
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(chunk);
+        let mut rest: &[u8] = &data;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.text(s, out);
+                    return;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    // valid_up_to() bytes are UTF-8 by its contract.
+                    self.text(std::str::from_utf8(good).unwrap_or_default(), out);
+                    match e.error_len() {
+                        Some(n) => {
+                            self.flush_cr(out);
+                            for b in &bad[..n] {
+                                let _ = write!(out, "\\x{b:02x}");
+                            }
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            self.carry = bad.to_vec();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of the log: a cut sequence or a lone CR is escaped.
+    pub fn finish(&mut self, out: &mut String) {
+        self.flush_cr(out);
+        for b in std::mem::take(&mut self.carry) {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+
+    fn flush_cr(&mut self, out: &mut String) {
+        if std::mem::take(&mut self.cr) {
+            out.push_str("\\x0d");
+        }
+    }
+
+    fn text(&mut self, s: &str, out: &mut String) {
+        for c in s.chars() {
+            if self.cr {
+                self.cr = false;
+                if c == '\n' {
+                    out.push_str("\r\n");
+                    continue;
+                }
+                out.push_str("\\x0d");
+            }
+            match c {
+                '\r' => self.cr = true,
+                '\n' | '\t' => out.push(c),
+                c if is_unsafe_char(c) => push_escaped(out, c),
+                c => out.push(c),
+            }
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct JsonArg {
@@ -34,10 +257,59 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+/// `kiln submit`: what a submission is, and how long to wait for it.
+#[derive(Args)]
+pub struct SubmitCmd {
+    #[command(flatten)]
+    pub args: SubmitArgs,
+    /// With --wait: stop waiting after DURATION (seconds, or with a suffix:
+    /// 90s, 10m, 2h). The build goes on; kiln exits with status 124.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// A duration on the command line: whole seconds (`90`) or a number with a
+/// suffix `s`, `m` or `h` (`90s`, `10m`, `2h`); more than zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let bad = || {
+        format!("{text:?} is not a duration (seconds, or a number with s, m or h: 90s, 10m, 2h)")
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(factor).ok_or_else(bad)?;
+    if secs == 0 {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// A duration as `parse_duration` reads it: `2h`, `10m`, `90s`.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 #[derive(Args)]
 pub struct SubmitArgs {
     /// The source RPM.
     pub file: PathBuf,
+    /// Target (default: the master's `default_target`, or its only target).
     #[arg(long)]
     pub target: Option<String>,
     /// Arches (comma separated; default: the target's).
@@ -57,7 +329,8 @@ pub struct SubmitArgs {
     /// CI-style build (equal versions are rebuilt).
     #[arg(long)]
     pub ci: bool,
-    /// Follow the build; exit non-zero unless it succeeded.
+    /// Follow the build; exit non-zero unless it succeeded (1; 124 when
+    /// --timeout passed first).
     #[arg(long)]
     pub wait: bool,
     #[arg(long)]
@@ -68,23 +341,22 @@ fn hash_file(path: &std::path::Path) -> anyhow::Result<(String, u64)> {
     kiln_core::fsutil::sha256_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn is_tty(fd: i32) -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(fd) == 1 }
-}
-
 async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> anyhow::Result<()> {
     let f = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
-    let show = is_tty(2);
+    let show = std::io::stderr().is_terminal();
     let mut sent = 0u64;
     let started = std::time::Instant::now();
     let stream = tokio_util_stream(f).map(move |chunk| {
         if let Ok(c) = &chunk {
             sent += c.len() as u64;
             if show {
-                eprint!("\r{}", progress_line(sent, size, started.elapsed()));
+                let _ = write!(
+                    std::io::stderr(),
+                    "\r{}",
+                    progress_line(sent, size, started.elapsed())
+                );
             }
         }
         chunk
@@ -96,7 +368,7 @@ async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> any
         .body(reqwest::Body::wrap_stream(stream));
     let r = c.send(rb).await;
     if show {
-        eprintln!();
+        say("");
     }
     r.map(|_| ())
 }
@@ -137,52 +409,113 @@ fn tokio_util_stream(
     })
 }
 
-pub async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
+pub async fn submit(cmd: SubmitCmd) -> anyhow::Result<i32> {
+    let a = &cmd.args;
     let c = Client::from_env()?;
-    let (mut build, sent) = submit_with(&c, &a).await?;
+    let (mut build, sent) = submit_with(&c, a).await?;
     let id = build["id"]
         .as_i64()
         .context("the master's answer has no build id")?;
+    // The version gate answers at once with a build that is already final.
+    let skipped = build["state"] == "skipped";
     if !a.json {
-        let arches: Vec<&str> = build["jobs"]
-            .as_array()
-            .map(|j| j.iter().filter_map(|j| j["arch"].as_str()).collect())
-            .unwrap_or_default();
-        eprintln!(
-            "build {id} accepted: {}-{} for {} (target {}){}",
-            build["package"].as_str().unwrap_or("?"),
-            build["evr"].as_str().unwrap_or("?"),
-            arches.join(", "),
-            build["target"].as_str().unwrap_or("?"),
-            if sent == 0 {
-                ", SRPM already on the master"
-            } else {
-                ""
-            }
-        );
-        if let Some(ex) = build["excluded_arches"].as_array() {
-            for e in ex {
-                eprintln!(
-                    "  not built for {}: {}",
-                    e["arch"].as_str().unwrap_or("?"),
-                    e["reason"].as_str().unwrap_or("?")
-                );
-            }
+        if skipped {
+            say(&format!(
+                "build {id} skipped: {}",
+                term_safe(build["reason"].as_str().unwrap_or("no reason given"))
+            ));
+        } else {
+            announce(id, &build, sent);
         }
     }
-    if a.wait {
-        build = wait_build(&c, id).await?;
+    if a.wait && !skipped {
+        let waited = match cmd.timeout {
+            None => Some(wait_build(&c, id).await?),
+            Some(limit) => tokio::time::timeout(limit, wait_build(&c, id))
+                .await
+                .ok()
+                .transpose()?,
+        };
+        match waited {
+            Some(b) => build = b,
+            None => return wait_timed_out(&c, id, build, sent, cmd.timeout, a.json).await,
+        }
     }
     if a.json {
         build["upload"] = serde_json::json!({ "sent": sent });
-        println!("{}", serde_json::to_string_pretty(&build)?);
+        emit_json(&build)?;
     } else if a.wait {
-        print_build(&build);
+        emit(&format_build(&build))?;
     } else {
-        println!("{id}");
+        emit(&format!("{id}\n"))?;
     }
     let state = build["state"].as_str().unwrap_or("");
-    Ok(if a.wait && state != "succeeded" { 1 } else { 0 })
+    Ok(if skipped {
+        // A script reading --json gets the state there; without --wait
+        // the exit says only that the submission was answered.
+        i32::from(a.wait || !a.json)
+    } else {
+        i32::from(a.wait && state != "succeeded")
+    })
+}
+
+/// `build N accepted: …` on stderr, and the arches the package excludes.
+fn announce(id: i64, build: &Value, sent: u64) {
+    let arches: Vec<String> = build["jobs"]
+        .as_array()
+        .map(|j| j.iter().map(|j| s(&j["arch"])).collect())
+        .unwrap_or_default();
+    say(&format!(
+        "build {id} accepted: {}-{} for {} (target {}){}",
+        s(&build["package"]),
+        s(&build["evr"]),
+        arches.join(", "),
+        s(&build["target"]),
+        if sent == 0 {
+            ", SRPM already on the master"
+        } else {
+            ""
+        }
+    ));
+    for e in build["excluded_arches"].as_array().into_iter().flatten() {
+        say(&format!(
+            "  not built for {}: {}",
+            s(&e["arch"]),
+            s(&e["reason"])
+        ));
+    }
+}
+
+/// `--wait --timeout` ran out: say in what state the build is, print it
+/// with --json, and exit with [`EXIT_WAIT_TIMEOUT`].
+async fn wait_timed_out(
+    c: &Client,
+    id: i64,
+    accepted: Value,
+    sent: u64,
+    limit: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let now = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.get::<Value>(&format!("/api/v1/builds/{id}")),
+    )
+    .await;
+    let mut build = match now {
+        Ok(Ok(b)) => b,
+        // The master is away too: say what we last knew.
+        _ => accepted,
+    };
+    say(&format!(
+        "build {id} still {} after {}; not waiting any longer",
+        s(&build["state"]),
+        limit.map(show_duration).unwrap_or_default()
+    ));
+    if json {
+        build["upload"] = serde_json::json!({ "sent": sent });
+        emit_json(&build)?;
+    }
+    Ok(EXIT_WAIT_TIMEOUT)
 }
 
 /// Submit a build: the SRPM is uploaded only when the master lacks it.
@@ -244,16 +577,26 @@ pub async fn wait_build(c: &Client, id: i64) -> anyhow::Result<Value> {
     }
 }
 
+/// A field of the master's answer for a table: `-` when absent, package
+/// data made [safe](term_safe) for a terminal.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => term_safe(s).into_owned(),
+        other => term_safe(&other.to_string()).into_owned(),
     }
 }
 
+/// Prints [`format_build`] (for `kiln up`); a closed stdout is ignored.
 pub fn print_build(b: &Value) {
-    println!(
+    let _ = emit(&format_build(b));
+}
+
+/// A build, its jobs (and why they wait) and its artifacts, for people.
+pub fn format_build(b: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "build {}  {}  {}-{}  target {}  channel {}  priority {}",
         s(&b["id"]),
         s(&b["state"]),
@@ -264,14 +607,20 @@ pub fn print_build(b: &Value) {
         s(&b["priority"])
     );
     if let Some(r) = b["reason"].as_str() {
-        println!("  reason: {r}");
+        let _ = writeln!(out, "  reason: {}", term_safe(r));
     }
     for e in b["excluded_arches"].as_array().into_iter().flatten() {
-        println!("  not built for {}: {}", s(&e["arch"]), s(&e["reason"]));
+        let _ = writeln!(
+            out,
+            "  not built for {}: {}",
+            s(&e["arch"]),
+            s(&e["reason"])
+        );
     }
-    println!("  jobs:");
+    let _ = writeln!(out, "  jobs:");
     for j in b["jobs"].as_array().into_iter().flatten() {
-        println!(
+        let _ = writeln!(
+            out,
             "    {:>6}  {:<8} {:<10} worker {:<12} attempt {}{}",
             s(&j["id"]),
             s(&j["arch"]),
@@ -280,16 +629,17 @@ pub fn print_build(b: &Value) {
             s(&j["attempt"]),
             j["waiting"]
                 .as_str()
-                .map(|w| format!("  waiting: {w}"))
-                .or_else(|| j["message"].as_str().map(|m| format!("  {m}")))
+                .map(|w| format!("  waiting: {}", term_safe(w)))
+                .or_else(|| j["message"].as_str().map(|m| format!("  {}", term_safe(m))))
                 .unwrap_or_default()
         );
     }
     let arts = b["artifacts"].as_array().map(|a| a.len()).unwrap_or(0);
     if arts > 0 {
-        println!("  artifacts:");
+        let _ = writeln!(out, "  artifacts:");
         for a in b["artifacts"].as_array().into_iter().flatten() {
-            println!(
+            let _ = writeln!(
+                out,
                 "    {:<8} {:<8} {:>10}  {}",
                 s(&a["arch"]),
                 s(&a["kind"]),
@@ -298,16 +648,19 @@ pub fn print_build(b: &Value) {
             );
         }
     }
+    out
 }
 
 pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Vec<Value> = c.get(&format!("/api/v1/builds?limit={}", a.limit)).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit_json(&Value::Array(v))?;
         return Ok(0);
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:>6}  {:<10} {:<12} {:<28} {:<20}",
         "ID", "STATE", "TARGET", "PACKAGE", "ARCHES"
     );
@@ -318,7 +671,8 @@ pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
             .flatten()
             .map(|j| format!("{}:{}", s(&j["arch"]), s(&j["state"])))
             .collect();
-        println!(
+        let _ = writeln!(
+            out,
             "{:>6}  {:<10} {:<12} {:<28} {}",
             s(&b["id"]),
             s(&b["state"]),
@@ -327,6 +681,7 @@ pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
             arches.join(" ")
         );
     }
+    emit(&out)?;
     Ok(0)
 }
 
@@ -334,9 +689,9 @@ pub async fn build_show(id: i64, json: bool) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Value = c.get(&format!("/api/v1/builds/{id}")).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit_json(&v)?;
     } else {
-        print_build(&v);
+        emit(&format_build(&v))?;
     }
     Ok(0)
 }
@@ -345,15 +700,18 @@ pub async fn jobs(a: ListArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Vec<Value> = c.get(&format!("/api/v1/jobs?limit={}", a.limit)).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit_json(&Value::Array(v))?;
         return Ok(0);
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:>6}  {:>6}  {:<8} {:<10} {:<14} {:>7}  NOTE",
         "JOB", "BUILD", "ARCH", "STATE", "WORKER", "ATTEMPT"
     );
     for j in &v {
-        println!(
+        let _ = writeln!(
+            out,
             "{:>6}  {:>6}  {:<8} {:<10} {:<14} {:>7}  {}",
             s(&j["id"]),
             s(&j["build"]),
@@ -361,15 +719,21 @@ pub async fn jobs(a: ListArgs) -> anyhow::Result<i32> {
             s(&j["state"]),
             s(&j["worker"]),
             s(&j["attempt"]),
-            j["waiting"]
-                .as_str()
-                .or(j["message"].as_str())
-                .unwrap_or("")
+            term_safe(
+                j["waiting"]
+                    .as_str()
+                    .or(j["message"].as_str())
+                    .unwrap_or("")
+            )
         );
     }
+    emit(&out)?;
     Ok(0)
 }
 
+/// The log as the build wrote it when stdout is a file or a pipe; on a
+/// terminal, with control characters escaped ([`TermLog`]) so a build
+/// cannot move the cursor, clear the screen or retitle the window.
 pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let url = c.url(&format!(
@@ -379,11 +743,23 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     ));
     let r = c.send(c.http.get(url)).await?;
     let mut body = r.bytes_stream();
-    let mut out = std::io::stdout();
+    let mut term = std::io::stdout().is_terminal().then(TermLog::default);
+    let mut text = String::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.context("the log stream broke off")?;
-        out.write_all(&chunk)?;
-        out.flush()?;
+        match &mut term {
+            None => emit_bytes(&chunk)?,
+            Some(t) => {
+                text.clear();
+                t.push(&chunk, &mut text);
+                emit(&text)?;
+            }
+        }
+    }
+    if let Some(t) = &mut term {
+        text.clear();
+        t.finish(&mut text);
+        emit(&text)?;
     }
     Ok(0)
 }
@@ -396,7 +772,7 @@ pub async fn cancel(id: i64) -> anyhow::Result<i32> {
             &serde_json::json!({}),
         )
         .await?;
-    println!("build {id} {}", s(&v["state"]));
+    emit(&format!("build {id} {}\n", s(&v["state"])))?;
     Ok(0)
 }
 
@@ -404,10 +780,12 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Vec<Value> = c.get("/api/v1/workers").await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit_json(&Value::Array(v))?;
         return Ok(0);
     }
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<16} {:<10} {:<22} {:<16} {:>8}  LAST SEEN",
         "NAME", "STATE", "ARCHES", "CHANNELS", "RUNNING"
     );
@@ -433,7 +811,8 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
                 format!("{ago} s ago")
             })
             .unwrap_or_else(|| "never".into());
-        println!(
+        let _ = writeln!(
+            out,
             "{:<16} {:<10} {:<22} {:<16} {:>8}  {last}",
             s(&w["name"]),
             state,
@@ -442,6 +821,7 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
             format!("{}/{}", s(&w["running"]), s(&w["capacity"]))
         );
     }
+    emit(&out)?;
     Ok(0)
 }
 
@@ -451,7 +831,7 @@ pub async fn token_create(worker: &str) -> anyhow::Result<i32> {
         .post("/api/v1/tokens", &serde_json::json!({ "worker": worker }))
         .await?;
     match v["token"].as_str() {
-        Some(t) => println!("{t}"),
+        Some(t) => emit(&format!("{}\n", term_safe(t)))?,
         None => bail!("the master's answer has no token"),
     }
     Ok(0)
@@ -465,28 +845,22 @@ pub async fn revoke(name: &str) -> anyhow::Result<i32> {
             &serde_json::json!({}),
         )
         .await?;
-    println!("worker {name} revoked");
+    emit(&format!("worker {} revoked\n", term_safe(name)))?;
     Ok(0)
 }
 
 /// `rpmdev-vercmp`'s convention: print the relation, exit 0 when equal, 11
 /// when A is newer, 12 when B is newer.
-pub fn vercmp(a: &str, b: &str) -> i32 {
+pub fn vercmp(a: &str, b: &str) -> anyhow::Result<i32> {
     use std::cmp::Ordering;
-    match kiln_core::srpm::compare_evr(a, b) {
-        Ordering::Equal => {
-            println!("{a} == {b}");
-            0
-        }
-        Ordering::Greater => {
-            println!("{a} > {b}");
-            11
-        }
-        Ordering::Less => {
-            println!("{a} < {b}");
-            12
-        }
-    }
+    let (a_, b_) = (term_safe(a), term_safe(b));
+    let (rel, code) = match kiln_core::srpm::compare_evr(a, b) {
+        Ordering::Equal => ("==", 0),
+        Ordering::Greater => (">", 11),
+        Ordering::Less => ("<", 12),
+    };
+    emit(&format!("{a_} {rel} {b_}\n"))?;
+    Ok(code)
 }
 
 fn check_target(target: &str) -> anyhow::Result<()> {
@@ -500,7 +874,7 @@ pub async fn repo_file(target: &str) -> anyhow::Result<i32> {
     let r = c
         .send(c.http.get(c.url(&format!("/api/v1/targets/{target}/repo"))))
         .await?;
-    print!("{}", r.text().await.context("reading the .repo file")?);
+    emit(&r.text().await.context("reading the .repo file")?)?;
     Ok(0)
 }
 
@@ -509,13 +883,15 @@ pub async fn repo_ls(target: &str, json: bool) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let v: Vec<Value> = c.get(&format!("/api/v1/targets/{target}/packages")).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        emit_json(&Value::Array(v))?;
         return Ok(0);
     }
-    println!("{:<10} {:<50} {:>7}", "REPO", "PACKAGE", "BUILD");
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<10} {:<50} {:>7}", "REPO", "PACKAGE", "BUILD");
     for p in &v {
         let epoch = p["epoch"].as_u64().unwrap_or(0);
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:<50} {:>7}",
             s(&p["repo"]),
             format!(
@@ -533,6 +909,7 @@ pub async fn repo_ls(target: &str, json: bool) -> anyhow::Result<i32> {
             s(&p["build"])
         );
     }
+    emit(&out)?;
     Ok(0)
 }
 
@@ -545,14 +922,147 @@ pub async fn repo_regen(target: &str) -> anyhow::Result<i32> {
             &serde_json::json!({}),
         )
         .await?;
-    println!("regeneration of {target} queued");
+    emit(&format!("regeneration of {target} queued\n"))?;
     Ok(0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::progress_line;
+    use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn terminal_escapes_and_bidi_controls_are_shown_not_obeyed() {
+        assert!(matches!(term_safe("fping-5.1-1"), Cow::Borrowed(_)));
+        assert_eq!(term_safe("naïve ünïcode ✓"), "naïve ünïcode ✓");
+        assert_eq!(term_safe("a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(term_safe("1.0\n2"), "1.0\\x0a2");
+        assert_eq!(term_safe("x\ty\rz\x07\x7f"), "x\\x09y\\x0dz\\x07\\x7f");
+        // C1 controls: U+009B is CSI on some terminals.
+        assert_eq!(term_safe("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(term_safe("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(
+            term_safe_lines("line 1\n\tline 2\x1b[K\r"),
+            "line 1\n\tline 2\\x1b[K\\x0d"
+        );
+        for c in [
+            '\u{202a}', '\u{202d}', '\u{2066}', '\u{2069}', '\u{200f}', '\u{2028}',
+        ] {
+            let text = format!("a{c}b");
+            let out = term_safe(&text);
+            assert!(!out.contains(c), "{c:?} passed: {out}");
+            assert!(out.starts_with("a\\u{") && out.ends_with("}b"), "{out}");
+        }
+        // What the tables print goes through s().
+        assert_eq!(
+            s(&Value::String("p\x1b]0;pwned\x07".into())),
+            "p\\x1b]0;pwned\\x07"
+        );
+        assert_eq!(s(&Value::Null), "-");
+        assert_eq!(s(&serde_json::json!(42)), "42");
+    }
+
+    #[test]
+    fn the_human_build_view_escapes_package_data() {
+        let b = serde_json::json!({
+            "id": 15, "state": "failed", "package": "evil\u{1b}[2J", "evr": "1.0-1\u{202e}",
+            "target": "t1", "channel": "default", "priority": 0,
+            "reason": "bad\nnews\u{1b}[31m",
+            "excluded_arches": [{"arch": "s390x", "reason": "no\u{7}"}],
+            "jobs": [{"id": 3, "arch": "x86_64", "state": "failed", "worker": "w\u{1b}",
+                      "attempt": 1, "message": "exit 1\u{1b}[0m"}],
+            "artifacts": [{"arch": "x86_64", "kind": "log", "size": 10, "name": "build.log\u{1b}"}],
+        });
+        let text = format_build(&b);
+        assert!(
+            !text.chars().any(|c| c != '\n' && is_unsafe_char(c)),
+            "{text:?}"
+        );
+        assert!(text.contains("evil\\x1b[2J-1.0-1\\u{202e}"), "{text}");
+        assert!(text.contains("reason: bad\\x0anews\\x1b[31m"), "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn json_output_escapes_bidi_and_c1_and_parses_back_the_same() {
+        let v =
+            serde_json::json!({"package": "a\u{202e}b\u{85}c\u{7f}d\u{1b}e", "n": [1, "\u{2066}"]});
+        let text = json_text(&v).unwrap();
+        assert!(
+            !text.chars().any(|c| c != '\n' && is_unsafe_char(c)),
+            "{text:?}"
+        );
+        assert!(text.contains("a\\u202eb\\u0085c\\u007fd\\u001be"), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
+        // Nothing to escape: serde_json's own text.
+        let plain = serde_json::json!({"package": "fping", "evr": "5.1-1"});
+        assert_eq!(
+            json_text(&plain).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+    }
+
+    fn term_log(chunks: &[&[u8]]) -> String {
+        let mut t = TermLog::default();
+        let mut out = String::new();
+        for c in chunks {
+            t.push(c, &mut out);
+        }
+        t.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_log_on_a_terminal_keeps_lines_and_escapes_the_rest() {
+        assert_eq!(
+            term_log(&[b"make all\n\tcc -c x.c\r\n"]),
+            "make all\n\tcc -c x.c\r\n"
+        );
+        assert_eq!(
+            term_log(&[b"\x1b[2J\x1b]0;title\x07ok\n"]),
+            "\\x1b[2J\\x1b]0;title\\x07ok\n"
+        );
+        // A lone CR (overwriting the line) is shown.
+        assert_eq!(term_log(&[b"10%\r20%\n"]), "10%\\x0d20%\n");
+        assert_eq!(term_log(&[b"end\r"]), "end\\x0d");
+        // CRLF and UTF-8 split across chunks.
+        assert_eq!(term_log(&[b"a\r", b"\nb"]), "a\r\nb");
+        let e = "é✓".as_bytes();
+        assert_eq!(term_log(&[&e[..1], &e[1..3], &e[3..]]), "é✓");
+        // Bidi override split across chunks, and invalid bytes.
+        let rlo = "\u{202e}".as_bytes();
+        assert_eq!(term_log(&[b"x", &rlo[..2], &rlo[2..], b"y"]), "x\\u{202e}y");
+        assert_eq!(term_log(&[b"a\xff\x9bb"]), "a\\xff\\x9bb");
+        assert_eq!(term_log(&[b"cut\xe2\x9c"]), "cut\\xe2\\x9c");
+        assert_eq!(term_log(&[b"a\r\xffb"]), "a\\x0d\\xffb");
+    }
+
+    #[test]
+    fn durations_in_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "1.5m",
+            "-3",
+            "5d",
+            "5 m",
+            "m5",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(show_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(show_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(show_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
+    }
 
     #[test]
     fn the_progress_bar_fills_with_the_upload() {

@@ -7,6 +7,7 @@ mod commands;
 mod settings;
 mod up;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -30,7 +31,7 @@ enum Cmd {
     /// Master and one worker in one process; builds the shipped examples.
     Up(up::UpArgs),
     /// Submit a source RPM.
-    Submit(commands::SubmitArgs),
+    Submit(commands::SubmitCmd),
     /// List builds.
     Builds(commands::ListArgs),
     /// One build.
@@ -54,6 +55,14 @@ enum Cmd {
     /// Compare two [epoch:]version-release strings as rpm does
     /// (exit 0: equal, 11: A newer, 12: B newer).
     Vercmp { a: String, b: String },
+    /// Copy a master's data directory (database snapshot, then the files)
+    /// into DEST, which must be new or empty; safe while the master runs.
+    Backup {
+        /// The master's data directory.
+        #[arg(long, env = "KILN_DATA", default_value = "/var/lib/kiln")]
+        data: std::path::PathBuf,
+        dest: std::path::PathBuf,
+    },
     /// Measure the scheduling spine (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Measure the repository builder (see BENCHMARKS.md).
@@ -146,8 +155,15 @@ fn main() {
     let code = rt.block_on(async {
         match dispatch(cli).await {
             Ok(code) => code,
+            // The reader of our output went away (`kiln builds | head`):
+            // nothing to say, and nobody to say it to.
+            Err(e) if e.is::<commands::StdoutClosed>() => commands::EXIT_STDOUT_CLOSED,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                // The master's messages can quote package data.
+                commands::say(&format!(
+                    "error: {}",
+                    commands::term_safe_lines(&format!("{e:#}"))
+                ));
                 1
             }
         }
@@ -164,7 +180,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Worker(w) => match w.sub {
             Some(WorkerSub::Enroll { master, token, dir }) => {
                 let name = kiln_worker::enroll::enroll(&master, &token, &dir).await?;
-                println!("enrolled worker {name} in {}", dir.display());
+                commands::emit(&format!("enrolled worker {name} in {}\n", dir.display()))?;
                 Ok(0)
             }
             Some(WorkerSub::Revoke { name }) => commands::revoke(&name).await,
@@ -178,9 +194,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             up::up(a).await
         }
         Cmd::Submit(a) => commands::submit(a).await,
+        Cmd::Backup { data, dest } => {
+            let (d, t) = (data.clone(), dest.clone());
+            let r = tokio::task::spawn_blocking(move || kiln_master::backup::backup(&d, &t))
+                .await?
+                .with_context(|| {
+                    format!("backing up {} into {}", data.display(), dest.display())
+                })?;
+            println!(
+                "backed up {} into {}: {} files, {} bytes",
+                data.display(),
+                dest.display(),
+                r.files,
+                r.bytes
+            );
+            Ok(0)
+        }
         Cmd::Bench(a) => bench::bench(a).await,
         Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
-        Cmd::Vercmp { a, b } => Ok(commands::vercmp(&a, &b)),
+        Cmd::Vercmp { a, b } => commands::vercmp(&a, &b),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,
             RepoCmd::Ls { target, json } => commands::repo_ls(&target, json).await,

@@ -650,15 +650,47 @@ impl MasterArgs {
     }
 }
 
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made (install it
+/// before saying "listening", so a stop sent at once is not the default
+/// action that kills the process without its clean shutdown).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
     }
+
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    Signals::install()?.wait().await;
     Ok(())
+}
+
+/// Close the database (queued writes commit, the WAL is folded into the
+/// file), off the async threads and within a bound: a stop never hangs.
+pub async fn stop_store(store: &kiln_store::Store) {
+    let st = store.clone();
+    let closing = tokio::task::spawn_blocking(move || st.close());
+    if tokio::time::timeout(std::time::Duration::from_secs(20), closing)
+        .await
+        .is_err()
+    {
+        tracing::error!("the database did not close within 20 s; stopping anyway");
+    }
 }
 
 pub async fn start_master(cfg: MasterConfig) -> anyhow::Result<Master> {
@@ -679,6 +711,7 @@ pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let cfg = a.into_config()?;
+    let signals = Signals::install()?;
     let m = start_master(cfg).await?;
     println!(
         "listening api={}://{} worker=https://{}",
@@ -687,9 +720,9 @@ pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
         m.worker_addr
     );
     tracing::info!("admin token in {}", m.core.paths.admin_token().display());
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("stopping");
-    m.core.store.close();
+    stop_store(&m.core.store).await;
     Ok(0)
 }
 
@@ -913,10 +946,11 @@ pub async fn run_worker(a: WorkerArgs) -> anyhow::Result<i32> {
     }
     let cfg = worker_config(a)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Caught before the worker says anything, so an early stop drains too.
+    let signals = Signals::install()?;
     tokio::spawn(async move {
-        if wait_for_signal().await.is_ok() {
-            let _ = stop_tx.send(true);
-        }
+        signals.wait().await;
+        let _ = stop_tx.send(true);
     });
     kiln_worker::run(cfg, stop_rx).await?;
     Ok(0)

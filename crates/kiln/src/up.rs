@@ -182,6 +182,6 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
     }
     let _ = stop_tx.send(true);
     let _ = worker.await;
-    m.core.store.close();
+    settings::stop_store(&m.core.store).await;
     Ok(if ok { 0 } else { 1 })
 }

@@ -1,5 +1,6 @@
 //! The worker's SIGTERM drain, `kiln logs --follow`, `kiln workers --json`,
-//! and the CLI's errors.
+//! and the CLI's errors, exits and output: a closed stdout, a skipped
+//! submit, `submit --wait --timeout`.
 
 mod common;
 
@@ -280,4 +281,156 @@ fn the_api_over_tls_is_trusted_through_the_masters_ca() {
     let srpm = Pkg::noarch(&format!("kt-tls{}", unique())).build_srpm(&m.scratch);
     let b = m.submit_wait(&srpm, &[]);
     assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+}
+
+/// Runs `cmd` with stdout a pipe nobody reads any more (its read end is
+/// closed before the command starts, as `head` does once it has its line),
+/// stderr captured; returns the exit status and stderr.
+fn run_into_closed_pipe(mut cmd: Command, what: &str) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    // Drop our copy of the write end with `cmd`.
+    drop(cmd);
+    let mut err = child.stderr.take().unwrap();
+    let t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end with its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, t.join().unwrap())
+}
+
+/// `kiln builds | head -1` and the like: the reader goes away, the command
+/// ends quietly (status 141, as a process killed by SIGPIPE) and prints
+/// nothing, least of all a panic.
+#[test]
+fn a_closed_stdout_is_a_quiet_exit() {
+    require_tool("rpmbuild");
+    let m = Master::start();
+    let srpm = Pkg::noarch("cm-pipe").build_srpm(&m.scratch);
+    let mut id = 0;
+    for _ in 0..3 {
+        id = build_id(&m.submit(&srpm, &["--scratch"]));
+    }
+    let id = id.to_string();
+    let cases: [&[&str]; 6] = [
+        &["builds"],
+        &["builds", "--json"],
+        &["jobs"],
+        &["build", "show", &id],
+        &["workers"],
+        &["vercmp", "1.0-1", "1.0-2"],
+    ];
+    for args in cases {
+        let what = format!("kiln {}", args.join(" "));
+        let (status, stderr) = run_into_closed_pipe(m.cli_cmd(args), &what);
+        assert!(
+            !stderr.contains("panicked"),
+            "{what} panicked on a closed stdout: {stderr}"
+        );
+        assert!(
+            stderr.trim().is_empty(),
+            "{what} said something on a closed stdout: {stderr}"
+        );
+        assert_eq!(status.code(), Some(141), "{what}: {status:?}");
+    }
+    // The same commands with a reader still print (nothing broke them).
+    let out = m.cli(&["builds"]).assert_ok();
+    assert_eq!(out.stdout.lines().count(), 4, "{out:?}");
+}
+
+/// A submit the version gate skips says so (not "accepted … for  ()") and
+/// exits non-zero, as `--wait` does.
+#[test]
+fn a_skipped_submit_says_why_and_fails() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("sk", "x86_64,noarch", "default", 1);
+    let srpm = Pkg::noarch(&format!("cm-skip{}", unique())).build_srpm(&m.scratch);
+    m.submit_wait(&srpm, &[]);
+
+    let out = m.cli(&["submit", srpm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line = out.stderr.trim();
+    assert!(
+        line.starts_with("build ") && line.contains(" skipped: ") && !line.contains("accepted"),
+        "{out:?}"
+    );
+    assert!(line.contains("equals the newest build"), "{out:?}");
+    let id: u64 = out
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{out:?}"));
+    assert_eq!(jstr(&m.build(id), "state"), "skipped");
+
+    // --wait too (it was already final).
+    let out = m.cli(&["submit", srpm.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains(" skipped: "), "{out:?}");
+    assert!(out.stdout.contains("skipped"), "{out:?}");
+}
+
+/// `submit --wait --timeout`: with no worker the build never starts; the
+/// CLI gives up after the limit, says so, and exits 124.
+#[test]
+fn submit_wait_gives_up_after_its_timeout() {
+    require_tool("rpmbuild");
+    let m = Master::start();
+    let srpm = Pkg::noarch("cm-timeout").build_srpm(&m.scratch);
+    let s = srpm.to_str().unwrap();
+
+    let t0 = Instant::now();
+    let out = m.cli(&["submit", s, "--wait", "--timeout", "2s"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "took {took:?}"
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("build "), "{out:?}");
+    assert!(
+        last.ends_with(" still queued after 2s; not waiting any longer"),
+        "{out:?}"
+    );
+    assert!(out.stdout.trim().is_empty(), "{out:?}");
+
+    // --json: the build as it is now, on stdout.
+    let out = m.cli(&["submit", s, "--wait", "--timeout", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert_eq!(jstr(&out.json(), "state"), "queued", "{out:?}");
+    assert!(out.stderr.contains("still queued after 1s"), "{out:?}");
+
+    // A limit without --wait, or that is no duration, is refused.
+    for args in [
+        vec!["submit", s, "--timeout", "5s"],
+        vec!["submit", s, "--wait", "--timeout", "5d"],
+        vec!["submit", s, "--wait", "--timeout", "0"],
+    ] {
+        let out = m.cli(&args);
+        assert!(!out.success(), "{args:?} was accepted: {out:?}");
+    }
+    let help = m.cli(&["submit", "--help"]).assert_ok();
+    assert!(
+        help.stdout.contains("--timeout") && help.stdout.contains("124"),
+        "{help:?}"
+    );
 }

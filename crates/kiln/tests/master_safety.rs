@@ -130,7 +130,11 @@ fn a_backup_restores_builds_and_repositories() {
         .first()
         .map(|a| jstr(a, "name"))
         .expect("an rpm artifact");
-    let repo_url = format!("{}/repos/default/noarch/{rpm}", m.api_url);
+    let repo_url = format!(
+        "{}/repos/default/{}/{rpm}",
+        m.api_url,
+        kiln_core::names::host_arch()
+    );
     wait_until("the build to be published", Duration::from_secs(60), || {
         (jstr(&m.build(id), "publish") == "published").then_some(())
     });
