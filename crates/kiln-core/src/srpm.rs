@@ -90,9 +90,22 @@ pub struct PackageInfo {
     pub build_archs: Vec<String>,
     pub exclusive_arch: Vec<String>,
     pub exclude_arch: Vec<String>,
+    /// Binary packages only: the source rpm it says it was built from
+    /// (`name-version-release.src.rpm`); empty for a source package.
+    #[serde(default)]
+    pub source_rpm: String,
 }
 
 impl PackageInfo {
+    /// The package name part of `source_rpm` (`None` for a source package
+    /// or a malformed value).
+    pub fn source_name(&self) -> Option<&str> {
+        let base = self.source_rpm.strip_suffix(".src.rpm")?;
+        let (rest, _release) = base.rsplit_once('-')?;
+        let (name, _version) = rest.rsplit_once('-')?;
+        (!name.is_empty()).then_some(name)
+    }
+
     /// `epoch:version-release`, with the epoch only when it is not zero.
     pub fn evr(&self) -> String {
         if self.epoch == 0 {
@@ -284,11 +297,16 @@ fn info_of(meta: &PackageMetadata) -> Result<Inspected, PackageError> {
         build_archs: strings(meta, IndexTag::RPMTAG_BUILDARCHS),
         exclusive_arch: strings(meta, IndexTag::RPMTAG_EXCLUSIVEARCH),
         exclude_arch: strings(meta, IndexTag::RPMTAG_EXCLUDEARCH),
+        source_rpm: String::new(),
     };
     let source_rpm = if is_source {
         String::new()
     } else {
         clip(meta.get_source_rpm().unwrap_or(""))
+    };
+    let info = PackageInfo {
+        source_rpm: source_rpm.clone(),
+        ..info
     };
     Ok(Inspected {
         info,
@@ -424,6 +442,7 @@ mod tests {
             build_archs: build.iter().map(|s| s.to_string()).collect(),
             exclusive_arch: excl.iter().map(|s| s.to_string()).collect(),
             exclude_arch: exclude.iter().map(|s| s.to_string()).collect(),
+            source_rpm: String::new(),
         }
     }
 

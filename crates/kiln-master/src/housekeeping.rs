@@ -49,6 +49,29 @@ pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<(), MasterError> {
         .map_err(io_err(format!("setting the mode of {}", p.display())))
 }
 
+/// Hold the data directory for this process: an exclusive lock on
+/// `kiln.lock`, released when the process ends (however it ends). A second
+/// master on the same directory is refused.
+pub fn lock_data_dir(paths: &Paths) -> Result<std::fs::File, MasterError> {
+    let p = paths.root.join("kiln.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&p)
+        .map_err(io_err(format!("opening {}", p.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(MasterError::Locked(format!(
+            "another kiln master is running on {} (it holds {}): stop it first",
+            paths.root.display(),
+            p.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(format!("locking {}", p.display()))(e)),
+    }
+}
+
 /// How many entries the content directories hold (`cas/`, `incoming/`,
 /// `logs/`, and published metadata under `repos/`).
 fn content_entries(paths: &Paths) -> usize {
@@ -81,11 +104,20 @@ pub fn check_not_lost(paths: &Paths, db_holds_nothing: bool) -> Result<(), Maste
     Err(MasterError::LostDatabase(format!(
         "the database {} records no build and no upload, but {} holds {n} entries in cas/, \
          incoming/, logs/ or repos/: the database (or its -wal file) was lost or replaced. \
-         Stop here and restore kiln.db from a backup (`kiln backup`, see README); \
-         to start an empty farm instead, move cas/, incoming/, logs/ and repos/ out of the data directory",
+         Stop here and restore kiln.db from a backup (`kiln backup`, see README), removing any \
+         kiln.db-wal and kiln.db-shm beside it; to start an empty farm instead, move cas/, \
+         incoming/, logs/ and repos/ out of the data directory",
         paths.db().display(),
         paths.root.display()
     )))
+}
+
+/// The same guard before anything is created: a data directory with
+/// content but no database file (or an empty one) is refused without
+/// making a database (so restoring `kiln.db` afterwards just works).
+pub fn check_db_present(paths: &Paths) -> Result<(), MasterError> {
+    let empty = std::fs::metadata(paths.db()).map_or(true, |m| m.len() == 0);
+    check_not_lost(paths, empty)
 }
 
 /// Remove everything in `tmp/`: partial files of a killed master and of

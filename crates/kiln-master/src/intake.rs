@@ -41,6 +41,7 @@ fn arch_ok(job_arch: &str, pkg_arch: &str) -> bool {
 pub fn verify_and_file(
     paths: &Paths,
     j: &JobRef,
+    package: &str,
     artifacts: &[pb::Artifact],
     verified: &std::collections::HashMap<String, String>,
 ) -> Result<(Vec<ArtifactRow>, Vec<Unsynced>), String> {
@@ -101,7 +102,7 @@ pub fn verify_and_file(
                 let info = place
                     .inspect()
                     .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
-                Some(check_package(j, a, kind, &info)?)
+                Some(check_package(j, package, a, kind, &info)?)
             }
             _ => None,
         };
@@ -194,10 +195,14 @@ fn on_disk<'a>(
     Ok((place, size, sha))
 }
 
-/// A package's header must agree with the job and the listing; returns its
-/// NEVRA.
+/// A package's header must agree with the job, the build and the listing;
+/// returns its NEVRA. A build publishes only what its own SRPM makes: every
+/// binary package must name a source rpm of the build's package, and a
+/// source rpm must be of that package (a build that copies another
+/// package's files into its output is refused).
 fn check_package(
     j: &JobRef,
+    package: &str,
     a: &pb::Artifact,
     kind: ArtifactKind,
     info: &kiln_core::srpm::PackageInfo,
@@ -206,6 +211,20 @@ fn check_package(
         return Err(format!(
             "artifact {:?} is listed as a source rpm but is not one",
             a.name
+        ));
+    }
+    if kind == ArtifactKind::Srpm && info.name != package {
+        return Err(format!(
+            "artifact {:?} is a source rpm of {}, not of this build's package {package}",
+            a.name, info.name
+        ));
+    }
+    if kind == ArtifactKind::Rpm && info.source_name() != Some(package) {
+        return Err(format!(
+            "artifact {:?} was built from source rpm {:?}, not from this build's package {package}: \
+             a build may only return its own packages",
+            a.name,
+            kiln_core::names::printable(&info.source_rpm)
         ));
     }
     if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {

@@ -50,6 +50,8 @@ pub enum MasterError {
     Recovery(String),
     #[error("{0}")]
     LostDatabase(String),
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
@@ -89,7 +91,9 @@ impl Master {
     pub async fn start(mut cfg: MasterConfig) -> Result<Master, MasterError> {
         cfg.validate()?;
         let paths = Paths::new(&cfg.data);
+        housekeeping::check_db_present(&paths)?;
         housekeeping::secure_data_dir(&paths)?;
+        let lock = housekeeping::lock_data_dir(&paths)?;
         paths.create_dirs().map_err(io_err(format!(
             "creating directories in {}",
             cfg.data.display()
@@ -191,6 +195,7 @@ impl Master {
             srpm_cache: Mutex::new(std::collections::HashMap::new()),
             verified: Mutex::new(std::collections::HashMap::new()),
             staging: Mutex::new(std::collections::HashMap::new()),
+            _lock: lock,
             cfg,
         });
         if n_active > 0 {

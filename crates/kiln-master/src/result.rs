@@ -48,6 +48,7 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
             };
             let paths = core.paths.clone();
             let arts = f.artifacts.clone();
+            let package = core.sched().package_of(build).unwrap_or_default();
             let known: std::collections::HashMap<String, String> = core
                 .verified
                 .lock()
@@ -60,10 +61,11 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
                         .collect()
                 })
                 .unwrap_or_default();
-            let verified =
-                tokio::task::spawn_blocking(move || verify_and_file(&paths, &jr, &arts, &known))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+            let verified = tokio::task::spawn_blocking(move || {
+                verify_and_file(&paths, &jr, &package, &arts, &known)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
             let (success, message, rows) = match verified {
                 Ok((rows, unsynced)) => {
                     // Queued ahead of the result's commit below.

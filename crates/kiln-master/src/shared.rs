@@ -53,6 +53,8 @@ pub struct Core {
     pub verified: Mutex<std::collections::HashMap<(i64, u32, String), String>>,
     /// Artifacts staged per job attempt (name → declared size), to bound
     /// what one attempt may stage and to clean up after its result.
+    /// The data directory's lock, held as long as the master lives.
+    pub(crate) _lock: std::fs::File,
     pub(crate) staging:
         Mutex<std::collections::HashMap<(i64, u32), std::collections::HashMap<String, u64>>>,
 }

@@ -100,14 +100,25 @@ fn files_are_private_a_lost_database_is_refused_and_leftovers_go() {
         "{}",
         out.stderr
     );
-    // Still refused the second time (the first refusal created nothing
-    // that would let it pass).
+    // Still refused the second time, and the refusal created nothing: no
+    // database, no WAL.
     let out = master_refuses(&m.data, &m.home);
     assert!(
         out.stderr.contains("was lost or replaced"),
         "{}",
         out.stderr
     );
+    for f in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+        assert!(
+            !m.data.join(f).exists(),
+            "{f} was created by a refused start"
+        );
+    }
+    // The database file comes back (the copy taken after the clean stop):
+    // the master starts and has the build.
+    std::fs::copy(copy.join("kiln.db"), m.data.join("kiln.db")).unwrap();
+    m.restart();
+    assert_eq!(m.builds().len(), 1);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -266,4 +277,43 @@ fn a_revoked_worker_is_told_to_stop_its_build() {
     let b = m.build(id);
     let j = only_job(&b);
     assert_ne!(jstr(&j, "state"), "running", "{b}");
+}
+
+#[test]
+fn a_build_may_return_only_packages_of_its_own_source() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("w-hijack", "x86_64,noarch", "default", 1);
+    // %build makes a package of another name (with its own source rpm
+    // name) right into the build's RPMS/: an attempt to publish a package
+    // this build does not own.
+    let build =
+        "printf 'Name: safe-victim\\nVersion: 9.9\\nRelease: 1\\nSummary: x\\nLicense: MIT\\n\
+                 BuildArch: noarch\\n%%%%description\\nx\\n%%%%files\\n' > victim.spec\n\
+                 rpmbuild -bb --nodeps --define \"_topdir %{_topdir}\" --define \"_tmppath %{_tmppath}\" victim.spec\n\
+                 ls %{_topdir}/RPMS/noarch/";
+    let srpm = srpm_with_build(&m.scratch, "safe-hijack", build);
+    let id = build_id(&m.submit(&srpm, &[]));
+    let b = m.wait_build_done(id, Duration::from_secs(120));
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    assert!(
+        msg.contains("safe-victim") && msg.contains("not from this build's package safe-hijack"),
+        "{msg}"
+    );
+    let ls = m.cli(&["repo", "ls", "default"]).assert_ok();
+    assert!(!ls.stdout.contains("safe-victim"), "{}", ls.stdout);
+}
+
+#[test]
+fn a_second_master_on_the_same_data_is_refused() {
+    let m = Master::start();
+    let out = master_refuses(&m.data, &m.home);
+    assert!(
+        out.stderr.contains("another kiln master is running"),
+        "{}",
+        out.stderr
+    );
+    // The first one is untouched and answers.
+    assert!(m.builds().is_empty());
 }

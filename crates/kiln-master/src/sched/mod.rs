@@ -282,6 +282,11 @@ impl Sched {
             });
     }
 
+    /// The package an active build builds.
+    pub fn package_of(&self, build: i64) -> Option<String> {
+        self.builds.get(&build).map(|b| b.row.package.clone())
+    }
+
     pub fn is_active_build(&self, id: i64) -> bool {
         self.builds.contains_key(&id)
     }
