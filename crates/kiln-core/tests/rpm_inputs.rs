@@ -7,6 +7,8 @@
 //! (default 5000), KILN_FUZZ_TRACE=1 prints every case before it runs (to
 //! find the one that aborts, with `--nocapture`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::Command;

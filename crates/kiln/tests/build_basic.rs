@@ -2,6 +2,8 @@
 //! filed under `DATA/incoming/<build>/<arch>/` with the sizes and sha256
 //! the build reports.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

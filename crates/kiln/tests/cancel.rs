@@ -1,5 +1,7 @@
 //! `kiln cancel` on a queued build and on a running one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

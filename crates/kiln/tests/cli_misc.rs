@@ -2,6 +2,8 @@
 //! and the CLI's errors, exits and output: a closed stdout, a skipped
 //! submit, `submit --wait --timeout`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

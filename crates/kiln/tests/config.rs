@@ -1,6 +1,8 @@
 //! Settings: a TOML file whose unknown keys are errors, `KILN_*`
 //! environment variables, and flags over both.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

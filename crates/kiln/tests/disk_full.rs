@@ -8,6 +8,8 @@
 //! the test mounts (`common::Tmpfs`: it needs root, as CI runs; without it
 //! the test fails, it does not skip), and whose size it changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Things going wrong: a worker killed mid-build, the master killed and
 //! restarted under load, a revoked worker, a certificate from another CA.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! `/repos` without symlinks, the target and arches a submit may name, and a
 //! revoked worker told to stop.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! cut off would: resumable uploads, names from a listing, stale attempts.
 //! A real `kiln master` process, a real mTLS session, a real SRPM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! succeeded build of the package in the target) and scratch builds, which
 //! never reach a repository.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod repo_common;
 

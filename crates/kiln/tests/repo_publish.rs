@@ -4,6 +4,8 @@
 //! master's URL) installs the newest version while the older one is retired
 //! from the metadata at once and from disk soon after. Also `kiln vercmp`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod repo_common;
 

@@ -10,6 +10,8 @@
 //! test opens a gate: that is how the tests know a publication is under way
 //! and make builds land while it is.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod repo_common;
 

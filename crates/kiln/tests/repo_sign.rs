@@ -3,6 +3,8 @@
 //! .repo file with which dnf installs under gpgcheck=1 and repo_gpgcheck=1.
 //! An unsigned target with `tosign_dir` copies what it publishes there.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod repo_common;
 

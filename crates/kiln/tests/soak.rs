@@ -3,6 +3,8 @@
 //! and stops on SIGTERM. (The first master spun on its own lease timer and
 //! stopped answering after ~50 s.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
