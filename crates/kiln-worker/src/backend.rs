@@ -65,6 +65,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether this backend's builds run in a sandbox, as far as can be
+    /// told before a build (said loudly at worker start when they do not).
+    fn sandbox(&self) -> SandboxStatus {
+        SandboxStatus::NotApplicable
+    }
     /// Build `spec` in `dir` (the job directory, owned by this job; the
     /// build writes only under `dir/`[`BUILD_SUBDIR`]). Resolve early with a
     /// failed outcome when `cancel` turns true, after stopping all work.
@@ -122,10 +127,54 @@ const COLLECT_DEPTH: usize = 4;
 /// When to wrap builds in bubblewrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sandbox {
-    /// When `bwrap` is installed.
+    /// When `bwrap` is installed; without it, builds run unsandboxed (an
+    /// explicit choice only: the default is `On`).
     Auto,
+    /// Always; without `bwrap`, every build is refused.
     On,
     Off,
+}
+
+/// What a backend's builds get, as the worker says at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxStatus {
+    /// Every build runs in bubblewrap.
+    Sandboxed,
+    /// Builds run without a sandbox, for this reason.
+    Unsandboxed(String),
+    /// Builds are refused, for this reason (the sandbox is required but
+    /// cannot be had).
+    Refused(String),
+    /// The backend runs nothing (`noop`, benchmarks).
+    NotApplicable,
+}
+
+/// How the next build runs.
+#[derive(Debug, Clone)]
+pub enum SandboxPlan {
+    /// In this bubblewrap.
+    Bwrap(Bwrap),
+    /// Without a sandbox, for this reason.
+    Unsandboxed(String),
+    /// Not at all, for this reason.
+    Refused(String),
+}
+
+/// How a build runs under the setting `sandbox`, with `found` (the
+/// bubblewrap on `PATH`, if any).
+pub fn sandbox_plan(sandbox: Sandbox, found: Option<Bwrap>) -> SandboxPlan {
+    match (sandbox, found) {
+        (Sandbox::Off, _) => SandboxPlan::Unsandboxed("the sandbox is off (sandbox = off)".into()),
+        (Sandbox::Auto, None) => SandboxPlan::Unsandboxed(
+            "sandbox = auto and bwrap is not installed (not on PATH)".into(),
+        ),
+        (Sandbox::Auto | Sandbox::On, Some(b)) => SandboxPlan::Bwrap(b),
+        (Sandbox::On, None) => SandboxPlan::Refused(
+            "sandbox is on but bwrap is not installed (install bubblewrap, or run builds \
+             without a sandbox with `--sandbox off`)"
+                .into(),
+        ),
+    }
 }
 
 impl std::str::FromStr for Sandbox {
@@ -323,14 +372,9 @@ pub fn make_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl Rpmbuild {
-    fn use_bwrap(&self) -> Result<Option<Bwrap>, String> {
-        match self.sandbox {
-            Sandbox::Off => Ok(None),
-            Sandbox::Auto => Ok(Bwrap::find()),
-            Sandbox::On => Bwrap::find()
-                .map(Some)
-                .ok_or_else(|| "sandbox is on but bwrap is not installed".to_string()),
-        }
+    /// How the next build runs (`bwrap` looked up on `PATH` once).
+    fn plan(&self) -> SandboxPlan {
+        sandbox_plan(self.sandbox, Bwrap::find())
     }
 
     /// The command for one job in the job directory `dir`: `rpmbuild
@@ -473,9 +517,25 @@ fn collect(
     }
 }
 
+/// The line every unsandboxed build's log gets, before anything runs.
+pub fn unsandboxed_line(why: &str) -> String {
+    format!(
+        "kiln: WARNING: this build is NOT sandboxed ({why}): it runs as the worker's own user, \
+         can read the worker's files and key, reach the network, and leave processes behind\n"
+    )
+}
+
 impl Backend for Rpmbuild {
     fn name(&self) -> &'static str {
         "rpmbuild"
+    }
+
+    fn sandbox(&self) -> SandboxStatus {
+        match self.plan() {
+            SandboxPlan::Bwrap(_) => SandboxStatus::Sandboxed,
+            SandboxPlan::Unsandboxed(why) => SandboxStatus::Unsandboxed(why),
+            SandboxPlan::Refused(why) => SandboxStatus::Refused(why),
+        }
     }
 
     fn build<'a>(
@@ -490,9 +550,13 @@ impl Backend for Rpmbuild {
             for d in [build.join("topdir"), build.join("tmp"), build.join("home")] {
                 make_private_dir(&d).map_err(io_err(format!("creating {}", d.display())))?;
             }
-            let bwrap = match self.use_bwrap() {
-                Ok(b) => b,
-                Err(e) => {
+            let bwrap = match self.plan() {
+                SandboxPlan::Bwrap(b) => Some(b),
+                SandboxPlan::Unsandboxed(why) => {
+                    log.write(unsandboxed_line(&why).as_bytes());
+                    None
+                }
+                SandboxPlan::Refused(e) => {
                     return Ok(Outcome {
                         success: false,
                         message: e,
@@ -525,13 +589,9 @@ impl Backend for Rpmbuild {
                 ),
                 RunEnd::Canceled => (false, "canceled".to_string()),
             };
-            log.write(
-                format!(
-                    "kiln: {}\n",
-                    if success { "build succeeded" } else { &message }
-                )
-                .as_bytes(),
-            );
+            // The last line of the log (`kiln: build succeeded`, `kiln:
+            // build failed: …`) is the worker's, once it has checked what
+            // the build made.
             Ok(Outcome {
                 success,
                 message,
@@ -1012,5 +1072,73 @@ mod tests {
         assert!(a.contains(&"_topdir /build/topdir".to_string()), "{a:?}");
         assert_eq!(a.last().map(String::as_str), Some(SANDBOX_SRPM));
         assert!(inv.pid_namespace && inv.clear_env);
+    }
+
+    #[test]
+    fn the_sandbox_plan() {
+        let b = Bwrap {
+            path: PathBuf::from("/usr/bin/bwrap"),
+            disable_userns: true,
+        };
+        assert!(matches!(
+            sandbox_plan(Sandbox::On, Some(b.clone())),
+            SandboxPlan::Bwrap(_)
+        ));
+        assert!(matches!(
+            sandbox_plan(Sandbox::Auto, Some(b.clone())),
+            SandboxPlan::Bwrap(_)
+        ));
+        match sandbox_plan(Sandbox::On, None) {
+            SandboxPlan::Refused(why) => {
+                assert!(
+                    why.starts_with("sandbox is on but bwrap is not installed"),
+                    "{why}"
+                )
+            }
+            p => panic!("{p:?}"),
+        }
+        match sandbox_plan(Sandbox::Auto, None) {
+            SandboxPlan::Unsandboxed(why) => assert!(why.contains("not installed"), "{why}"),
+            p => panic!("{p:?}"),
+        }
+        match sandbox_plan(Sandbox::Off, Some(b)) {
+            SandboxPlan::Unsandboxed(why) => assert!(why.contains("off"), "{why}"),
+            p => panic!("{p:?}"),
+        }
+    }
+
+    /// Without bubblewrap (explicitly off here), the log says so before the
+    /// build runs, and the outcome line is left to the worker.
+    #[tokio::test]
+    async fn an_unsandboxed_build_says_so_in_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let srpm = dir.path().join("input.src.rpm");
+        std::fs::write(&srpm, b"not an srpm").unwrap();
+        let spec = JobSpec {
+            job: 1,
+            attempt: 1,
+            arch: "noarch".into(),
+            disttag: String::new(),
+            srpm,
+            timeout: Duration::from_secs(60),
+        };
+        let r = Rpmbuild {
+            nodeps: true,
+            sandbox: Sandbox::Off,
+        };
+        assert!(matches!(r.sandbox(), SandboxStatus::Unsandboxed(_)));
+        let log = Buf::new();
+        let (_tx, rx) = watch::channel(false);
+        let out = r
+            .build(&spec, &dir.path().join("job"), &log, rx)
+            .await
+            .unwrap();
+        assert!(!out.success);
+        let text = log.text();
+        assert!(
+            text.starts_with("kiln: WARNING: this build is NOT sandboxed (the sandbox is off"),
+            "{text}"
+        );
+        assert!(!text.contains("kiln: build"), "{text}");
     }
 }

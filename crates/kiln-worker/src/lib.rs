@@ -23,6 +23,9 @@ pub enum WorkerError {
     Enroll(String),
     #[error("cannot connect to the master: {0}")]
     Connect(String),
+    /// The master refuses this worker's certificate for good.
+    #[error("this worker was revoked: the master refuses its certificate ({0})")]
+    Revoked(String),
     #[error("{0}")]
     Other(String),
 }

@@ -1,7 +1,13 @@
 //! The worker's main loop: connect out, keep the session stream, run jobs,
 //! upload results, reconnect with backoff and jitter, drain on request.
+//!
+//! A result the master has not acknowledged is kept on disk (beside its
+//! files, in the job directory) as soon as it cannot be delivered at once,
+//! and at a stop: the next start reports it again. Every other job
+//! directory found at start is what a stopped or killed worker left, and is
+//! removed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -17,12 +23,14 @@ use kiln_proto as pb;
 use pb::farm_client::FarmClient;
 use pb::master_msg::Msg as In;
 use pb::worker_msg::Msg as Out;
+use prost::Message as _;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::backend::{make_private_dir, Backend, JobSpec, LogSink};
+use crate::backend::{make_private_dir, Backend, JobSpec, LogSink, SandboxStatus};
 use crate::{files, io_err, parse_master_url, WorkerError};
 
 /// Tries of a request that fails on a live session (an upload the master
@@ -31,6 +39,18 @@ use crate::{files, io_err, parse_master_url, WorkerError};
 const RETRY_ATTEMPTS: u32 = 7;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long a draining worker that has nothing left to build waits for a
+/// master it cannot reach before it stops, leaving its undelivered results
+/// on disk for the next start.
+const UNDELIVERED_GRACE: Duration = Duration::from_secs(10);
+
+/// At a forced stop (a second SIGTERM, a revocation), how long the
+/// canceled builds get to be killed before the worker exits.
+const ABANDON_GRACE: Duration = Duration::from_secs(2);
+
+/// A job's result kept on disk until the master acknowledges it.
+const RESULT_FILE: &str = "result.json";
 
 pub struct WorkerConfig {
     /// Where `enroll` left the key, certificate, CA and master URL.
@@ -59,6 +79,21 @@ struct LocalJob {
     attempt: u32,
     cancel: watch::Sender<bool>,
     ack: Option<oneshot::Sender<pb::FinishAck>>,
+    /// The result, once the build is over, until the master acknowledges
+    /// it (`None` while the job builds).
+    held: Option<Arc<Held>>,
+    /// `held` is in the job directory's [`RESULT_FILE`].
+    kept: bool,
+}
+
+/// A job's result as it waits for the master.
+struct Held {
+    arch: String,
+    finished: pb::Finished,
+    /// The files to upload, by artifact name (all in the job directory).
+    files: HashMap<String, PathBuf>,
+    /// Worth keeping across a restart (a canceled build's is not).
+    keep: bool,
 }
 
 struct Shared {
@@ -68,7 +103,9 @@ struct Shared {
     jobs: Mutex<HashMap<u64, LocalJob>>,
     /// One download at a time per input.
     fetching: tokio::sync::Mutex<()>,
-    idle: tokio::sync::Notify,
+    /// Bumped when a build ends and when a job leaves `jobs`: what a drain
+    /// and a stop wait on.
+    changed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -80,6 +117,18 @@ impl Shared {
         if let Some(out) = self.session.borrow().out.clone() {
             let _ = out.try_send(pb::WorkerMsg { msg: Some(m) });
         }
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn connected(&self) -> bool {
+        self.session.borrow().client.is_some()
+    }
+
+    fn job_dir(&self, job: u64, attempt: u32) -> PathBuf {
+        self.cfg.work.join("jobs").join(format!("{job}-{attempt}"))
     }
 }
 
@@ -93,9 +142,24 @@ fn read_trim(path: &Path) -> Result<String, WorkerError> {
         .to_string())
 }
 
+/// How the worker came to stop.
+enum Stopped {
+    /// Drained: every job ran and was reported.
+    Drained,
+    /// Draining, nothing left to build, and the master out of reach.
+    Unreachable,
+    /// A second SIGTERM or SIGINT.
+    Forced,
+}
+
 /// Run the worker until `stop` turns true (drain: running jobs finish and
-/// upload, no new ones are taken) and every job is reported.
-pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+/// upload, no new ones are taken) and every job is reported. A drain does
+/// not wait for ever on a master it cannot reach: once nothing builds any
+/// more and no session has been up for [`UNDELIVERED_GRACE`], it stops and
+/// leaves its results on disk for the next start. A SIGTERM or SIGINT
+/// during the drain stops at once (builds canceled). A revoked worker stops
+/// with [`WorkerError::Revoked`].
+pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
     let enrolled_name = read_trim(&cfg.dir.join(files::NAME))?;
     let name = cfg.name.clone().unwrap_or(enrolled_name.clone());
     if name != enrolled_name {
@@ -114,22 +178,86 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
         &read_trim(&cfg.dir.join(files::KEY))?,
     )?);
     crate::make_private(&cfg.dir, &cfg.work)?;
+    match cfg.backend.sandbox() {
+        SandboxStatus::Unsandboxed(why) => tracing::warn!(
+            "WARNING: builds on this worker are NOT sandboxed ({why}): each runs as the \
+             worker's own user, can read its key and files, reach the network and leave \
+             processes behind. Install bubblewrap and use `--sandbox on` (the default)."
+        ),
+        SandboxStatus::Refused(why) => {
+            tracing::error!("every build on this worker will fail: {why}")
+        }
+        SandboxStatus::Sandboxed | SandboxStatus::NotApplicable => {}
+    }
     let (session, _) = watch::channel(Session::default());
+    let (changed, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         cfg,
         name,
         session,
         jobs: Mutex::new(HashMap::new()),
         fetching: tokio::sync::Mutex::new(()),
-        idle: tokio::sync::Notify::new(),
+        changed,
     });
+    recover(&shared);
+    let end = tokio::select! {
+        r = reconnect(&shared, &host, port, tls, stop.clone()) => r.map(|()| Stopped::Drained),
+        s = watch_stop(&shared, stop) => Ok(s),
+    };
+    match end {
+        Ok(Stopped::Drained) => Ok(()),
+        Ok(Stopped::Unreachable) => {
+            leave(
+                &shared,
+                &format!(
+                    "no session with the master for {} s",
+                    UNDELIVERED_GRACE.as_secs()
+                ),
+            );
+            Ok(())
+        }
+        Ok(Stopped::Forced) => {
+            tracing::warn!("stopping now (a second stop signal)");
+            abandon(&shared).await;
+            leave(&shared, "stopped before the master acknowledged them");
+            Ok(())
+        }
+        Err(e @ WorkerError::Revoked(_)) => {
+            tracing::error!("this worker was revoked; stopping");
+            abandon(&shared).await;
+            // What it holds can never be delivered under this identity.
+            let dirs: Vec<PathBuf> = shared
+                .jobs()
+                .iter()
+                .map(|(id, j)| shared.job_dir(*id, j.attempt))
+                .collect();
+            for d in dirs {
+                remove_job_dir(&d);
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The reconnect loop: sessions one after the other, with backoff, until
+/// drained (or revoked).
+async fn reconnect(
+    shared: &Arc<Shared>,
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let mut changed = shared.changed.subscribe();
     let mut failures: u32 = 0;
     let mut draining = *stop.borrow();
     loop {
+        changed.borrow_and_update();
         if draining && shared.jobs().is_empty() {
             return Ok(());
         }
-        let r = session_once(&shared, &host, port, tls.clone(), &mut stop, &mut draining).await;
+        let r = session_once(shared, host, port, tls.clone(), &mut stop, &mut draining).await;
         shared.session.send_modify(|s| {
             s.client = None;
             s.out = None;
@@ -137,6 +265,7 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
         match r {
             Ok(()) if draining && shared.jobs().is_empty() => return Ok(()),
             Ok(()) => failures = 0,
+            Err(e @ WorkerError::Revoked(_)) => return Err(e),
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!("worker {}: {e}", shared.name);
@@ -149,7 +278,234 @@ pub async fn run(cfg: WorkerConfig, mut stop: watch::Receiver<bool>) -> Result<(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed(), if !draining => { draining = true; }
+            // Draining: a job that ends may have been the last one.
+            _ = changed.changed(), if draining => {}
         }
+    }
+}
+
+/// Resolves when the worker must stop without completing its drain: a
+/// second stop signal, or nothing left to build and no session with the
+/// master for [`UNDELIVERED_GRACE`]. Until the drain starts, it only waits.
+async fn watch_stop(shared: &Shared, mut stop: watch::Receiver<bool>) -> Stopped {
+    // A closed `stop` (its sender gone) drains as well.
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    {
+        let jobs = shared.jobs();
+        let building = jobs.values().filter(|j| j.held.is_none()).count();
+        let unreachable = if shared.connected() {
+            String::new()
+        } else {
+            format!(
+                " (the master is not reachable now: once nothing builds, what it has not \
+                 taken within {} s stays on disk for the next start)",
+                UNDELIVERED_GRACE.as_secs()
+            )
+        };
+        tracing::info!(
+            "draining: finishing {building} running jobs and reporting {} results{unreachable}",
+            jobs.len() - building,
+        );
+    }
+    // Listened to only from now on: the first signal is the drain's.
+    let force = next_stop_signal();
+    tokio::pin!(force);
+    let mut session = shared.session.subscribe();
+    let mut changed = shared.changed.subscribe();
+    let mut stuck_since: Option<Instant> = None;
+    loop {
+        let unreachable = session.borrow_and_update().client.is_none();
+        changed.borrow_and_update();
+        let only_results = {
+            let jobs = shared.jobs();
+            !jobs.is_empty() && jobs.values().all(|j| j.held.is_some())
+        };
+        stuck_since = if unreachable && only_results {
+            stuck_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        let deadline = stuck_since.map(|t| t + UNDELIVERED_GRACE);
+        tokio::select! {
+            _ = &mut force => return Stopped::Forced,
+            r = session.changed() => if r.is_err() { std::future::pending::<()>().await },
+            r = changed.changed() => if r.is_err() { std::future::pending::<()>().await },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                return Stopped::Unreachable;
+            }
+        }
+    }
+}
+
+/// The next SIGTERM or SIGINT after this call (never, if they cannot be
+/// listened to). The handlers are installed by the call, not at the first
+/// poll.
+fn next_stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => Some((t, i)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for a second stop signal: {e}");
+            None
+        }
+    };
+    async move {
+        match signals {
+            Some((mut t, mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Cancel every build (its processes are killed) and give the builds a
+/// moment to end.
+async fn abandon(shared: &Shared) {
+    for j in shared.jobs().values() {
+        let _ = j.cancel.send(true);
+    }
+    let deadline = Instant::now() + ABANDON_GRACE;
+    let mut changed = shared.changed.subscribe();
+    loop {
+        changed.borrow_and_update();
+        if shared.jobs().values().all(|j| j.held.is_some()) {
+            return;
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+/// At a stop that leaves jobs behind: keep every result not kept yet, and
+/// say what is left undelivered and what was abandoned.
+fn leave(shared: &Shared, why: &str) {
+    let jobs: Vec<(u64, u32, Option<Arc<Held>>, bool)> = shared
+        .jobs()
+        .iter()
+        .map(|(id, j)| (*id, j.attempt, j.held.clone(), j.kept))
+        .collect();
+    let (mut kept, mut lost, mut abandoned) = (Vec::new(), Vec::new(), Vec::new());
+    for (job, attempt, held, was_kept) in jobs {
+        let what = format!("job {job} attempt {attempt}");
+        match held {
+            None => abandoned.push(what),
+            Some(h) if !h.keep => abandoned.push(what),
+            Some(h) => {
+                let state = if h.finished.success {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                let dir = shared.job_dir(job, attempt);
+                let on_disk = if was_kept {
+                    Ok(())
+                } else {
+                    keep_result(&dir, &h)
+                };
+                match on_disk {
+                    Ok(()) => kept.push(format!("{what} ({state})")),
+                    Err(e) => lost.push(format!("{what} ({state}; cannot keep it: {e})")),
+                }
+            }
+        }
+    }
+    if !kept.is_empty() {
+        tracing::warn!(
+            "stopping with {} result(s) the master has not acknowledged ({why}): {}; \
+             kept in {} and reported at the next start",
+            kept.len(),
+            kept.join(", "),
+            shared.cfg.work.join("jobs").display()
+        );
+    }
+    if !lost.is_empty() {
+        tracing::error!(
+            "stopping with {} result(s) lost ({why}): {}",
+            lost.len(),
+            lost.join(", ")
+        );
+    }
+    if !abandoned.is_empty() {
+        tracing::warn!(
+            "stopping with {} build(s) abandoned (the master runs them again): {}",
+            abandoned.len(),
+            abandoned.join(", ")
+        );
+    }
+}
+
+/// The revocation behind an error, if that is what it is: the master's
+/// PERMISSION_DENIED "… revoked", or its TLS alert `certificate_revoked`,
+/// anywhere in the chain of sources.
+pub(crate) fn revocation(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<tonic::Status>() {
+            if s.code() == tonic::Code::PermissionDenied && s.message().contains("revoked") {
+                return true;
+            }
+        }
+        if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        // An `io::Error` does not give its inner error as its source.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if revocation(inner) {
+                return true;
+            }
+        }
+        if err.to_string().contains("CertificateRevoked") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// An error and its sources, on one line.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg = format!("{msg}: {t}");
+        }
+        src = s.source();
+    }
+    msg
+}
+
+/// A failed session call: a revocation (said by the master, or noted by
+/// the channel's connection in `revoked`), or a connection problem to retry.
+fn session_error(s: tonic::Status, revoked: &crate::conn::RevokedFlag) -> WorkerError {
+    if revocation(&s) {
+        WorkerError::Revoked(chain(&s))
+    } else if revoked.is_set() {
+        WorkerError::Revoked(format!(
+            "the master refused the TLS handshake: certificate revoked ({})",
+            s.message()
+        ))
+    } else {
+        WorkerError::Connect(s.message().to_string())
     }
 }
 
@@ -161,7 +517,7 @@ async fn session_once(
     stop: &mut watch::Receiver<bool>,
     draining: &mut bool,
 ) -> Result<(), WorkerError> {
-    let channel = crate::conn::channel(host, port, tls).await?;
+    let (channel, revoked) = crate::conn::watched_channel(host, port, tls).await?;
     let mut client = FarmClient::new(channel)
         .max_decoding_message_size(4 << 20)
         .max_encoding_message_size(4 << 20);
@@ -192,20 +548,23 @@ async fn session_once(
     let resp = client
         .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await
-        .map_err(|s| WorkerError::Connect(s.message().to_string()))?;
+        .map_err(|s| session_error(s, &revoked))?;
     let mut inbound = resp.into_inner();
     let welcome = match inbound.message().await {
         Ok(Some(pb::MasterMsg {
             msg: Some(In::Welcome(w)),
         })) => w,
         Ok(_) => return Err(WorkerError::Connect("the master closed the session".into())),
-        Err(s) => return Err(WorkerError::Connect(s.message().to_string())),
+        Err(s) => return Err(session_error(s, &revoked)),
     };
     for d in &welcome.drop {
         // The master no longer wants these (re-queued or canceled meanwhile).
         if let Some(j) = shared.jobs().remove(&d.job_id) {
             let _ = j.cancel.send(true);
         }
+    }
+    if !welcome.drop.is_empty() {
+        shared.bump();
     }
     if shared.cfg.announce {
         let mut o = std::io::stdout();
@@ -221,6 +580,7 @@ async fn session_once(
     if *draining {
         shared.send(Out::Draining(pb::Draining {}));
     }
+    let mut changed = shared.changed.subscribe();
     let mut beat = tokio::time::interval(Duration::from_secs(welcome.heartbeat_secs.max(1)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -233,7 +593,7 @@ async fn session_once(
                 let m = match m {
                     Ok(Some(m)) => m,
                     Ok(None) => return Err(WorkerError::Connect("the master ended the session".into())),
-                    Err(s) => return Err(WorkerError::Connect(s.message().to_string())),
+                    Err(s) => return Err(session_error(s, &revoked)),
                 };
                 match m.msg {
                     Some(In::Assign(a)) => start_job(shared, a),
@@ -255,10 +615,9 @@ async fn session_once(
             }
             _ = stop.changed(), if !*draining => {
                 *draining = true;
-                tracing::info!("draining: finishing {} running jobs", shared.jobs().len());
                 shared.send(Out::Draining(pb::Draining {}));
             }
-            _ = shared.idle.notified(), if *draining => {}
+            _ = changed.changed(), if *draining => {}
         }
         if *draining && shared.jobs().is_empty() {
             return Ok(());
@@ -279,6 +638,8 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
                 attempt: a.attempt,
                 cancel,
                 ack: None,
+                held: None,
+                kept: false,
             },
         );
     }
@@ -289,22 +650,214 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let (job, attempt) = (a.job_id, a.attempt);
-        let dir = shared
-            .cfg
-            .work
-            .join("jobs")
-            .join(format!("{job}-{attempt}"));
+        let dir = shared.job_dir(job, attempt);
         job_task(&shared, a, &dir, cancel_rx).await;
-        let still_ours = shared
-            .jobs()
-            .get(&job)
-            .is_some_and(|j| j.attempt == attempt);
-        if still_ours {
-            shared.jobs().remove(&job);
-        }
-        remove_job_dir(&dir);
-        shared.idle.notify_one();
+        end_job(&shared, job, attempt, &dir);
     });
+}
+
+/// A job is over (reported, or no longer wanted): forget it and remove its
+/// directory.
+fn end_job(shared: &Shared, job: u64, attempt: u32, dir: &Path) {
+    {
+        let mut jobs = shared.jobs();
+        if jobs.get(&job).is_some_and(|j| j.attempt == attempt) {
+            jobs.remove(&job);
+        }
+    }
+    remove_job_dir(dir);
+    shared.bump();
+}
+
+/// At start: the results a previous run kept are reported again (their
+/// jobs are in `running` of the first hello); every other job directory is
+/// what a stopped, killed or revoked worker left, and is removed.
+fn recover(shared: &Arc<Shared>) {
+    let jobs_dir = shared.cfg.work.join("jobs");
+    let Ok(rd) = std::fs::read_dir(&jobs_dir) else {
+        return;
+    };
+    let mut removed = 0usize;
+    let mut found: BTreeMap<u64, (u32, PathBuf, Held)> = BTreeMap::new();
+    for e in rd.flatten() {
+        let Some((job, attempt)) = e.file_name().to_str().and_then(parse_job_dir) else {
+            continue;
+        };
+        let dir = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += 1;
+            remove_stale(&dir, false);
+            continue;
+        }
+        match load_result(&dir, job, attempt) {
+            Ok(Some(held)) => {
+                // Of one job, only the latest attempt can still be wanted.
+                match found.remove(&job) {
+                    Some((a, d, h)) if a > attempt => {
+                        remove_stale(&dir, true);
+                        found.insert(job, (a, d, h));
+                    }
+                    Some((_, d, _)) => {
+                        remove_stale(&d, true);
+                        found.insert(job, (attempt, dir, held));
+                    }
+                    None => {
+                        found.insert(job, (attempt, dir, held));
+                    }
+                }
+            }
+            Ok(None) => {
+                removed += 1;
+                remove_stale(&dir, true);
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "removing {}: its kept result is unusable: {why}",
+                    dir.display()
+                );
+                remove_stale(&dir, true);
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} job directories left by the previous run (no result to report)"
+        );
+    }
+    for (job, (attempt, dir, held)) in found {
+        tracing::info!(
+            "job {job} attempt {attempt}: reporting the result kept by the previous run ({})",
+            if held.finished.success {
+                "succeeded"
+            } else {
+                "failed"
+            }
+        );
+        let held = Arc::new(held);
+        let (cancel, _) = watch::channel(false);
+        shared.jobs().insert(
+            job,
+            LocalJob {
+                attempt,
+                cancel,
+                ack: None,
+                held: Some(held.clone()),
+                kept: true,
+            },
+        );
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            report(&shared, job, attempt, held, false).await;
+            end_job(&shared, job, attempt, &dir);
+        });
+    }
+}
+
+fn remove_stale(p: &Path, is_dir: bool) {
+    if is_dir {
+        remove_job_dir(p);
+    } else if let Err(e) = std::fs::remove_file(p) {
+        tracing::warn!("cannot remove {}: {e}", p.display());
+    }
+}
+
+/// `<job>-<attempt>`, as job directories are named.
+fn parse_job_dir(name: &str) -> Option<(u64, u32)> {
+    let (job, attempt) = name.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(job) || !digits(attempt) {
+        return None;
+    }
+    Some((job.parse().ok()?, attempt.parse().ok()?))
+}
+
+/// [`RESULT_FILE`]: a result as kept on disk.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptResult {
+    job: u64,
+    attempt: u32,
+    arch: String,
+    /// The `Finished` message (protobuf), in hex.
+    finished: String,
+    /// The files to upload, by artifact name, relative to the job directory.
+    files: BTreeMap<String, PathBuf>,
+}
+
+/// Keep `held` in `dir` (atomically, synced, with what it names).
+fn keep_result(dir: &Path, held: &Held) -> std::io::Result<()> {
+    let mut files = BTreeMap::new();
+    let real_dir = dir.canonicalize().ok();
+    for (name, p) in &held.files {
+        // Packages are named by their real paths.
+        let rel = p
+            .strip_prefix(dir)
+            .ok()
+            .or_else(|| real_dir.as_deref().and_then(|d| p.strip_prefix(d).ok()))
+            .ok_or_else(|| std::io::Error::other(format!("{name} is not in the job directory")))?;
+        files.insert(name.clone(), rel.to_path_buf());
+    }
+    let kept = KeptResult {
+        job: held.finished.job_id,
+        attempt: held.finished.attempt,
+        arch: held.arch.clone(),
+        finished: hex::encode(held.finished.encode_to_vec()),
+        files,
+    };
+    let text = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
+    make_private_dir(dir)?;
+    // The packages and the log the result names, durable before it is.
+    kiln_core::fsutil::syncfs(dir)?;
+    let tmp = dir.join(format!("{RESULT_FILE}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = create_new(&tmp)?;
+    f.write_all(&text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(RESULT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The result kept in job directory `dir` (of `job` at `attempt`), if any.
+fn load_result(dir: &Path, job: u64, attempt: u32) -> Result<Option<Held>, String> {
+    let path = dir.join(RESULT_FILE);
+    let mut text = Vec::new();
+    match open_regular(&path) {
+        Ok(f) => f
+            .take(64 << 20)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("reading it: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("opening it: {e}")),
+    };
+    let kept: KeptResult = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    let bytes = hex::decode(&kept.finished).map_err(|e| e.to_string())?;
+    let finished = pb::Finished::decode(&bytes[..]).map_err(|e| e.to_string())?;
+    if (kept.job, kept.attempt) != (job, attempt)
+        || (finished.job_id, finished.attempt) != (job, attempt)
+    {
+        return Err("it is another job's".into());
+    }
+    let real_dir = dir.canonicalize().map_err(|e| e.to_string())?;
+    let mut files = HashMap::new();
+    for (name, rel) in kept.files {
+        // Inside the job directory, by a path without a link.
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let p = real_dir.join(&rel);
+        if !plain || rel.as_os_str().is_empty() || p.canonicalize().ok().as_ref() != Some(&p) {
+            return Err(format!("{} is not a file of the job directory", name));
+        }
+        files.insert(name, p);
+    }
+    Ok(Some(Held {
+        arch: kept.arch,
+        finished,
+        files,
+        keep: true,
+    }))
 }
 
 thread_local! {
@@ -427,27 +980,50 @@ async fn wait_client(shared: &Shared) -> (u64, FarmClient<Channel>) {
 async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch::Receiver<bool>) {
     let (job, attempt) = (a.job_id, a.attempt);
     remove_job_dir(dir);
-    let (mut finished, mut files) = match build(shared, &a, dir, cancel.clone()).await {
-        Ok(f) => f,
-        Err(e) => (
-            bare_failure(&a, format!("worker error: {e}")),
-            HashMap::new(),
-        ),
-    };
-    // Report until the master acknowledges (across reconnects).
-    let mut fresh = true;
+    let (finished, files) = build(shared, &a, dir, cancel).await;
+    let held = Arc::new(Held {
+        arch: a.arch.clone(),
+        keep: !is_canceled(&finished),
+        finished,
+        files,
+    });
+    match shared.jobs().get_mut(&job) {
+        Some(j) if j.attempt == attempt => j.held = Some(held.clone()),
+        _ => return,
+    }
+    shared.bump();
+    report(shared, job, attempt, held, true).await;
+}
+
+/// A canceled build's result: nothing to keep or upload.
+fn is_canceled(f: &pb::Finished) -> bool {
+    !f.success && f.message == "canceled" && f.artifacts.is_empty()
+}
+
+/// Report `held` until the master acknowledges it (across reconnects).
+/// `fresh`: nothing of it was sent yet (a first upload sends each file
+/// whole without asking what the master has). A result that is not
+/// delivered at once is kept on disk until it is.
+async fn report(shared: &Arc<Shared>, job: u64, attempt: u32, mut held: Arc<Held>, fresh: bool) {
+    let dir = shared.job_dir(job, attempt);
+    let mut fresh = fresh;
+    let mut first = true;
     let mut retry = Retry::default();
     loop {
+        if !(first && shared.connected()) {
+            keep_once(shared, job, attempt, &dir, &held);
+        }
+        first = false;
         let (gen, mut client) = wait_client(shared).await;
-        let uploaded = if finished.artifacts.is_empty() {
+        let uploaded = if held.finished.artifacts.is_empty() {
             Ok(())
         } else {
             upload_all(
                 &mut client,
-                &files,
+                &held.files,
                 job,
                 attempt,
-                &finished.artifacts,
+                &held.finished.artifacts,
                 fresh,
             )
             .await
@@ -471,9 +1047,24 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
                 // them (a full disk…): the job fails, with why, rather than
                 // wait for ever.
                 tracing::warn!("job {job}: giving up the upload, reporting the job failed");
-                finished =
-                    bare_failure(&a, format!("uploading the results failed: {}", s.message()));
-                files.clear();
+                held = Arc::new(Held {
+                    finished: bare_failure(
+                        job,
+                        attempt,
+                        &held.arch,
+                        format!("uploading the results failed: {}", s.message()),
+                    ),
+                    arch: held.arch.clone(),
+                    files: HashMap::new(),
+                    keep: true,
+                });
+                match shared.jobs().get_mut(&job) {
+                    Some(j) if j.attempt == attempt => {
+                        j.held = Some(held.clone());
+                        j.kept = false;
+                    }
+                    _ => return,
+                }
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -481,7 +1072,7 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
             Some(j) if j.attempt == attempt => j.ack = Some(tx),
             _ => return,
         }
-        shared.send(Out::Finished(finished.clone()));
+        shared.send(Out::Finished(held.finished.clone()));
         tokio::select! {
             ack = rx => {
                 if let Ok(ack) = ack {
@@ -496,13 +1087,40 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
     }
 }
 
+/// Keep a job's result on disk unless it is already (or not worth it).
+fn keep_once(shared: &Shared, job: u64, attempt: u32, dir: &Path, held: &Arc<Held>) {
+    let wanted = match shared.jobs().get(&job) {
+        Some(j) if j.attempt == attempt => !j.kept && held.keep,
+        _ => false,
+    };
+    if !wanted {
+        return;
+    }
+    match keep_result(dir, held) {
+        Ok(()) => {
+            tracing::info!(
+                "job {job}: result kept in {} until the master takes it",
+                dir.display()
+            );
+            if let Some(j) = shared.jobs().get_mut(&job).filter(|j| j.attempt == attempt) {
+                // Unless the result changed meanwhile.
+                j.kept = j.held.as_ref().is_some_and(|h| Arc::ptr_eq(h, held));
+            }
+        }
+        Err(e) => tracing::warn!(
+            "job {job}: cannot keep its result on disk ({e}): it is lost if the worker \
+             stops before the master takes it"
+        ),
+    }
+}
+
 /// A failed result without files: only its listing (of nothing), which the
 /// master needs to take any result.
-fn bare_failure(a: &pb::Assign, message: String) -> pb::Finished {
+fn bare_failure(job: u64, attempt: u32, arch: &str, message: String) -> pb::Finished {
     let listing = Listing {
-        job: a.job_id,
-        attempt: a.attempt,
-        arch: a.arch.clone(),
+        job,
+        attempt,
+        arch: arch.to_string(),
         artifacts: vec![],
     };
     let artifacts = match serde_json::to_vec_pretty(&listing) {
@@ -517,8 +1135,8 @@ fn bare_failure(a: &pb::Assign, message: String) -> pb::Finished {
         Err(_) => vec![],
     };
     pb::Finished {
-        job_id: a.job_id,
-        attempt: a.attempt,
+        job_id: job,
+        attempt,
         success: false,
         message,
         artifacts,
@@ -576,12 +1194,16 @@ async fn wait_new_session(shared: &Shared, gen: u64) {
     }
 }
 
+/// Run one job: fetch its input, build, check what the build made, and
+/// make the result (a failure that says why when anything went wrong). The
+/// log ends with the outcome (`kiln: build succeeded`, `kiln: build
+/// failed: …`), and is part of every result but a canceled build's.
 async fn build(
     shared: &Arc<Shared>,
     a: &pb::Assign,
     dir: &Path,
     cancel: watch::Receiver<bool>,
-) -> Result<(pb::Finished, HashMap<String, PathBuf>), WorkerError> {
+) -> (pb::Finished, HashMap<String, PathBuf>) {
     // The job directory is made by whatever needs it (the backend, a log
     // that outgrows memory): a job that writes nothing creates nothing.
     let log = JobLog {
@@ -609,7 +1231,65 @@ async fn build(
         )
         .as_bytes(),
     );
-    let srpm = fetch_input(shared, &a.srpm_sha256, a.srpm_size, &log).await?;
+    let ran = run_backend(shared, a, dir, &log, cancel).await;
+    let (mut success, mut message, packages, srpm) = match ran {
+        Ok((o, _)) if !o.success && o.message == "canceled" => {
+            log.write(b"kiln: build canceled\n");
+            let finished = pb::Finished {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                success: false,
+                message: o.message,
+                artifacts: vec![],
+            };
+            return (finished, HashMap::new());
+        }
+        Ok((o, srpm)) => (o.success, o.message, o.packages, Some(srpm)),
+        Err(e) => (false, format!("worker error: {e}"), vec![], None),
+    };
+    // Every artifact by name: packages from the backend, the source rpm
+    // (the input itself when the backend did not write one), then the log.
+    let mut files: HashMap<String, PathBuf> = HashMap::new();
+    let mut entries = Vec::new();
+    if let (true, Some(srpm)) = (success, srpm.as_deref()) {
+        if let Err(why) = take_packages(a, &packages, srpm, &mut files, &mut entries) {
+            success = false;
+            message = why;
+            files.clear();
+            entries.clear();
+        }
+    }
+    if success {
+        log.write(b"kiln: build succeeded\n");
+    } else {
+        log.write(format!("kiln: build failed: {message}\n").as_bytes());
+    }
+    let log_text = match log.text.lock() {
+        Ok(mut t) => {
+            t.file.take();
+            std::mem::take(&mut t.mem)
+        }
+        Err(_) => Vec::new(),
+    };
+    let listed = list_result(a, dir, success, message, files, entries, log_text, srpm);
+    listed.unwrap_or_else(|e| {
+        (
+            bare_failure(a.job_id, a.attempt, &a.arch, format!("worker error: {e}")),
+            HashMap::new(),
+        )
+    })
+}
+
+/// Fetch the input and run the backend: how the build ended, and the
+/// input's path.
+async fn run_backend(
+    shared: &Arc<Shared>,
+    a: &pb::Assign,
+    dir: &Path,
+    log: &JobLog,
+    cancel: watch::Receiver<bool>,
+) -> Result<(crate::backend::Outcome, PathBuf), WorkerError> {
+    let srpm = fetch_input(shared, &a.srpm_sha256, a.srpm_size, log).await?;
     let spec = JobSpec {
         job: a.job_id,
         attempt: a.attempt,
@@ -621,85 +1301,111 @@ async fn build(
     let outcome = shared
         .cfg
         .backend
-        .build(&spec, dir, &log, cancel)
+        .build(&spec, dir, log, cancel)
         .await
         .map_err(|e| WorkerError::Other(e.to_string()))?;
-    let log_text = match log.text.lock() {
-        Ok(mut t) => {
-            t.file.take();
-            std::mem::take(&mut t.mem)
-        }
-        Err(_) => Vec::new(),
-    };
-    if outcome.message == "canceled" {
-        return Ok((
-            pb::Finished {
-                job_id: a.job_id,
-                attempt: a.attempt,
-                success: false,
-                message: outcome.message,
-                artifacts: vec![],
-            },
-            HashMap::new(),
-        ));
-    }
-    // Every artifact by name: packages from the backend, the source rpm
-    // (the input itself when the backend did not write one), the log.
-    let mut files: HashMap<String, PathBuf> = HashMap::new();
-    let mut entries = Vec::new();
-    let mut paths: Vec<PathBuf> = outcome.packages.clone();
-    if outcome.success
-        && !paths
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".src.rpm"))
+    Ok((outcome, spec.srpm))
+}
+
+/// Check the packages a build made (and the source rpm: the input, `srpm`,
+/// when the build wrote none) and list them into `entries` and `files`:
+/// every file is read through one descriptor, opened without following a
+/// symbolic link, so what is checked is what is sent. Why not, when a
+/// package is refused; messages name files by their names, never by their
+/// paths on this host.
+fn take_packages(
+    a: &pb::Assign,
+    packages: &[PathBuf],
+    srpm: &Path,
+    files: &mut HashMap<String, PathBuf>,
+    entries: &mut Vec<ListingEntry>,
+) -> Result<(), String> {
+    let mut paths: Vec<PathBuf> = packages.to_vec();
+    if !paths
+        .iter()
+        .any(|p| p.to_string_lossy().ends_with(".src.rpm"))
     {
         kiln_core::names::check_file_name(&a.srpm_name)
-            .map_err(|e| WorkerError::Other(e.to_string()))?;
-        files.insert(a.srpm_name.clone(), spec.srpm.clone());
-        paths.push(spec.srpm.clone());
-    }
-    // The worker's own log file, beside (never inside) what the build wrote.
-    let log_path = dir.join("build.log");
-    let log_on_disk = std::fs::symlink_metadata(&log_path).is_ok_and(|m| m.is_file());
-    if log_on_disk {
-        paths.push(log_path.clone());
+            .map_err(|e| format!("worker error: {e}"))?;
+        files.insert(a.srpm_name.clone(), srpm.to_path_buf());
+        paths.push(srpm.to_path_buf());
     }
     for p in paths {
-        let name = if p == spec.srpm {
+        let name = if p == srpm {
             a.srpm_name.clone()
         } else {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| WorkerError::Other(format!("odd file name {}", p.display())))?
-                .to_string()
+            let raw = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            match raw {
+                Some(n) if kiln_core::names::check_file_name(&n).is_ok() => n,
+                n => {
+                    return Err(format!(
+                        "the worker refused a package named {}: not a plain file name",
+                        kiln_core::names::shown(n.as_deref().unwrap_or(""))
+                    ))
+                }
+            }
         };
-        // Every file is read through one descriptor, opened without
-        // following a symbolic link: what is checked is what is sent.
-        let mut f = open_regular(&p).map_err(io_err(format!("opening {}", p.display())))?;
-        let (kind, nevra) = if name.ends_with(".src.rpm") {
-            (ArtifactKind::Srpm, Some(inspect_open(&f, &p)?.nevra()))
-        } else if name.ends_with(".rpm") {
-            (ArtifactKind::Rpm, Some(inspect_open(&f, &p)?.nevra()))
+        let refused = |why: String| {
+            format!(
+                "the worker refused the package {}: {why}",
+                kiln_core::names::shown(&name)
+            )
+        };
+        let mut f = open_regular(&p).map_err(|e| refused(format!("cannot open it: {e}")))?;
+        let kind = if name.ends_with(".src.rpm") {
+            ArtifactKind::Srpm
         } else {
-            (ArtifactKind::Log, None)
+            ArtifactKind::Rpm
         };
+        let nevra = inspect_open(&f, &p, &name).map_err(refused)?.nevra();
         let (sha256, size) = kiln_core::fsutil::sha256_open(&mut f)
-            .map_err(io_err(format!("reading {}", p.display())))?;
-        if files.insert(name.clone(), p.clone()).is_some() && p != spec.srpm {
-            return Err(WorkerError::Other(format!(
-                "two artifacts are named {name}"
-            )));
+            .map_err(|e| refused(format!("reading it: {e}")))?;
+        if files.insert(name.clone(), p.clone()).is_some() && p != srpm {
+            return Err(format!(
+                "the build made two packages named {}",
+                kiln_core::names::shown(&name)
+            ));
         }
         entries.push(ListingEntry {
             name,
             kind,
             size,
             sha256,
-            nevra,
+            nevra: Some(nevra),
         });
     }
+    Ok(())
+}
+
+/// The result of a build that ran: the packages taken (`files`, `entries`),
+/// the log, the listing; small files inline.
+#[allow(clippy::too_many_arguments)]
+fn list_result(
+    a: &pb::Assign,
+    dir: &Path,
+    success: bool,
+    message: String,
+    mut files: HashMap<String, PathBuf>,
+    mut entries: Vec<ListingEntry>,
+    log_text: Vec<u8>,
+    srpm: Option<PathBuf>,
+) -> Result<(pb::Finished, HashMap<String, PathBuf>), WorkerError> {
     let mut inline: HashMap<String, Vec<u8>> = HashMap::new();
-    if !log_on_disk {
+    // The worker's own log file, beside (never inside) what the build wrote.
+    let log_path = dir.join("build.log");
+    if std::fs::symlink_metadata(&log_path).is_ok_and(|m| m.is_file()) {
+        let mut f = open_regular(&log_path).map_err(io_err("opening build.log"))?;
+        let (sha256, size) =
+            kiln_core::fsutil::sha256_open(&mut f).map_err(io_err("reading build.log"))?;
+        files.insert("build.log".into(), log_path);
+        entries.push(ListingEntry {
+            name: "build.log".into(),
+            kind: ArtifactKind::Log,
+            size,
+            sha256,
+            nevra: None,
+        });
+    } else {
         entries.push(ListingEntry {
             name: "build.log".into(),
             kind: ArtifactKind::Log,
@@ -718,7 +1424,7 @@ async fn build(
     let text = serde_json::to_vec_pretty(&listing)
         .map_err(|e| WorkerError::Other(format!("encoding the listing: {e}")))?;
     if text.len() as u64 > pb::INLINE_MAX {
-        make_private_dir(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        make_private_dir(dir).map_err(io_err("creating the job directory"))?;
         let lpath = dir.join(LISTING_NAME);
         create_new(&lpath)
             .and_then(|mut f| f.write_all(&text))
@@ -737,7 +1443,9 @@ async fn build(
     }
     // The input SRPM, returned as is, is already in the master's store: it
     // is neither inlined nor uploaded (the master links it from there).
-    files.retain(|name, p| !(*p == spec.srpm && name == &a.srpm_name));
+    if let Some(srpm) = srpm {
+        files.retain(|name, p| !(*p == srpm && name == &a.srpm_name));
+    }
     let artifacts = inline_small(
         &files,
         &mut inline,
@@ -757,8 +1465,8 @@ async fn build(
         pb::Finished {
             job_id: a.job_id,
             attempt: a.attempt,
-            success: outcome.success,
-            message: outcome.message,
+            success,
+            message,
             artifacts,
         },
         files,
@@ -831,10 +1539,19 @@ fn create_new(p: &Path) -> std::io::Result<std::fs::File> {
 
 /// A package's header, read through the descriptor `f` already holds (its
 /// `/proc/self/fd` entry names that very file, whatever the path now is).
-fn inspect_open(f: &std::fs::File, p: &Path) -> Result<kiln_core::srpm::PackageInfo, WorkerError> {
+/// Why not, with the file called `name` (never by its path on this host).
+fn inspect_open(
+    f: &std::fs::File,
+    p: &Path,
+    name: &str,
+) -> Result<kiln_core::srpm::PackageInfo, String> {
     let fd_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
     let path = if fd_path.exists() { &fd_path } else { p };
-    inspect_package(path).map_err(|e| WorkerError::Other(format!("{}: {e}", p.display())))
+    inspect_package(path).map_err(|e| {
+        e.to_string()
+            .replace(&path.display().to_string(), name)
+            .replace(&p.display().to_string(), name)
+    })
 }
 
 /// Remove a job directory. A build may have left directories it made
@@ -1078,5 +1795,294 @@ mod tests {
         t.append(b"abcdefgh");
         let text = String::from_utf8(t.mem.clone()).unwrap();
         assert!(text.starts_with("abcd\n[kiln: log cut here"), "{text}");
+    }
+
+    // ----- results kept across a restart, stale job directories -----
+
+    use super::*;
+
+    fn shared_in(work: &Path) -> Arc<Shared> {
+        let (session, _) = watch::channel(Session::default());
+        let (changed, _) = watch::channel(0u64);
+        Arc::new(Shared {
+            cfg: WorkerConfig {
+                dir: work.join("worker"),
+                name: Some("w".into()),
+                master: None,
+                arches: vec!["noarch".into()],
+                channels: vec!["default".into()],
+                capacity: 1,
+                work: work.to_path_buf(),
+                backend: Arc::new(crate::backend::Noop),
+                announce: false,
+            },
+            name: "w".into(),
+            session,
+            jobs: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+            changed,
+        })
+    }
+
+    /// A result of job `job` at attempt 1 with one package in `dir`.
+    fn held_in(dir: &Path, job: u64) -> Held {
+        held_at(dir, job, 1)
+    }
+
+    fn held_at(dir: &Path, job: u64, attempt: u32) -> Held {
+        let pkg = dir.join("build/topdir/RPMS/noarch/p-1-1.noarch.rpm");
+        std::fs::create_dir_all(pkg.parent().unwrap()).unwrap();
+        std::fs::write(&pkg, b"a package").unwrap();
+        let mut finished = bare_failure(job, attempt, "noarch", String::new());
+        finished.success = true;
+        finished.artifacts.push(pb::Artifact {
+            name: "p-1-1.noarch.rpm".into(),
+            kind: "rpm".into(),
+            size: 9,
+            sha256: kiln_core::fsutil::sha256_bytes(b"a package"),
+            nevra: "p-0:1-1.noarch".into(),
+            inline: vec![],
+        });
+        Held {
+            arch: "noarch".into(),
+            finished,
+            files: HashMap::from([("p-1-1.noarch.rpm".to_string(), pkg)]),
+            keep: true,
+        }
+    }
+
+    #[test]
+    fn job_directory_names() {
+        assert_eq!(parse_job_dir("12-3"), Some((12, 3)));
+        for bad in ["12", "12-", "-3", "a-1", "1-1-1", "1-+1", "1-1.tmp", ""] {
+            assert_eq!(parse_job_dir(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_kept_result_reads_back_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("jobs/5-1");
+        let held = held_in(&dir, 5);
+        keep_result(&dir, &held).unwrap();
+        let mode = std::fs::metadata(dir.join(RESULT_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = load_result(&dir, 5, 1).unwrap().unwrap();
+        assert_eq!(back.finished, held.finished);
+        assert_eq!(back.arch, "noarch");
+        let real = held.files["p-1-1.noarch.rpm"].canonicalize().unwrap();
+        assert_eq!(back.files["p-1-1.noarch.rpm"], real);
+        // Kept again (a result that changed): replaced whole.
+        keep_result(&dir, &held).unwrap();
+        assert!(!dir.join(format!("{RESULT_FILE}.tmp")).exists());
+        // Another job's directory, or none kept at all.
+        assert!(load_result(&dir, 5, 2).is_err());
+        assert!(load_result(&dir, 6, 1).is_err());
+        assert!(load_result(&tmp.path().join("jobs/9-1"), 9, 1)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_kept_result_naming_a_file_outside_its_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("jobs/5-1");
+        keep_result(&dir, &held_in(&dir, 5)).unwrap();
+        let text = std::fs::read_to_string(dir.join(RESULT_FILE)).unwrap();
+        std::fs::write(tmp.path().join("secret"), b"s").unwrap();
+        for evil in ["../../secret", "/etc/passwd", "build/link.rpm"] {
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["files"]["p-1-1.noarch.rpm"] = evil.into();
+            std::fs::write(dir.join(RESULT_FILE), v.to_string()).unwrap();
+            if evil == "build/link.rpm" {
+                let _ = std::fs::remove_file(dir.join(evil));
+                std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join(evil)).unwrap();
+            }
+            let err = load_result(&dir, 5, 1)
+                .err()
+                .unwrap_or_else(|| panic!("{evil} taken"));
+            assert!(err.contains("not a file of the job directory"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn at_start_only_the_kept_results_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jobs = tmp.path().join("jobs");
+        // A result kept by the previous run.
+        let kept = jobs.join("5-1");
+        let held = held_in(&kept, 5);
+        keep_result(&kept, &held).unwrap();
+        // A build killed with the worker, with a directory it locked.
+        let killed = jobs.join("6-2");
+        std::fs::create_dir_all(killed.join("build/locked/deeper")).unwrap();
+        std::fs::set_permissions(
+            killed.join("build/locked"),
+            std::fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        // A result that cannot be read back, a stray file, something else.
+        let broken = jobs.join("7-1");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join(RESULT_FILE), b"{").unwrap();
+        std::fs::write(jobs.join("8-1"), b"").unwrap();
+        std::fs::create_dir_all(jobs.join("not-a-job")).unwrap();
+        // Two attempts of one job kept: only the latest can be wanted.
+        for attempt in [3, 2] {
+            let d = jobs.join(format!("9-{attempt}"));
+            keep_result(&d, &held_at(&d, 9, attempt)).unwrap();
+        }
+
+        let shared = shared_in(tmp.path());
+        recover(&shared);
+        let mut left: Vec<String> = std::fs::read_dir(&jobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["5-1", "9-3", "not-a-job"]);
+        let jobs = shared.jobs();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[&9].attempt, 3);
+        let j = &jobs[&5];
+        assert_eq!(j.attempt, 1);
+        assert!(j.kept);
+        assert_eq!(j.held.as_ref().unwrap().finished, held.finished);
+    }
+
+    #[tokio::test]
+    async fn a_stop_keeps_what_is_undelivered_and_drops_what_was_canceled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = shared_in(tmp.path());
+        let held = Arc::new(held_in(&shared.job_dir(5, 1), 5));
+        let canceled = Arc::new(Held {
+            keep: false,
+            ..held_in(&shared.job_dir(6, 1), 6)
+        });
+        for (id, h) in [(5, Some(held.clone())), (6, Some(canceled)), (7, None)] {
+            let (cancel, _) = watch::channel(false);
+            shared.jobs().insert(
+                id,
+                LocalJob {
+                    attempt: 1,
+                    cancel,
+                    ack: None,
+                    held: h,
+                    kept: false,
+                },
+            );
+        }
+        leave(&shared, "a test");
+        let back = load_result(&shared.job_dir(5, 1), 5, 1).unwrap().unwrap();
+        assert_eq!(back.finished, held.finished);
+        assert!(load_result(&shared.job_dir(6, 1), 6, 1).unwrap().is_none());
+        assert!(!shared.job_dir(7, 1).exists());
+    }
+
+    // ----- revocation -----
+
+    #[test]
+    fn a_revocation_is_told_from_other_failures() {
+        let alert = || {
+            std::io::Error::other(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRevoked,
+            ))
+        };
+        assert!(revocation(&alert()));
+        assert!(revocation(&tonic::Status::from_error(Box::new(alert()))));
+        assert!(revocation(&tonic::Status::permission_denied(
+            "this worker is revoked"
+        )));
+        assert!(revocation(&tonic::Status::permission_denied(
+            "this worker's certificate is revoked"
+        )));
+        assert!(!revocation(&tonic::Status::permission_denied(
+            "this certificate was superseded by a newer enrollment"
+        )));
+        assert!(!revocation(&tonic::Status::unavailable(
+            "connection refused"
+        )));
+        let other = std::io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        assert!(!revocation(&other));
+    }
+
+    /// A worker whose serial the master revoked, against a real TLS
+    /// endpoint: connecting and saying hello ends in `Revoked`.
+    #[tokio::test]
+    async fn a_revoked_certificate_is_told_at_the_handshake() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = kiln_core::pki::Ca::load_or_create(&tmp.path().join("pki")).unwrap();
+        let (cert, key) = ca.issue_server_cert(&["127.0.0.1".to_string()]).unwrap();
+        let revoked = kiln_core::pki::RevocationList::new();
+        revoked.revoke(7);
+        let server =
+            Arc::new(kiln_core::pki::worker_endpoint_config(&ca, &cert, &key, revoked).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server);
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(tcp).await;
+                });
+            }
+        });
+        let (wkey, csr) = kiln_core::pki::make_key_and_csr("w").unwrap();
+        let wcert = ca.sign_worker_csr(&csr, "w", 7, 30).unwrap();
+        let tls =
+            Arc::new(kiln_core::pki::worker_client_config(ca.cert_pem(), &wcert, &wkey).unwrap());
+        let err = match crate::conn::watched_channel("127.0.0.1", port, tls).await {
+            Err(e) => e,
+            Ok((ch, revoked)) => {
+                let (tx, rx) = mpsc::channel::<pb::WorkerMsg>(1);
+                tx.send(pb::WorkerMsg {
+                    msg: Some(Out::Hello(pb::Hello::default())),
+                })
+                .await
+                .unwrap();
+                match FarmClient::new(ch)
+                    .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    Err(s) => session_error(s, &revoked),
+                    Ok(_) => panic!("a revoked worker got a session"),
+                }
+            }
+        };
+        assert!(matches!(err, WorkerError::Revoked(_)), "{err:?}");
+    }
+
+    // ----- packages the worker refuses -----
+
+    #[test]
+    fn a_refused_package_is_named_by_its_file_name_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rpms = tmp.path().join("jobs/3-1/build/topdir/RPMS/noarch");
+        std::fs::create_dir_all(&rpms).unwrap();
+        let bad = rpms.join("bad-1-1.noarch.rpm");
+        std::fs::write(&bad, vec![0x5a; 4096]).unwrap();
+        let srpm = tmp.path().join("cache-input");
+        std::fs::write(&srpm, b"input").unwrap();
+        let a = pb::Assign {
+            job_id: 3,
+            attempt: 1,
+            arch: "noarch".into(),
+            srpm_name: "bad-1-1.src.rpm".into(),
+            ..Default::default()
+        };
+        let (mut files, mut entries) = (HashMap::new(), Vec::new());
+        let err = take_packages(&a, &[bad], &srpm, &mut files, &mut entries).unwrap_err();
+        assert!(
+            err.starts_with("the worker refused the package \"bad-1-1.noarch.rpm\": "),
+            "{err}"
+        );
+        let host = tmp.path().to_string_lossy().into_owned();
+        assert!(!err.contains(&host) && !err.contains("/proc/"), "{err}");
     }
 }

@@ -762,7 +762,7 @@ impl Default for WorkerSettings {
             work: None,
             backend: "rpmbuild".into(),
             nodeps: "auto".into(),
-            sandbox: "auto".into(),
+            sandbox: "on".into(),
         }
     }
 }

@@ -168,7 +168,7 @@ fn value_for(key: &str, default: &Value, layer: usize) -> Value {
         "default_target" => json!(format!("t{layer}")),
         "backend" => pick(["noop", "rpmbuild", "noop"]),
         "nodeps" => pick(["yes", "no", "yes"]),
-        "sandbox" => pick(["on", "off", "on"]),
+        "sandbox" => pick(["auto", "off", "auto"]),
         "arches" => [
             json!(["aarch64"]),
             json!(["ppc64le", "noarch"]),

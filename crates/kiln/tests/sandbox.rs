@@ -4,7 +4,14 @@
 //! (after success, cancel, timeout, or the worker's death). And the
 //! worker's side of a master that cannot take the results: a full disk is
 //! retried on the same session, a refusal fails the job instead of leaving
-//! it running for ever.
+//! it running for ever. The sandbox is on by default (no bwrap: builds
+//! refused), and a build without it says so. The worker's stops: a drain
+//! with the master down keeps its results for the next start, a second
+//! signal stops at once, a revoked worker stops; what a stopped worker left
+//! is removed at start. A package the worker refuses fails the build, and
+//! its log says so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -487,4 +494,343 @@ fn an_upload_refused_for_good_fails_the_job_instead_of_hanging() {
         msg.contains("uploading the results failed") && msg.contains("exceeds the limit"),
         "{msg}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Without a sandbox: refused by default, said loudly when chosen
+// ---------------------------------------------------------------------------
+
+/// The last line of a log that is not empty.
+fn last_line(log: &str) -> &str {
+    log.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+}
+
+#[test]
+fn the_sandbox_is_on_by_default_and_a_worker_without_bwrap_refuses_builds() {
+    require_build_tools();
+    let m = Master::start();
+    // The default, as the worker reads its settings.
+    let mut cmd = std::process::Command::new(kiln());
+    cmd.args(["worker", "--print-config"])
+        .env("HOME", &m.home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KILN_SANDBOX")
+        .env_remove("KILN_WORKER_SANDBOX");
+    let out = run_timeout(cmd, CLI_TIMEOUT, "kiln worker --print-config").assert_ok();
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == r#"sandbox = "on""#),
+        "{}",
+        out.stdout
+    );
+
+    // A host without bubblewrap: the worker says at start that it will
+    // build nothing, and every build fails saying why, without running.
+    let path = path_without(&m.scratch, &["bwrap"]);
+    let w = m.enroll("nobwrap").spawn_with(
+        WorkerOpts::new("x86_64,noarch", "default", 1),
+        &[],
+        &[("PATH", path.to_str().unwrap())],
+    );
+    w.wait_connected(1);
+    let err = w.stderr_text();
+    assert!(
+        err.contains("every build on this worker will fail")
+            && err.contains("bwrap is not installed"),
+        "{err}"
+    );
+    let pkg = Pkg::noarch("sbx-no-bwrap");
+    let srpm = pkg.build_srpm(&m.scratch);
+    let b = m.wait_build_done(build_id(&m.submit(&srpm, &[])), BUILD_TIMEOUT);
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    assert!(
+        msg.contains("sandbox is on but bwrap is not installed"),
+        "{msg}"
+    );
+    let log = job_log(&m, &b);
+    assert!(!log.contains(&pkg.begin_marker()), "the build ran:\n{log}");
+    assert!(
+        last_line(&log).starts_with("kiln: build failed: sandbox is on but bwrap"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_build_without_the_sandbox_says_so_at_worker_start_and_in_its_log() {
+    require_build_tools();
+    let m = Master::start();
+    let no_bwrap = path_without(&m.scratch, &["bwrap"]);
+    // Chosen explicitly: off, or auto on a host without bubblewrap.
+    let off = m.enroll("off").spawn_with(
+        WorkerOpts::new("x86_64,noarch", "off", 1),
+        &["--sandbox", "off"],
+        &[],
+    );
+    let auto = m.enroll("auto").spawn_with(
+        WorkerOpts::new("x86_64,noarch", "auto", 1),
+        &["--sandbox", "auto"],
+        &[("PATH", no_bwrap.to_str().unwrap())],
+    );
+    // And the default, with bubblewrap: nothing to say.
+    let sandboxed = m.start_worker("sandboxed", "x86_64,noarch", "default", 1);
+    for (w, why) in [(&off, "sandbox = off"), (&auto, "bwrap is not installed")] {
+        w.wait_connected(1);
+        let err = w.stderr_text();
+        assert!(
+            err.contains("WARNING: builds on this worker are NOT sandboxed") && err.contains(why),
+            "worker {}:\n{err}",
+            w.name
+        );
+    }
+    assert!(
+        !sandboxed.stderr_text().contains("NOT sandboxed"),
+        "{}",
+        sandboxed.stderr_text()
+    );
+    for (channel, why) in [
+        ("off", Some("sandbox = off")),
+        ("auto", Some("bwrap is not installed")),
+        ("default", None),
+    ] {
+        let pkg = Pkg::noarch(&format!("sbx-unsandboxed-{channel}"));
+        let srpm = pkg.build_srpm(&m.scratch);
+        let b = m.submit_wait(&srpm, &["--channel", channel]);
+        let log = job_log(&m, &b);
+        assert!(log.contains(&pkg.end_marker()), "{log}");
+        assert_eq!(last_line(&log), "kiln: build succeeded", "{log}");
+        let warned = log
+            .lines()
+            .find(|l| l.starts_with("kiln: WARNING: this build is NOT sandboxed"));
+        match why {
+            Some(why) => {
+                let line =
+                    warned.unwrap_or_else(|| panic!("channel {channel}: no warning:\n{log}"));
+                assert!(line.contains(why), "{line}");
+                // Said before the build runs.
+                assert!(
+                    log.find("NOT sandboxed") < log.find(&pkg.begin_marker()),
+                    "{log}"
+                );
+            }
+            None => assert!(warned.is_none(), "a sandboxed build warned:\n{log}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Stopping: undelivered results, a second signal, a revoked worker, what a
+// stopped worker left behind
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_with_the_master_down_keeps_the_result_for_the_next_start() {
+    require_build_tools();
+    let mut m = Master::start();
+    let mut w =
+        m.enroll("keeper")
+            .spawn_with(WorkerOpts::new("x86_64,noarch", "default", 1), &[], &[]);
+    w.wait_connected(1);
+    let work = w.work_dir();
+    let pkg = Pkg::noarch("sbx-kept").sleep(4);
+    let srpm = pkg.build_srpm(&m.scratch);
+    let id = build_id(&m.submit(&srpm, &[]));
+    let job = ju64(&m.wait_job_running(id), "id");
+    // The master goes away while the job builds: its result cannot be
+    // delivered, and is kept on disk as soon as it is made.
+    m.kill();
+    let kept = work
+        .join("jobs")
+        .join(format!("{job}-1"))
+        .join("result.json");
+    wait_until("the worker to keep the result", BUILD_TIMEOUT, || {
+        (w.stderr_text().contains("result kept in") && kept.is_file()).then_some(())
+    });
+
+    // SIGTERM: no master to drain to; the worker stops within its grace
+    // (10 s), saying what it leaves undelivered.
+    w.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    let st = w.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+        panic!(
+            "the worker did not stop after SIGTERM with the master down:\n{}",
+            w.diagnostics()
+        )
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "it took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st.code(), Some(0), "{}", w.diagnostics());
+    let err = w.stderr_text();
+    assert!(
+        err.contains("not acknowledged")
+            && err.contains(&format!("job {job} attempt 1 (succeeded)")),
+        "{err}"
+    );
+    assert!(kept.is_file(), "the kept result is gone");
+
+    // The master and the worker start again: the result is reported, and
+    // the build succeeds with what the first run built.
+    m.restart();
+    w.relaunch_in(&work, &[], &[]);
+    w.wait_connected(1);
+    let b = m.wait_build_succeeded(id);
+    assert_eq!(job_worker(&only_job(&b)).as_deref(), Some("keeper"));
+    assert_eq!(ju64(&only_job(&b), "attempt"), 1, "{b}");
+    check_artifacts_on_disk(&m, &b);
+    assert!(job_log(&m, &b).contains(&pkg.end_marker()));
+    wait_until(
+        "the reported job's directory to be removed",
+        Duration::from_secs(15),
+        || (!kept.parent().unwrap().exists()).then_some(()),
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_the_worker_at_once() {
+    require_build_tools();
+    let m = Master::start();
+    let mut w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let marker = ["sleep", "3001041"];
+    let srpm = srpm_with_build(&m.scratch, "sbx-twice", &format!("sleep {}\n", marker[1]));
+    m.submit(&srpm, &[]);
+    wait_started(&[&marker]);
+
+    // The first one drains: the build goes on.
+    w.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        w.proc().try_status().is_none(),
+        "the worker stopped before its build was over:\n{}",
+        w.diagnostics()
+    );
+    assert!(any_running(&[&marker]));
+
+    // The second one stops it, build and all.
+    w.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    w.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
+        panic!(
+            "the worker did not stop on a second SIGTERM:\n{}",
+            w.diagnostics()
+        )
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "it took {:?}",
+        t0.elapsed()
+    );
+    wait_all_gone(&[&marker], "after a second SIGTERM");
+    let err = w.stderr_text();
+    assert!(err.contains("build(s) abandoned"), "{err}");
+}
+
+#[test]
+fn a_revoked_worker_stops_instead_of_retrying() {
+    require_build_tools();
+    let m = Master::start();
+    let mut w = m.start_worker("r1", "x86_64,noarch", "default", 1);
+    m.cli(&["worker", "revoke", "r1"]).assert_ok();
+    // The master ends the session within a heartbeat period (20 s here).
+    let st = w
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the revoked worker is still running:\n{}", w.diagnostics()));
+    assert!(!st.success(), "a revoked worker exits non-zero: {st:?}");
+    let err = w.stderr_text();
+    assert!(err.contains("this worker was revoked; stopping"), "{err}");
+
+    // Started again, it stops at once: the master refuses its certificate
+    // at the handshake.
+    w.restart();
+    let st = w
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the revoked worker is still running:\n{}", w.diagnostics()));
+    assert!(!st.success(), "{st:?}");
+    assert!(
+        w.stderr_text()
+            .contains("this worker was revoked; stopping"),
+        "{}",
+        w.diagnostics()
+    );
+    assert_eq!(w.connected_count(), 0);
+}
+
+#[test]
+fn job_directories_left_by_a_stopped_worker_are_removed_at_start() {
+    require_build_tools();
+    let m = Master::start();
+    let enrolled = m.enroll("w1");
+    let jobs = enrolled.first_work_dir().join("jobs");
+    // A build killed with the worker (with a directory it made
+    // unreadable), and a result file that cannot be read back.
+    let killed = jobs.join("7-1");
+    fs::create_dir_all(killed.join("build/topdir/BUILD/locked")).unwrap();
+    fs::write(killed.join("build/topdir/BUILD/locked/file"), "x").unwrap();
+    fs::write(killed.join("build.log"), "half a log").unwrap();
+    let mode = |p: &Path, m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(&killed.join("build/topdir/BUILD/locked"), 0o000);
+    mode(&killed.join("build/topdir/BUILD"), 0o500);
+    let broken = jobs.join("8-2");
+    fs::create_dir_all(&broken).unwrap();
+    fs::write(broken.join("result.json"), "{ not json").unwrap();
+
+    let w = enrolled.spawn_with(WorkerOpts::new("x86_64,noarch", "default", 1), &[], &[]);
+    w.wait_connected(1);
+    assert!(!killed.exists(), "{} is left", killed.display());
+    assert!(!broken.exists(), "{} is left", broken.display());
+    let err = w.stderr_text();
+    assert!(err.contains("removed 1 job directories"), "{err}");
+    assert!(err.contains("kept result is unusable"), "{err}");
+    // And it builds.
+    let srpm = Pkg::noarch("sbx-after-stale").build_srpm(&m.scratch);
+    m.submit_wait(&srpm, &[]);
+}
+
+// ---------------------------------------------------------------------------
+// A package the worker refuses
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_package_the_worker_refuses_fails_the_build_and_the_log_says_so() {
+    require_build_tools();
+    let m = Master::start();
+    let w = m.start_worker("w1", "x86_64,noarch", "default", 1);
+    let bad = "zz-garbage-1.0-1.noarch.rpm";
+    let build = format!(
+        "mkdir -p %{{_topdir}}/RPMS/noarch\n\
+         head -c 4096 /dev/urandom > %{{_topdir}}/RPMS/noarch/{bad}\n\
+         echo KILN-GARBAGE-PLANTED\n"
+    );
+    let srpm = srpm_with_build(&m.scratch, "sbx-garbage", &build);
+    let b = m.wait_build_done(build_id(&m.submit(&srpm, &[])), BUILD_TIMEOUT);
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    let msg = jstr(&only_job(&b), "message");
+    let host = w.dir.parent().unwrap().to_string_lossy().into_owned();
+    assert!(msg.contains("refused") && msg.contains(bad), "{msg}");
+    assert!(!msg.contains(&host) && !msg.contains("/jobs/"), "{msg}");
+
+    let log = job_log(&m, &b);
+    assert!(log.contains("KILN-GARBAGE-PLANTED"), "{log}");
+    assert!(!log.contains("kiln: build succeeded"), "{log}");
+    let last = last_line(&log);
+    assert!(
+        last.starts_with("kiln: build failed: ") && last.contains(bad),
+        "{log}"
+    );
+    assert!(!last.contains(&host) && !last.contains("/jobs/"), "{last}");
+
+    // The log is the job's artifact, and no package is.
+    assert!(artifacts_of_kind(&b, "rpm").is_empty(), "{b}");
+    let logs = artifacts_of_kind(&b, "log");
+    assert_eq!(logs.len(), 1, "{b}");
+    let filed = incoming_dir(&m, build_id(&b), "noarch").join(jstr(&logs[0], "name"));
+    let filed = fs::read_to_string(&filed).unwrap();
+    assert_eq!(last_line(&filed), last, "{filed}");
 }

@@ -1747,3 +1747,106 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Workers with more flags or another PATH, started again on the same work
+// directory (sandbox and stop tests)
+// ---------------------------------------------------------------------------
+
+impl Enrolled {
+    /// The work directory of the worker's first run (where `spawn` and
+    /// `spawn_with` put it): fill it before the start to see what the
+    /// worker does with what it finds there.
+    pub fn first_work_dir(&self) -> PathBuf {
+        self.tmp.path().join("work-1")
+    }
+
+    /// Starts `kiln worker` with `extra` flags and `env` set for it (does
+    /// not wait for it to connect).
+    pub fn spawn_with(self, opts: WorkerOpts, extra: &[&str], env: &[(&str, &str)]) -> Worker {
+        require_build_tools();
+        let work = self.first_work_dir();
+        let mut w = Worker {
+            proc: None,
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+            home: self.home.clone(),
+            opts,
+            runs: 0,
+            tmp: self.tmp,
+        };
+        w.launch_in(&work, extra, env);
+        w
+    }
+}
+
+impl Worker {
+    /// The work directory of the current run, when it was started by
+    /// `spawn`, `spawn_with` or `restart`.
+    pub fn work_dir(&self) -> PathBuf {
+        self.tmp.path().join(format!("work-{}", self.runs))
+    }
+
+    /// Starts it again (killed first if it still runs) with the work
+    /// directory `work`, `extra` flags and `env`.
+    pub fn relaunch_in(&mut self, work: &Path, extra: &[&str], env: &[(&str, &str)]) {
+        self.kill();
+        self.launch_in(work, extra, env);
+    }
+
+    fn launch_in(&mut self, work: &Path, extra: &[&str], env: &[(&str, &str)]) {
+        self.runs += 1;
+        let mut cmd = Command::new(kiln());
+        cmd.arg("worker")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--arch")
+            .arg(&self.opts.arches)
+            .arg("--channel")
+            .arg(&self.opts.channel)
+            .arg("--capacity")
+            .arg(self.opts.capacity.to_string())
+            .arg("--work")
+            .arg(work)
+            .args(extra);
+        if let Some(m) = &self.opts.master {
+            cmd.arg("--master").arg(m);
+        }
+        cmd.env("HOME", &self.home).env_remove("XDG_CONFIG_HOME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let err = self.tmp.path().join(format!("worker-{}.stderr", self.runs));
+        self.proc = Some(Proc::spawn(
+            cmd,
+            &err,
+            &format!("worker {} (run {})", self.name, self.runs),
+        ));
+    }
+}
+
+/// A `PATH` without the programs `omit`: a directory under `dir` holding a
+/// link to every other program of the current `PATH` (the first of each
+/// name, as a lookup would find it).
+pub fn path_without(dir: &Path, omit: &[&str]) -> PathBuf {
+    let bin = dir.join(format!("path-without-{}", unique()));
+    fs::create_dir_all(&bin).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let link = bin.join(&name);
+            if omit.iter().any(|o| name == **o) || fs::symlink_metadata(&link).is_ok() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), &link);
+        }
+    }
+    for o in omit {
+        assert!(!bin.join(o).exists(), "{o} is still in {}", bin.display());
+    }
+    bin
+}
