@@ -80,6 +80,11 @@ pub struct MasterConfig {
     pub max_job_files: u64,
     /// The target of a submit that names none (with one target, that one).
     pub default_target: Option<String>,
+    /// How long an API client may take to send a request's headers (and
+    /// how long an idle keep-alive connection stays open), in seconds.
+    pub api_header_timeout_secs: u64,
+    /// Connections the API serves at once; past that a new one is closed.
+    pub api_max_connections: u64,
     /// Build log cap per job, in bytes; past it the log is cut with a marker.
     pub log_cap: u64,
     /// Per-job build timeout, in seconds.
@@ -109,6 +114,8 @@ impl Default for MasterConfig {
             max_job_upload: 32 << 30,
             max_job_files: 10_000,
             default_target: None,
+            api_header_timeout_secs: 30,
+            api_max_connections: 4096,
             log_cap: 64 << 20,
             job_timeout_secs: 6 * 3600,
             token_ttl_secs: 24 * 3600,

@@ -61,13 +61,13 @@ impl AsyncWrite for WorkerConn {
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The one accept loop of both listeners: each connection is handled in a
 /// task of its own (a slow handshake holds up nobody). An accept error (out
 /// of file descriptors, say) is logged and retried after a pause, never in
 /// a tight loop.
-fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
+pub(crate) fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
 where
     F: Fn(TcpStream, std::net::SocketAddr) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -86,60 +86,6 @@ where
             tokio::spawn(handle(tcp, remote));
         }
     });
-}
-
-/// The API's listener with TLS: connections are accepted and their
-/// handshakes run concurrently (a slow client holds up nobody); the server
-/// takes them as they complete.
-pub(crate) struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-    addr: std::net::SocketAddr,
-}
-
-impl TlsListener {
-    pub(crate) fn new(
-        listener: tokio::net::TcpListener,
-        cfg: Arc<rustls::ServerConfig>,
-    ) -> TlsListener {
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        accept_loop(listener, "API", move |tcp, remote| {
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send((s, remote)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!("API TLS handshake with {remote}: {e}"),
-                    Err(_) => tracing::debug!("API TLS handshake with {remote} timed out"),
-                }
-            }
-        });
-        TlsListener { rx, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop never ends; if it did, serve nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
 }
 
 pub(crate) fn server_names(core: &Core) -> Vec<String> {

@@ -319,3 +319,49 @@ fn a_second_master_on_the_same_data_is_refused() {
     // The first one is untouched and answers.
     assert!(m.builds().is_empty());
 }
+
+#[test]
+fn idle_and_slow_api_connections_are_closed_and_bounded() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let m = Master::start_with(
+        MasterOpts::default()
+            .arg("--api-header-timeout-secs", "2")
+            .arg("--api-max-connections", "3"),
+    );
+    let addr = format!("127.0.0.1:{}", m.api_port);
+    // Closed by the master: read returns 0 (or a reset) within `limit`.
+    let closed_within = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 512];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    };
+    let t0 = std::time::Instant::now();
+    // One that says nothing, one that sends half its headers.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut third = TcpStream::connect(&addr).unwrap();
+    // A fourth is past the cap: closed at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = TcpStream::connect(&addr).unwrap();
+    let t4 = std::time::Instant::now();
+    closed_within(&mut fourth, Duration::from_secs(10));
+    assert!(t4.elapsed() < Duration::from_secs(1), "{:?}", t4.elapsed());
+    for s in [&mut idle, &mut half, &mut third] {
+        closed_within(s, Duration::from_secs(15));
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    // The master serves again.
+    assert!(m.builds().is_empty());
+}

@@ -28,6 +28,54 @@ use crate::{io_err, Core, MasterError};
 
 type S = State<Arc<Core>>;
 
+/// What one API connection may hold: a slot among `api_max_connections`,
+/// and at most `api_header_timeout_secs` to send a request's headers (an
+/// idle keep-alive connection is closed after as long). A client that opens
+/// connections and sends nothing cannot exhaust the master's descriptors.
+#[derive(Clone)]
+struct HttpLimits {
+    header_timeout: std::time::Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl HttpLimits {
+    fn slot(&self, remote: std::net::SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let s = self.slots.clone().try_acquire_owned().ok();
+        if s.is_none() {
+            tracing::warn!("API: too many connections; closing the one from {remote}");
+        }
+        s
+    }
+
+    async fn serve(&self, tcp: tokio::net::TcpStream, remote: std::net::SocketAddr, app: Router) {
+        let Some(_slot) = self.slot(remote) else {
+            return;
+        };
+        self.serve_io(tcp, remote, app).await
+    }
+
+    async fn serve_io<I>(&self, io: I, remote: std::net::SocketAddr, app: Router)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        // HTTP/1.1, with a timer on every request's headers (an idle
+        // keep-alive connection included). The CLI, dnf and browsers over
+        // this listener speak HTTP/1.1; hyper-util's auto builder would
+        // first wait, without a timeout, for the bytes that tell HTTP/2.
+        let svc = hyper_util::service::TowerToHyperService::new(app);
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await
+        {
+            tracing::debug!("API connection from {remote}: {e}");
+        }
+    }
+}
+
 pub async fn serve(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError> {
     let listener = tokio::net::TcpListener::bind(core.cfg.api_listen)
         .await
@@ -45,16 +93,38 @@ pub async fn serve(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError>
     } else {
         None
     };
+    let limits = HttpLimits {
+        header_timeout: std::time::Duration::from_secs(core.cfg.api_header_timeout_secs.max(1)),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            core.cfg.api_max_connections.max(1) as usize,
+        )),
+    };
     let app = router(core);
-    tokio::spawn(async move {
-        let r = match tls {
-            None => axum::serve(listener, app).await,
-            Some(cfg) => axum::serve(crate::tls::TlsListener::new(listener, cfg), app).await,
-        };
-        if let Err(e) = r {
-            tracing::error!("HTTP API stopped: {e}");
+    match tls {
+        None => crate::tls::accept_loop(listener, "API", move |tcp, remote| {
+            let (app, limits) = (app.clone(), limits.clone());
+            async move { limits.serve(tcp, remote, app).await }
+        }),
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            crate::tls::accept_loop(listener, "API", move |tcp, remote| {
+                let (app, limits, acceptor) = (app.clone(), limits.clone(), acceptor.clone());
+                async move {
+                    let Some(_slot) = limits.slot(remote) else {
+                        return;
+                    };
+                    let hs =
+                        tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await;
+                    match hs {
+                        Ok(Ok(s)) => limits.serve_io(s, remote, app).await,
+                        Ok(Err(e)) => tracing::debug!("API TLS handshake with {remote}: {e}"),
+                        Err(_) => tracing::debug!("API TLS handshake with {remote} timed out"),
+                    }
+                }
+            })
         }
-    });
+    }
     Ok(addr)
 }
 
