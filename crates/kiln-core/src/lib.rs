@@ -2,6 +2,7 @@
 //! rpm file checks (`header`), SRPM header inspection and the PKI (CA,
 //! enrollment, TLS configs).
 
+pub mod child;
 pub mod fsutil;
 pub mod header;
 pub mod layout;

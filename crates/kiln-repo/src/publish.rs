@@ -330,7 +330,7 @@ fn createrepo_run(
     text.push('\n');
     std::fs::write(&list, text).map_err(RepoError::io(&list))?;
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let out = Command::new(createrepo)
+    let out = kiln_core::child::die_with_parent(&mut Command::new(createrepo))
         .arg("--update")
         .arg("--cachedir")
         .arg(abs(cache))

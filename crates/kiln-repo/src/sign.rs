@@ -14,7 +14,7 @@ pub struct Signer {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, RepoError> {
-    let out = cmd
+    let out = kiln_core::child::die_with_parent(cmd)
         .output()
         .map_err(|e| RepoError::Tool(format!("{what}: cannot run: {e}")))?;
     if !out.status.success() {
