@@ -50,6 +50,8 @@ pub struct JobSpec {
 #[derive(Debug)]
 pub struct Outcome {
     pub success: bool,
+    /// The build was stopped by a cancel (not a failure of its own).
+    pub canceled: bool,
     pub message: String,
     /// Packages produced (binary and source rpms): regular files inside the
     /// build's result directories, by their real paths.
@@ -559,6 +561,7 @@ impl Backend for Rpmbuild {
                 SandboxPlan::Refused(e) => {
                     return Ok(Outcome {
                         success: false,
+                        canceled: false,
                         message: e,
                         packages: vec![],
                     })
@@ -594,6 +597,7 @@ impl Backend for Rpmbuild {
             // the build made.
             Ok(Outcome {
                 success,
+                canceled: matches!(status, RunEnd::Canceled),
                 message,
                 packages,
             })
@@ -618,6 +622,7 @@ impl Backend for Noop {
         Box::pin(async {
             Ok(Outcome {
                 success: true,
+                canceled: false,
                 message: String::new(),
                 packages: vec![],
             })

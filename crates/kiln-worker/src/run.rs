@@ -997,7 +997,7 @@ async fn job_task(shared: &Arc<Shared>, a: pb::Assign, dir: &Path, cancel: watch
 
 /// A canceled build's result: nothing to keep or upload.
 fn is_canceled(f: &pb::Finished) -> bool {
-    !f.success && f.message == "canceled" && f.artifacts.is_empty()
+    f.canceled && f.artifacts.is_empty()
 }
 
 /// Report `held` until the master acknowledges it (across reconnects).
@@ -1140,6 +1140,7 @@ fn bare_failure(job: u64, attempt: u32, arch: &str, message: String) -> pb::Fini
         success: false,
         message,
         artifacts,
+        canceled: false,
     }
 }
 
@@ -1233,7 +1234,7 @@ async fn build(
     );
     let ran = run_backend(shared, a, dir, &log, cancel).await;
     let (mut success, mut message, packages, srpm) = match ran {
-        Ok((o, _)) if !o.success && o.message == "canceled" => {
+        Ok((o, _)) if o.canceled => {
             log.write(b"kiln: build canceled\n");
             let finished = pb::Finished {
                 job_id: a.job_id,
@@ -1241,6 +1242,7 @@ async fn build(
                 success: false,
                 message: o.message,
                 artifacts: vec![],
+                canceled: true,
             };
             return (finished, HashMap::new());
         }
@@ -1468,6 +1470,7 @@ fn list_result(
             success,
             message,
             artifacts,
+            canceled: false,
         },
         files,
     ))

@@ -237,6 +237,7 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
         // A listing that names a file with a path is refused: the job fails
         // with a clear message and nothing is filed.
         let finished = pb::Finished {
+            canceled: false,
             job_id: a.job_id,
             attempt: a.attempt,
             success: true,
@@ -394,6 +395,7 @@ fn a_late_result_from_an_old_attempt_is_refused() {
         assert!(err.message().contains("stale"), "{}", err.message());
         // …and so is its result.
         let late = pb::Finished {
+            canceled: false,
             job_id: first.job_id,
             attempt: 1,
             success: true,
@@ -453,6 +455,7 @@ fn the_result_log_completes_a_live_log_that_missed_chunks() {
             inline: data.to_vec(),
         };
         let finished = pb::Finished {
+            canceled: false,
             job_id: a.job_id,
             attempt: a.attempt,
             success: false,
