@@ -361,7 +361,11 @@ fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<
 
 /// Write the journaled files again (after a crash that may have lost what
 /// the page cache held). Blocking.
-pub fn rewrite_unsynced(paths: &Paths, files: &[kiln_store::UnsyncedFile]) -> Result<(), String> {
+pub fn rewrite_unsynced(
+    paths: &Paths,
+    files: &[kiln_store::UnsyncedFile],
+) -> Result<(), crate::syncer::SyncError> {
+    use crate::syncer::SyncError;
     for f in files {
         let rel = std::path::Path::new(&f.path);
         if rel.is_absolute()
@@ -369,14 +373,15 @@ pub fn rewrite_unsynced(paths: &Paths, files: &[kiln_store::UnsyncedFile]) -> Re
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return Err(format!(
+            return Err(SyncError::Journal(format!(
                 "journaled path {:?} is not under the data directory",
                 f.path
-            ));
+            )));
         }
         let to = paths.root.join(rel);
         let dir = to.parent().unwrap_or(&paths.root);
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SyncError::Io(format!("creating {}", dir.display()), e))?;
         let part = to.with_file_name(format!(
             ".{}.part",
             to.file_name()
@@ -389,11 +394,16 @@ pub fn rewrite_unsynced(paths: &Paths, files: &[kiln_store::UnsyncedFile]) -> Re
                 let _ = std::fs::remove_file(&part);
                 kiln_core::fsutil::link_or_copy(&paths.cas(sha), &part)
             }
-            _ => return Err(format!("journaled file {:?} has no content", f.path)),
+            _ => {
+                return Err(SyncError::Journal(format!(
+                    "journaled file {:?} has no content",
+                    f.path
+                )))
+            }
         };
         written
             .and_then(|_| std::fs::rename(&part, &to))
-            .map_err(|e| format!("rewriting {}: {e}", to.display()))?;
+            .map_err(|e| SyncError::Io(format!("rewriting {}", to.display()), e))?;
     }
     Ok(())
 }

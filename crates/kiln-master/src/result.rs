@@ -32,12 +32,9 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
     };
     let (outcome, fx) = match cur {
         None => core.decide(|s, fx| {
-            let why = s
-                .finish(fx, &name, result(false, String::new(), vec![]))
-                .err()
-                .unwrap_or_default();
+            let r = s.finish(fx, &name, result(false, String::new(), vec![]));
             s.fill_worker(fx, &name);
-            Err(why)
+            r
         }),
         Some((build, _, _, arch, _)) => {
             let jr = JobRef {
@@ -105,7 +102,7 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
     }
     match outcome {
         Ok(()) => (true, String::new()),
-        Err(e) => (false, e),
+        Err(e) => (false, e.to_string()),
     }
 }
 

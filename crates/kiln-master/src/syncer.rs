@@ -20,6 +20,20 @@ use tokio::sync::Notify;
 use crate::intake::{rewrite_unsynced, Unsynced};
 use crate::paths::Paths;
 
+/// Why the journaled files could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// A journal entry the master cannot act on.
+    #[error("{0}")]
+    Journal(String),
+    #[error("the sync task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The least time between two `syncfs` calls.
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -69,36 +83,27 @@ impl Syncer {
         }
     }
 
-    async fn sync_once(&self) -> Result<(), String> {
-        let Some(upto) = self
-            .store
-            .read(kiln_store::last_unsynced)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+    async fn sync_once(&self) -> Result<(), SyncError> {
+        let Some(upto) = self.store.read(kiln_store::last_unsynced).await? else {
             return Ok(());
         };
         // Every journaled file up to `upto` was written before its entry
         // was queued, so this syncfs covers it.
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || kiln_core::fsutil::syncfs(&root))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("syncfs: {e}"))?;
-        self.store
+            .await?
+            .map_err(|e| SyncError::Io("syncfs".into(), e))?;
+        Ok(self
+            .store
             .write(move |t| kiln_store::clear_unsynced(t, upto))
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 }
 
 /// At start, before anything reads `incoming/`: write again every file a
 /// crash may have lost, make them durable, forget the journal.
-pub async fn recover(paths: &Paths, store: &Store) -> Result<usize, String> {
-    let files = store
-        .read(kiln_store::unsynced_files)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn recover(paths: &Paths, store: &Store) -> Result<usize, SyncError> {
+    let files = store.read(kiln_store::unsynced_files).await?;
     let Some(upto) = files.last().map(|f| f.id) else {
         return Ok(0);
     };
@@ -106,14 +111,12 @@ pub async fn recover(paths: &Paths, store: &Store) -> Result<usize, String> {
     let p = paths.clone();
     tokio::task::spawn_blocking(move || {
         rewrite_unsynced(&p, &files)?;
-        kiln_core::fsutil::syncfs(&p.root).map_err(|e| format!("syncfs: {e}"))
+        kiln_core::fsutil::syncfs(&p.root).map_err(|e| SyncError::Io("syncfs".into(), e))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     store
         .write(move |t| kiln_store::clear_unsynced(t, upto))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(n)
 }
 
@@ -174,7 +177,10 @@ mod tests {
         .await
         .unwrap();
         let e = recover(&paths, &store).await.unwrap_err();
-        assert!(e.contains("not under the data directory"), "{e}");
+        assert!(
+            e.to_string().contains("not under the data directory"),
+            "{e}"
+        );
         assert!(!paths.root.parent().unwrap().join("escape").exists());
     }
 

@@ -88,6 +88,19 @@ pub struct WorkerView {
     pub draining: bool,
 }
 
+/// Why the scheduler refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("job {0} is no longer active")]
+    JobGone(i64),
+    #[error("stale result: job {job} is at attempt {current}, this is attempt {given}")]
+    Stale { job: i64, current: u32, given: u32 },
+    #[error("job {job} is not held by worker {worker}")]
+    NotHeld { job: i64, worker: String },
+    #[error("build {0} is not active")]
+    BuildNotActive(i64),
+}
+
 /// The scheduler's settings.
 #[derive(Debug, Clone)]
 pub struct SchedConfig {
@@ -614,7 +627,7 @@ impl Sched {
 
     /// A worker reports a job done. `artifacts` were verified and filed by
     /// the caller. Returns whether the result was accepted.
-    pub fn finish(&mut self, fx: &mut Effects, name: &str, r: JobResult) -> Result<(), String> {
+    pub fn finish(&mut self, fx: &mut Effects, name: &str, r: JobResult) -> Result<(), Refused> {
         let JobResult {
             job,
             attempt,
@@ -633,17 +646,21 @@ impl Sched {
         }
         if !self.holds(name, job, attempt) {
             return Err(match self.jobs.get(&job) {
-                None => format!("job {job} is no longer active"),
-                Some(j) if j.row.attempt != attempt => format!(
-                    "stale result: job {job} is at attempt {}, this is attempt {attempt}",
-                    j.row.attempt
-                ),
-                Some(_) => format!("job {job} is not held by worker {name}"),
+                None => Refused::JobGone(job),
+                Some(j) if j.row.attempt != attempt => Refused::Stale {
+                    job,
+                    current: j.row.attempt,
+                    given: attempt,
+                },
+                Some(_) => Refused::NotHeld {
+                    job,
+                    worker: name.to_string(),
+                },
             });
         }
         self.leased.remove(&job);
         let Some(j) = self.jobs.get_mut(&job) else {
-            return Err(format!("job {job} is no longer active"));
+            return Err(Refused::JobGone(job));
         };
         j.row.state = if success {
             JobState::Succeeded
@@ -817,9 +834,9 @@ impl Sched {
 
     /// Cancel a build: pending jobs end at once, running ones are told to
     /// stop (their slot frees when the worker confirms).
-    pub fn cancel(&mut self, fx: &mut Effects, build: i64) -> Result<(), String> {
+    pub fn cancel(&mut self, fx: &mut Effects, build: i64) -> Result<(), Refused> {
         let Some(b) = self.builds.get_mut(&build) else {
-            return Err(format!("build {build} is not active"));
+            return Err(Refused::BuildNotActive(build));
         };
         b.row.state = BuildState::Canceled;
         let ids = b.jobs.clone();

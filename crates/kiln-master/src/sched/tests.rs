@@ -142,7 +142,7 @@ impl T {
         self.s.job_current(job).expect("an active job").1
     }
 
-    fn ok(&mut self, fx: &mut Effects, worker: &str, job: i64) -> Result<(), String> {
+    fn ok(&mut self, fx: &mut Effects, worker: &str, job: i64) -> Result<(), Refused> {
         let attempt = self.attempt(job);
         self.result(fx, worker, job, attempt, true)
     }
@@ -154,7 +154,7 @@ impl T {
         job: i64,
         attempt: u32,
         success: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         let r = self.s.finish(
             fx,
             worker,
@@ -309,7 +309,15 @@ fn a_lapsed_lease_requeues_with_the_next_attempt_and_the_late_result_is_refused(
     // w1's late result (attempt 1) counts for nothing.
     let mut f = fx();
     let err = t.result(&mut f, "w1", job, 1, true).unwrap_err();
-    assert!(err.contains("stale result"), "{err}");
+    assert_eq!(
+        err,
+        Refused::Stale {
+            job,
+            current: 2,
+            given: 1
+        }
+    );
+    assert!(err.to_string().starts_with("stale result"), "{err}");
     assert_eq!(t.state(job), JobState::Pending);
     // Another worker takes attempt 2.
     let mut f = fx();
