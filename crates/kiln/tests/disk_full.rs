@@ -69,3 +69,42 @@ fn an_upload_past_the_free_space_is_refused_as_such_and_nothing_is_kept() {
     let b = m.submit_wait(&srpm, &[]);
     check_artifacts_on_disk(&m, &b);
 }
+
+/// Fill the filesystem of `dir` to the last byte with one file.
+fn fill_up(dir: &std::path::Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let chunk = vec![0x5au8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+    for _ in 0..64 {
+        if f.write_all(&chunk[..512]).is_err() {
+            break;
+        }
+    }
+    p
+}
+
+#[test]
+fn a_submit_the_database_cannot_commit_is_a_503_and_nothing_half_stored() {
+    require_build_tools();
+    let mut m = Master::start();
+    m.kill();
+    let _disk = Tmpfs::mount(&m.data, 64 << 20);
+    m.restart();
+    // The SRPM is in the master's store (nobody builds it: no worker).
+    let srpm = Pkg::noarch("full-db").build_srpm(&m.scratch);
+    build_id(&m.submit(&srpm, &["--scratch"]));
+    let before = m.builds().len();
+    // The disk is full: the next build's insert cannot commit.
+    let filler = fill_up(&m.data);
+    let out = m.cli(&["submit", srpm.to_str().unwrap(), "--scratch"]);
+    let line = out.assert_error_line(&["could not commit"]);
+    assert!(!line.contains("bad request"), "{line}");
+    std::fs::remove_file(&filler).unwrap();
+    // Nothing of it was kept, and the master goes on.
+    assert_eq!(m.builds().len(), before);
+    build_id(&m.submit(&srpm, &["--scratch"]));
+    assert_eq!(m.builds().len(), before + 1);
+}
