@@ -216,13 +216,25 @@ pub fn make_token(core: &Core) -> (String, String) {
     (token, token_hash(&secret))
 }
 
-async fn enroll(core: Arc<Core>, mut s: TlsStream<TcpStream>) -> Result<(), String> {
-    let len = s.read_u32().await.map_err(|e| e.to_string())? as usize;
+/// Why an enrollment did not complete.
+#[derive(Debug, thiserror::Error)]
+enum EnrollError {
+    #[error("enrollment request of {0} bytes is too large")]
+    TooLarge(usize),
+    #[error("the enrollment connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// Refused (and the worker was told why).
+    #[error("{0}")]
+    Refused(String),
+}
+
+async fn enroll(core: Arc<Core>, mut s: TlsStream<TcpStream>) -> Result<(), EnrollError> {
+    let len = s.read_u32().await? as usize;
     if len > 64 * 1024 {
-        return Err(format!("enrollment request of {len} bytes is too large"));
+        return Err(EnrollError::TooLarge(len));
     }
     let mut buf = vec![0u8; len];
-    s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    s.read_exact(&mut buf).await?;
     let resp = match pb::EnrollRequest::decode(&buf[..]) {
         Ok(req) => match sign(&core, req).await {
             Ok((name, cert)) => pb::EnrollResponse {
@@ -232,7 +244,7 @@ async fn enroll(core: Arc<Core>, mut s: TlsStream<TcpStream>) -> Result<(), Stri
                 ca_pem: core.ca.cert_pem().to_string(),
             },
             Err(e) => pb::EnrollResponse {
-                error: e,
+                error: e.to_string(),
                 ..Default::default()
             },
         },
@@ -242,24 +254,29 @@ async fn enroll(core: Arc<Core>, mut s: TlsStream<TcpStream>) -> Result<(), Stri
         },
     };
     let out = resp.encode_to_vec();
-    s.write_u32(out.len() as u32)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(&out).await.map_err(|e| e.to_string())?;
-    s.shutdown().await.map_err(|e| e.to_string())?;
+    s.write_u32(out.len() as u32).await?;
+    s.write_all(&out).await?;
+    s.shutdown().await?;
     if resp.error.is_empty() {
         tracing::info!("worker {} enrolled", resp.name);
         Ok(())
     } else {
-        Err(resp.error)
+        Err(EnrollError::Refused(resp.error))
     }
 }
 
-async fn sign(core: &Arc<Core>, req: pb::EnrollRequest) -> Result<(String, String), String> {
+async fn sign(
+    core: &Arc<Core>,
+    req: pb::EnrollRequest,
+) -> Result<(String, String), kiln_store::StoreError> {
     let parts: Vec<&str> = req.token.trim().split('.').collect();
     let secret = match parts.as_slice() {
         ["kiln1", secret, _fp] => secret.to_string(),
-        _ => return Err("malformed enrollment token".into()),
+        _ => {
+            return Err(kiln_store::StoreError::Invalid(
+                "malformed enrollment token".into(),
+            ))
+        }
     };
     let hash = token_hash(&secret);
     let signer = core.clone();
@@ -277,5 +294,4 @@ async fn sign(core: &Arc<Core>, req: pb::EnrollRequest) -> Result<(String, Strin
             Ok((name, cert))
         })
         .await
-        .map_err(|e| e.to_string())
 }
