@@ -606,6 +606,10 @@ impl Settings for MasterConfig {
             "max_job_upload" => "What one job attempt may stage in all, in bytes",
             "max_job_files" => "How many files one job attempt may stage",
             "default_target" => "The target of a submit that names none",
+            "api_header_timeout_secs" => {
+                "Seconds an API client may take to send a request's headers (idle connections close)"
+            }
+            "api_max_connections" => "API connections served at once; past it a new one is closed",
             "log_cap" => "Build log cap per job, in bytes",
             "job_timeout_secs" => "Per-job timeout, in seconds",
             "token_ttl_secs" => "How long an enrollment token stays valid, in seconds",
