@@ -158,17 +158,33 @@ pub(super) enum Receive {
 }
 
 pub(super) async fn receive(tmp: &std::path::Path, body: Body, max: u64) -> Result<u64, Receive> {
-    let mut f = tokio::fs::File::create(tmp).await.map_err(Receive::Disk)?;
     let mut stream = body.into_data_stream();
     let mut n = 0u64;
+    // After a failure of the master's disk the rest of the body is still
+    // read (and dropped), within the limit, so the client hears why
+    // instead of a connection closed under its upload.
+    let (mut file, mut failed) = match tokio::fs::File::create(tmp).await {
+        Ok(f) => (Some(f), None),
+        Err(e) => (None, Some(e)),
+    };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Receive::Interrupted(e.to_string()))?;
         n += chunk.len() as u64;
         if n > max {
             return Err(Receive::TooBig(n));
         }
-        f.write_all(&chunk).await.map_err(Receive::Disk)?;
+        if let Some(f) = file.as_mut().filter(|_| failed.is_none()) {
+            if let Err(e) = f.write_all(&chunk).await {
+                failed = Some(e);
+            }
+        }
     }
+    if let Some(e) = failed {
+        return Err(Receive::Disk(e));
+    }
+    let Some(mut f) = file else {
+        return Err(Receive::Disk(std::io::Error::other("no upload file")));
+    };
     // tokio's File writes in the background: flush to see the last
     // write's error (a full disk) before syncing.
     f.flush().await.map_err(Receive::Disk)?;
