@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "fixtures/crafted.rs"]
+mod crafted;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::Command;
@@ -165,35 +168,6 @@ fn patch_main_header(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The 266-byte SRPM of issue 6: a valid lead and signature header, then a
-/// main header whose one entry declares 4,294,967,295 INT64 items.
-fn crafted_266() -> Vec<u8> {
-    let mut v = header::LEAD_MAGIC.to_vec();
-    v.extend_from_slice(&[3, 0, 0, 1, 0, 1]);
-    v.extend_from_slice(&[0; 66]);
-    v.extend_from_slice(&[0, 1, 0, 5]);
-    v.extend_from_slice(&[0; 16]);
-    v.extend_from_slice(&header::HEADER_MAGIC);
-    for w in [
-        1u32,
-        4,
-        header::RPMSIGTAG_SIZE,
-        header::TYPE_INT32,
-        0,
-        1,
-        170,
-    ] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(&[0; 4]);
-    v.extend_from_slice(&header::HEADER_MAGIC);
-    for w in [1u32, 98, 5009, header::TYPE_INT64, 0, u32::MAX] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(&[0; 98]);
-    v
-}
-
 #[test]
 fn real_packages_are_read_and_their_digests_checked() {
     let p = packages();
@@ -272,7 +246,7 @@ fn corruption_is_caught_by_the_digests() {
 
 #[test]
 fn the_crafted_266_byte_srpm_is_refused() {
-    let data = crafted_266();
+    let data = crafted::crafted_266();
     assert_eq!(data.len(), 266);
     let want = "malformed rpm header: main header entry 0 (tag 5009) declares 4294967295 INT64 \
                 items, more than the 98-byte data store holds";
@@ -511,7 +485,7 @@ fn fuzz_mutated_packages_and_listings() {
         std::fs::read(&p.srpm).unwrap(),
         std::fs::read(&p.rpm).unwrap(),
         std::fs::read(&p.native_srpm).unwrap(),
-        crafted_266(),
+        crafted::crafted_266(),
     ];
     let listing = serde_json::to_vec(&Listing {
         job: 12,

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../kiln-core/tests/fixtures/crafted.rs"]
+mod crafted;
 
 use common::*;
 use kiln_core::header::{self, Which};
@@ -193,37 +195,6 @@ fn http_status(m: &Master, path: &str) -> u16 {
     out.stdout.trim().parse().unwrap_or(0)
 }
 
-/// The 266-byte SRPM of issue 6: a valid lead and signature header, then a
-/// main header whose one entry declares 4,294,967,295 INT64 items (the
-/// `rpm` crate reserved 32 GiB for it and the master aborted).
-fn crafted_266() -> Vec<u8> {
-    let mut v = header::LEAD_MAGIC.to_vec();
-    v.extend_from_slice(&[3, 0, 0, 1, 0, 1]);
-    v.extend_from_slice(&[0; 66]);
-    v.extend_from_slice(&[0, 1, 0, 5]);
-    v.extend_from_slice(&[0; 16]);
-    v.extend_from_slice(&header::HEADER_MAGIC);
-    for w in [
-        1u32,
-        4,
-        header::RPMSIGTAG_SIZE,
-        header::TYPE_INT32,
-        0,
-        1,
-        170,
-    ] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(&[0; 4]);
-    v.extend_from_slice(&header::HEADER_MAGIC);
-    for w in [1u32, 98, 5009, header::TYPE_INT64, 0, u32::MAX] {
-        v.extend_from_slice(&w.to_be_bytes());
-    }
-    v.extend_from_slice(&[0; 98]);
-    assert_eq!(v.len(), 266);
-    v
-}
-
 /// Files left under DATA/uploads, DATA/tmp and DATA/cas.
 fn leftovers(m: &Master) -> Vec<std::path::PathBuf> {
     ["uploads", "tmp", "cas"]
@@ -236,7 +207,7 @@ fn leftovers(m: &Master) -> Vec<std::path::PathBuf> {
 fn a_crafted_header_is_refused_and_the_master_lives() {
     let m = Master::start();
     let file = m.scratch.join("crafted.src.rpm");
-    write_file(&file, &crafted_266());
+    write_file(&file, &crafted::crafted_266());
     let line = assert_refused(&m, &file, &[], &["malformed rpm header"]);
     assert!(
         line.contains("4294967295 INT64 items"),

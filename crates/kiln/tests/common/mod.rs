@@ -1410,32 +1410,8 @@ pub struct Worker {
 
 impl Worker {
     fn launch(&mut self) {
-        self.runs += 1;
-        let work = self.tmp.path().join(format!("work-{}", self.runs));
-        let mut cmd = Command::new(kiln());
-        cmd.arg("worker")
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--name")
-            .arg(&self.name)
-            .arg("--arch")
-            .arg(&self.opts.arches)
-            .arg("--channel")
-            .arg(&self.opts.channel)
-            .arg("--capacity")
-            .arg(self.opts.capacity.to_string())
-            .arg("--work")
-            .arg(&work);
-        if let Some(m) = &self.opts.master {
-            cmd.arg("--master").arg(m);
-        }
-        cmd.env("HOME", &self.home).env_remove("XDG_CONFIG_HOME");
-        let err = self.tmp.path().join(format!("worker-{}.stderr", self.runs));
-        self.proc = Some(Proc::spawn(
-            cmd,
-            &err,
-            &format!("worker {} (run {})", self.name, self.runs),
-        ));
+        let work = self.tmp.path().join(format!("work-{}", self.runs + 1));
+        self.launch_in(&work, &[], &[]);
     }
 
     pub fn proc(&mut self) -> &mut Proc {
