@@ -3,6 +3,7 @@
 //! enrollment, TLS configs).
 
 pub mod child;
+pub mod error;
 pub mod fsutil;
 pub mod header;
 pub mod layout;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::fs;
 
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -45,12 +45,8 @@ const BACKDATE: Duration = Duration::from_secs(3_600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("tls: {0}")]
@@ -71,12 +67,7 @@ pub enum PkiError {
     BadValidity(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::error::io_at as io_err;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -290,7 +281,7 @@ fn checked_time(t: SystemTime) -> Result<SystemTime, PkiError> {
 
 /// Write `contents` to `path` via a temporary file and rename, with `mode`.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    crate::fsutil::write_atomic(path, contents, mode).map_err(io_err(path))
+    Ok(crate::fsutil::write_atomic(path, contents, mode).map_err(io_err(path))?)
 }
 
 /// Worker side: a fresh ECDSA P-256 key and a CSR with CN = `name`.

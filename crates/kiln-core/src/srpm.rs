@@ -94,6 +94,11 @@ pub struct PackageInfo {
     /// (`name-version-release.src.rpm`); empty for a source package.
     #[serde(default)]
     pub source_rpm: String,
+    /// Source packages only: the `BuildRequires`, each as dnf takes it
+    /// (`name`, `name >= 1.2`, or a rich dependency in parentheses);
+    /// rpm's own `rpmlib(…)` features left out.
+    #[serde(default)]
+    pub build_requires: Vec<String>,
 }
 
 impl PackageInfo {
@@ -298,6 +303,11 @@ fn info_of(meta: &PackageMetadata) -> Result<Inspected, PackageError> {
         exclusive_arch: strings(meta, IndexTag::RPMTAG_EXCLUSIVEARCH),
         exclude_arch: strings(meta, IndexTag::RPMTAG_EXCLUDEARCH),
         source_rpm: String::new(),
+        build_requires: if is_source {
+            build_requires(meta)
+        } else {
+            Vec::new()
+        },
     };
     let source_rpm = if is_source {
         String::new()
@@ -313,6 +323,39 @@ fn info_of(meta: &PackageMetadata) -> Result<Inspected, PackageError> {
         is_source,
         source_rpm,
     })
+}
+
+/// A source package's requirements as dnf arguments. A dependency with
+/// control characters is kept escaped (it can then match nothing, and the
+/// build fails saying so).
+fn build_requires(meta: &PackageMetadata) -> Vec<String> {
+    use rpm::DependencyFlags as F;
+    let Ok(deps) = meta.get_requires() else {
+        return Vec::new();
+    };
+    deps.into_iter()
+        .filter(|d| !d.flags.contains(F::RPMLIB) && !d.name.starts_with("rpmlib("))
+        .map(|d| {
+            let op = match (
+                d.flags.contains(F::LESS),
+                d.flags.contains(F::GREATER),
+                d.flags.contains(F::EQUAL),
+            ) {
+                (true, false, true) => "<=",
+                (true, false, false) => "<",
+                (false, true, true) => ">=",
+                (false, true, false) => ">",
+                (false, false, true) => "=",
+                _ => "",
+            };
+            let dep = if op.is_empty() || d.version.is_empty() {
+                d.name
+            } else {
+                format!("{} {op} {}", d.name, d.version)
+            };
+            printable(&dep)
+        })
+        .collect()
 }
 
 /// Name, version, release, arch and arch lists as rpm accepts them.
@@ -443,6 +486,7 @@ mod tests {
             exclusive_arch: excl.iter().map(|s| s.to_string()).collect(),
             exclude_arch: exclude.iter().map(|s| s.to_string()).collect(),
             source_rpm: String::new(),
+            build_requires: Vec::new(),
         }
     }
 

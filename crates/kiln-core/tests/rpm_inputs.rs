@@ -582,3 +582,30 @@ fn the_fuzz_seeds_are_good_packages() {
         assert!(same_package(f, f).unwrap());
     }
 }
+
+#[test]
+fn build_requires_are_read_from_the_source_package() {
+    let spec =
+        "Name: kfbr\nVersion: 1.0\nRelease: 1\nSummary: t\nLicense: MIT\nBuildArch: noarch\n\
+                BuildRequires: gcc\nBuildRequires: libgreet-devel >= 2\nBuildRequires: make < 5\n\
+                BuildRequires: (foo if bar)\nBuildRequires: /usr/bin/true\n\
+                %description\nt\n%files\n";
+    let srpm = rpmbuild("kfbr", spec, "-bs").remove(0);
+    let info = kiln_core::srpm::inspect_srpm(&srpm).unwrap();
+    let mut got = info.build_requires.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "(foo if bar)",
+            "/usr/bin/true",
+            "gcc",
+            "libgreet-devel >= 2",
+            "make < 5"
+        ],
+        "rpmlib() features are left out"
+    );
+    // A binary package has none.
+    let rpm = kiln_core::srpm::inspect_package(&packages().rpm).unwrap();
+    assert!(rpm.build_requires.is_empty());
+}

@@ -56,7 +56,7 @@ pub fn backup(data: &Path, dest: &Path) -> Result<BackupReport, MasterError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(format!("reading {}", dest.display()))(e)),
+        Err(e) => return Err(io_err(format!("reading {}", dest.display()))(e).into()),
     }
     private_dir(dest)?;
     let copy_db = dest.join("kiln.db");
@@ -99,7 +99,7 @@ fn copy_tree(
                 Ok(()) => {}
                 // Gone since the listing (a retired package): nothing to keep.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(format!("copying {}", src.display()))(e)),
+                Err(e) => return Err(io_err(format!("copying {}", src.display()))(e).into()),
             }
             report.files += 1;
             report.bytes += meta.len();

@@ -35,10 +35,104 @@ pub struct Target {
     /// for an outside signer.
     #[serde(default)]
     pub tosign_dir: Option<PathBuf>,
+    /// Builds run in a root made from these repositories (without it, on
+    /// the worker's own system).
+    #[serde(default)]
+    pub buildroot: Option<Buildroot>,
     /// Made by Kiln because no target was configured: it takes a build for
     /// any arch asked (a configured target takes only its `arches`).
     #[serde(skip)]
     pub implicit: bool,
+}
+
+/// `[target.buildroot]`: the root a target's builds run in, made by the
+/// worker with `dnf --installroot` from `repos` (and Kiln's own
+/// repositories), then the SRPM's BuildRequires, then `rpmbuild` inside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Buildroot {
+    /// Base repositories (`http://`, `https://` or `file://`; `$basearch`
+    /// and `$releasever` are expanded by the worker).
+    pub repos: Vec<String>,
+    /// Installed in the base root, made once per configuration.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub releasever: String,
+    /// Check package signatures (with `gpgkeys`).
+    #[serde(default = "yes")]
+    pub gpgcheck: bool,
+    #[serde(default)]
+    pub gpgkeys: Vec<String>,
+    /// Add the target's own published repository (read fresh for every
+    /// job, so a build published a second ago is seen).
+    #[serde(default = "yes")]
+    pub own_repo: bool,
+    /// Other targets whose published repositories are added too.
+    #[serde(default)]
+    pub extra_repos_of: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Buildroot {
+    fn check(&self, targets: &[Target]) -> Result<(), String> {
+        if self.repos.is_empty() {
+            return Err("buildroot: no repos".into());
+        }
+        for r in self.repos.iter().chain(&self.gpgkeys) {
+            check_url(r)?;
+        }
+        if self.packages.is_empty() {
+            return Err("buildroot: no packages".into());
+        }
+        for p in &self.packages {
+            // What dnf takes as a package spec, never as an option.
+            if p.is_empty()
+                || p.starts_with('-')
+                || p.len() > 256
+                || !p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-/:*()<>=@ ".contains(c))
+            {
+                return Err(format!("buildroot: package {p:?} is not a package name"));
+            }
+        }
+        if !self
+            .releasever
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.releasever.starts_with('-')
+        {
+            return Err(format!("buildroot: bad releasever {:?}", self.releasever));
+        }
+        for t in &self.extra_repos_of {
+            if !targets.iter().any(|x| &x.name == t) {
+                return Err(format!("buildroot: extra_repos_of names no target {t:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A repository or key URL dnf may be given: `http(s)://` or `file://`,
+/// printable, no spaces or commas.
+fn check_url(u: &str) -> Result<(), String> {
+    let ok_scheme = ["http://", "https://", "file:///"]
+        .iter()
+        .any(|s| u.starts_with(s));
+    if !ok_scheme
+        || u.len() > 2048
+        || u.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+    {
+        return Err(format!(
+            "buildroot: {u:?} is not an http://, https:// or file:/// URL"
+        ));
+    }
+    Ok(())
 }
 
 fn default_keep() -> u32 {
@@ -96,6 +190,10 @@ pub struct MasterConfig {
     pub durability: Durability,
     /// The createrepo_c program.
     pub createrepo: PathBuf,
+    /// How workers (and people) reach this master's API, e.g.
+    /// `https://kiln.example.org:8080`: buildroots read the published
+    /// repositories from `<public_url>/repos/`. Default: from `api_listen`.
+    pub public_url: Option<String>,
 }
 
 impl Default for MasterConfig {
@@ -122,6 +220,7 @@ impl Default for MasterConfig {
             cert_days: 365,
             durability: Durability::Full,
             createrepo: PathBuf::from("createrepo_c"),
+            public_url: None,
         }
     }
 }
@@ -148,6 +247,7 @@ impl MasterConfig {
                 keep: default_keep(),
                 sign_key: None,
                 tosign_dir: None,
+                buildroot: None,
                 implicit: true,
             });
         }
@@ -176,6 +276,9 @@ impl MasterConfig {
             if t.keep == 0 {
                 return Err(bad("keep must be at least 1".into()));
             }
+            if let Some(b) = &t.buildroot {
+                b.check(&self.targets).map_err(bad)?;
+            }
             if !seen.insert(t.name.clone()) {
                 return Err(ConfigError::DuplicateTarget(t.name.clone()));
             }
@@ -184,6 +287,15 @@ impl MasterConfig {
             if self.target(d).is_none() {
                 return Err(ConfigError::Bad(format!(
                     "default_target {d:?} is not a declared target"
+                )));
+            }
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(ConfigError::Bad(format!(
+                    "public_url {u:?} is not an http:// or https:// URL"
                 )));
             }
         }
@@ -207,6 +319,21 @@ impl MasterConfig {
 
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Where the API is reached (`public_url`, or the address it listens
+    /// on, `bound`; an unspecified address is reached on loopback), without
+    /// a trailing slash.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        if let Some(u) = &self.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let mut a = bound;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if self.api_tls { "https" } else { "http" };
+        format!("{scheme}://{a}")
     }
 }
 

@@ -427,16 +427,45 @@ async fn session_loop(
             In::Finished(f) => {
                 let (core, name, tx) = (core.clone(), name.to_string(), tx.clone());
                 tokio::spawn(async move {
+                    use crate::result::Answer;
                     let (job_id, attempt) = (f.job_id, f.attempt);
-                    let (accepted, message) = crate::result::accept(&core, &name, f).await;
+                    let answer = crate::result::accept(&core, &name, report(f)).await;
+                    let (accepted, message, retry) = match answer {
+                        Answer::Accepted => (true, String::new(), false),
+                        Answer::Refused(m) => (false, m, false),
+                        Answer::Retry(m) => (false, m, true),
+                    };
                     let _ = tx.send(msg(pb::master_msg::Msg::FinishAck(pb::FinishAck {
                         job_id,
                         attempt,
                         accepted,
                         message,
+                        retry,
                     })));
                 });
             }
         }
+    }
+}
+
+/// The wire's result, as the result use case takes it.
+fn report(f: pb::Finished) -> crate::result::Report {
+    crate::result::Report {
+        job: f.job_id as i64,
+        attempt: f.attempt,
+        success: f.success,
+        message: f.message,
+        artifacts: f
+            .artifacts
+            .into_iter()
+            .map(|a| crate::intake::Reported {
+                name: a.name,
+                kind: a.kind,
+                size: a.size,
+                sha256: a.sha256,
+                nevra: a.nevra,
+                inline: a.inline,
+            })
+            .collect(),
     }
 }

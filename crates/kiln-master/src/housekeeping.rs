@@ -26,7 +26,7 @@ pub fn secure_data_dir(paths: &Paths) -> Result<(), MasterError> {
         p.push(suffix);
         match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err(format!("setting the mode of {}", db.display()))(e))
+                return Err(io_err(format!("setting the mode of {}", db.display()))(e).into())
             }
             _ => {}
         }
@@ -45,8 +45,10 @@ pub(crate) fn private_dir(dir: &Path) -> Result<(), MasterError> {
 }
 
 pub(crate) fn set_mode(p: &Path, mode: u32) -> Result<(), MasterError> {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err(format!("setting the mode of {}", p.display())))
+    Ok(
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("setting the mode of {}", p.display())))?,
+    )
 }
 
 /// Hold the data directory for this process: an exclusive lock on
@@ -68,7 +70,9 @@ pub fn lock_data_dir(paths: &Paths) -> Result<std::fs::File, MasterError> {
             paths.root.display(),
             p.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(format!("locking {}", p.display()))(e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_err(format!("locking {}", p.display()))(e).into())
+        }
     }
 }
 

@@ -14,6 +14,42 @@ use kiln_store::ArtifactRow;
 
 use crate::paths::{is_sha256, sha256_file, Paths};
 
+/// Why a result's artifacts were not filed.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// What the worker sent is wrong: the job fails with this reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The master could not read or write its own disk: nothing is decided,
+    /// the worker reports the result again later.
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
+}
+
+fn refused(m: impl Into<String>) -> IntakeError {
+    IntakeError::Refused(m.into())
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IntakeError {
+    let f = kiln_core::error::io_err(what);
+    move |e| IntakeError::Io(f(e))
+}
+
+/// An artifact as the worker reports it (translated from the wire by the
+/// transport); nothing of it is trusted until checked here.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub name: String,
+    /// rpm | srpm | log | listing | other
+    pub kind: String,
+    pub size: u64,
+    pub sha256: String,
+    /// For packages: name-epoch:version-release.arch.
+    pub nevra: String,
+    /// The content itself, for a small file sent with the result.
+    pub inline: Vec<u8>,
+}
+
 pub struct JobRef {
     pub build: i64,
     pub job: i64,
@@ -42,9 +78,9 @@ pub fn verify_and_file(
     paths: &Paths,
     j: &JobRef,
     package: &str,
-    artifacts: &[pb::Artifact],
+    artifacts: &[Reported],
     verified: &std::collections::HashMap<String, String>,
-) -> Result<(Vec<ArtifactRow>, Vec<Unsynced>), String> {
+) -> Result<(Vec<ArtifactRow>, Vec<Unsynced>), IntakeError> {
     // Small artifacts come inline in the result: checked in memory and
     // written once, straight into their place.
     let mut inline: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
@@ -53,18 +89,18 @@ pub fn verify_and_file(
         .iter()
         .filter(|a| !a.inline.is_empty() || a.size == 0)
     {
-        check_file_name(&a.name).map_err(|e| format!("artifact name refused: {e}"))?;
+        check_file_name(&a.name).map_err(|e| refused(format!("artifact name refused: {e}")))?;
         inline_total += a.inline.len() as u64;
         if a.inline.len() as u64 != a.size
             || a.size > pb::INLINE_MAX
             || inline_total > pb::INLINE_MAX * 4
         {
-            return Err(format!(
+            return Err(refused(format!(
                 "artifact {:?}: {} bytes sent inline for a listed size of {}",
                 a.name,
                 a.inline.len(),
                 a.size
-            ));
+            )));
         }
         inline.insert(a.name.as_str(), a.inline.as_slice());
     }
@@ -74,24 +110,24 @@ pub fn verify_and_file(
     let mut listing: Option<Vec<u8>> = None;
     let mut located = Vec::new();
     for a in artifacts {
-        check_file_name(&a.name).map_err(|e| format!("artifact name refused: {e}"))?;
+        check_file_name(&a.name).map_err(|e| refused(format!("artifact name refused: {e}")))?;
         if !names.insert(a.name.clone()) {
-            return Err(format!("artifact {:?} is listed twice", a.name));
+            return Err(refused(format!("artifact {:?} is listed twice", a.name)));
         }
         let kind: ArtifactKind = a
             .kind
             .parse()
-            .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+            .map_err(|e| refused(format!("artifact {:?}: {e}", a.name)))?;
         if !is_sha256(&a.sha256) {
-            return Err(format!("artifact {:?}: malformed sha256", a.name));
+            return Err(refused(format!("artifact {:?}: malformed sha256", a.name)));
         }
         let (place, size, sha) = match inline.get(a.name.as_str()) {
             Some(data) => {
                 if kiln_core::fsutil::sha256_bytes(data) != a.sha256 {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "artifact {:?}: sha256 does not match the listing",
                         a.name
-                    ));
+                    )));
                 }
                 (Place::Inline(data), a.size, a.sha256.clone())
             }
@@ -99,9 +135,16 @@ pub fn verify_and_file(
         };
         let nevra = match kind {
             ArtifactKind::Rpm | ArtifactKind::Srpm => {
-                let info = place
-                    .inspect()
-                    .map_err(|e| format!("artifact {:?}: {e}", a.name))?;
+                use kiln_core::srpm::PackageError as P;
+                let info = place.inspect().map_err(|e| match e {
+                    // The master's own disk failing it, not the content.
+                    P::Open { source, .. } | P::Read { source, .. }
+                        if source.kind() != std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        io(format!("reading artifact {:?}", a.name))(source)
+                    }
+                    e => refused(format!("artifact {:?}: {e}", a.name)),
+                })?;
                 Some(check_package(j, package, a, kind, &info)?)
             }
             _ => None,
@@ -110,7 +153,7 @@ pub fn verify_and_file(
             listing = Some(
                 place
                     .bytes()
-                    .map_err(|e| format!("reading the listing: {e}"))?
+                    .map_err(io("reading the listing"))?
                     .into_owned(),
             );
         }
@@ -125,7 +168,8 @@ pub fn verify_and_file(
             nevra,
         });
     }
-    let listing = listing.ok_or_else(|| format!("no {LISTING_NAME} among the artifacts"))?;
+    let listing =
+        listing.ok_or_else(|| refused(format!("no {LISTING_NAME} among the artifacts")))?;
     check_listing(&listing, j, &rows)?;
     let unsynced = file(paths, j, &located)?;
     Ok((rows, unsynced))
@@ -139,9 +183,9 @@ pub fn verify_and_file(
 fn on_disk<'a>(
     paths: &Paths,
     j: &JobRef,
-    a: &pb::Artifact,
+    a: &Reported,
     verified: &mut std::collections::HashMap<String, String>,
-) -> Result<(Place<'a>, u64, String), String> {
+) -> Result<(Place<'a>, u64, String), IntakeError> {
     let (path, from_cas) = match locate(paths, j, &a.name) {
         Some(p) => (p, false),
         None => {
@@ -149,12 +193,12 @@ fn on_disk<'a>(
             match kiln_core::fsutil::link_or_copy(&paths.cas(&a.sha256), &staged) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "artifact {:?} is listed but was never uploaded",
                         a.name
-                    ))
+                    )))
                 }
-                Err(e) => return Err(format!("artifact {:?}: {e}", a.name)),
+                Err(e) => return Err(io(format!("linking artifact {:?}", a.name))(e)),
             }
             verified.insert(a.name.clone(), a.sha256.clone());
             (staged, true)
@@ -164,28 +208,28 @@ fn on_disk<'a>(
     let (sha, size) = match verified.get(&a.name) {
         Some(sha) if path == paths.staged(j.job, j.attempt, &a.name) => {
             let size = std::fs::metadata(&path)
-                .map_err(|e| format!("reading artifact {:?}: {e}", a.name))?
+                .map_err(io(format!("reading artifact {:?}", a.name)))?
                 .len();
             (sha.clone(), size)
         }
-        _ => sha256_file(&path).map_err(|e| format!("reading artifact {:?}: {e}", a.name))?,
+        _ => sha256_file(&path).map_err(io(format!("reading artifact {:?}", a.name)))?,
     };
     if !from_cas {
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
-            .map_err(|e| format!("syncing artifact {:?}: {e}", a.name))?;
+            .map_err(io(format!("syncing artifact {:?}", a.name)))?;
     }
     if size != a.size {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?}: listed size {} but {size} bytes arrived",
             a.name, a.size
-        ));
+        )));
     }
     if sha != a.sha256 {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?}: sha256 does not match the listing",
             a.name
-        ));
+        )));
     }
     let place = if from_cas {
         Place::Linked(path, a.sha256.clone())
@@ -203,52 +247,52 @@ fn on_disk<'a>(
 fn check_package(
     j: &JobRef,
     package: &str,
-    a: &pb::Artifact,
+    a: &Reported,
     kind: ArtifactKind,
     info: &kiln_core::srpm::PackageInfo,
-) -> Result<String, String> {
+) -> Result<String, IntakeError> {
     if kind == ArtifactKind::Srpm && info.arch != "src" {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?} is listed as a source rpm but is not one",
             a.name
-        ));
+        )));
     }
     if kind == ArtifactKind::Srpm && info.name != package {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?} is a source rpm of {}, not of this build's package {package}",
             a.name, info.name
-        ));
+        )));
     }
     if kind == ArtifactKind::Rpm && info.source_name() != Some(package) {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?} was built from source rpm {:?}, not from this build's package {package}: \
              a build may only return its own packages",
             a.name,
             kiln_core::names::printable(&info.source_rpm)
-        ));
+        )));
     }
     if kind == ArtifactKind::Rpm && !arch_ok(&j.arch, &info.arch) {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?}: package arch {} does not belong to a {} job",
             a.name, info.arch, j.arch
-        ));
+        )));
     }
     if info.nevra() != a.nevra {
-        return Err(format!(
+        return Err(refused(format!(
             "artifact {:?}: header says {} but the listing says {}",
             a.name,
             info.nevra(),
             a.nevra
-        ));
+        )));
     }
     Ok(info.nevra())
 }
 
 /// The listing file must name exactly the other artifacts, as reported.
-fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), String> {
-    let l = Listing::parse(text).map_err(|e| e.to_string())?;
+fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), IntakeError> {
+    let l = Listing::parse(text).map_err(|e| refused(e.to_string()))?;
     if l.job != j.job as u64 || l.attempt != j.attempt || l.arch != j.arch {
-        return Err("the listing belongs to another job".into());
+        return Err(refused("the listing belongs to another job"));
     }
     let mut want: Vec<(String, u64, String)> = rows
         .iter()
@@ -263,7 +307,9 @@ fn check_listing(text: &[u8], j: &JobRef, rows: &[ArtifactRow]) -> Result<(), St
     want.sort();
     got.sort();
     if want != got {
-        return Err("the listing file does not match the reported artifacts".into());
+        return Err(refused(
+            "the listing file does not match the reported artifacts",
+        ));
     }
     Ok(())
 }
@@ -306,9 +352,13 @@ pub struct Unsynced {
 /// Put the files into `incoming/<build>/<arch>/` (a temporary name, then a
 /// rename). Uploaded files are synced (they were, before this) with their
 /// directory; the small ones are returned to be journaled.
-fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<Unsynced>, String> {
+fn file(
+    paths: &Paths,
+    j: &JobRef,
+    files: &[(Place<'_>, String)],
+) -> Result<Vec<Unsynced>, IntakeError> {
     let dest = paths.incoming(j.build, &j.arch);
-    std::fs::create_dir_all(&dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
     let rel = |to: &std::path::Path| {
         to.strip_prefix(&paths.root)
             .unwrap_or(to)
@@ -322,7 +372,7 @@ fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<
         match place {
             Place::Linked(f, sha) => {
                 if *f != to {
-                    std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+                    std::fs::rename(f, &to).map_err(io(format!("filing {}", to.display())))?;
                 }
                 unsynced.push(Unsynced {
                     path: rel(&to),
@@ -333,7 +383,7 @@ fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<
             Place::File(f) => {
                 uploaded = true;
                 if *f != to {
-                    std::fs::rename(f, &to).map_err(|e| format!("filing {}: {e}", to.display()))?;
+                    std::fs::rename(f, &to).map_err(io(format!("filing {}", to.display())))?;
                 }
                 // What is left of an earlier, interrupted upload of it.
                 let _ = std::fs::remove_file(paths.staged_part(j.job, j.attempt, name));
@@ -342,7 +392,7 @@ fn file(paths: &Paths, j: &JobRef, files: &[(Place<'_>, String)]) -> Result<Vec<
                 let part = dest.join(format!(".{name}.part"));
                 std::fs::write(&part, data)
                     .and_then(|_| std::fs::rename(&part, &to))
-                    .map_err(|e| format!("filing {}: {e}", to.display()))?;
+                    .map_err(io(format!("filing {}", to.display())))?;
                 unsynced.push(Unsynced {
                     path: rel(&to),
                     data: Some(data.to_vec()),
@@ -380,8 +430,10 @@ pub fn rewrite_unsynced(
         }
         let to = paths.root.join(rel);
         let dir = to.parent().unwrap_or(&paths.root);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SyncError::Io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(kiln_core::error::io_err(format!(
+            "creating {}",
+            dir.display()
+        )))?;
         let part = to.with_file_name(format!(
             ".{}.part",
             to.file_name()
@@ -403,7 +455,10 @@ pub fn rewrite_unsynced(
         };
         written
             .and_then(|_| std::fs::rename(&part, &to))
-            .map_err(|e| SyncError::Io(format!("rewriting {}", to.display()), e))?;
+            .map_err(kiln_core::error::io_err(format!(
+                "rewriting {}",
+                to.display()
+            )))?;
     }
     Ok(())
 }

@@ -33,11 +33,8 @@ pub use shared::{Core, SchedView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -54,10 +51,7 @@ pub enum MasterError {
     Locked(String),
 }
 
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MasterError {
-    let what = what.into();
-    move |source| MasterError::Io { what, source }
-}
+pub(crate) use kiln_core::error::io_err;
 
 /// A running master.
 pub struct Master {
@@ -71,7 +65,7 @@ fn read_or_create_token(path: &std::path::Path) -> Result<String, MasterError> {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e).into()),
     }
     let mut b = [0u8; 24];
     rand::rng().fill_bytes(&mut b);
@@ -82,8 +76,10 @@ fn read_or_create_token(path: &std::path::Path) -> Result<String, MasterError> {
 
 /// Write a secret file with mode 0600 (temporary name, then rename).
 pub fn write_secret(path: &std::path::Path, content: &str) -> Result<(), MasterError> {
-    kiln_core::fsutil::write_atomic(path, content.as_bytes(), 0o600)
-        .map_err(io_err(format!("writing {}", path.display())))
+    Ok(
+        kiln_core::fsutil::write_atomic(path, content.as_bytes(), 0o600)
+            .map_err(io_err(format!("writing {}", path.display())))?,
+    )
 }
 
 impl Master {
@@ -116,6 +112,8 @@ impl Master {
                 max_attempts: cfg.max_attempts,
                 job_timeout_secs: cfg.job_timeout_secs,
                 log_cap: cfg.log_cap,
+                // Set once the API's address is known (below).
+                buildroots: Default::default(),
             },
             Arc::new(SystemClock),
         );
@@ -201,8 +199,13 @@ impl Master {
         if n_active > 0 {
             tracing::info!("restored {n_active} active builds");
         }
-        let worker_addr = tls::serve_workers(core.clone()).await?;
+        // The API first: its address is where buildroot jobs find the
+        // published repositories, which every Assign must say.
         let api_addr = api::serve(core.clone()).await?;
+        let roots = buildroots(&core.cfg, api_addr);
+        let ((), fx) = core.decide(|s, _| s.set_buildroots(roots));
+        core.apply(fx).await;
+        let worker_addr = tls::serve_workers(core.clone()).await?;
         tokio::spawn(lease_task(core.clone()));
         Ok(Master {
             core,
@@ -235,4 +238,45 @@ async fn lease_task(core: Arc<Core>) {
             None => changed.await,
         }
     }
+}
+
+/// What each target with a buildroot sends its jobs: its base, and Kiln's
+/// own repositories as workers reach them (`public_url`).
+fn buildroots(
+    cfg: &MasterConfig,
+    api_addr: SocketAddr,
+) -> std::collections::HashMap<String, kiln_proto::Buildroot> {
+    let public = cfg.public_url(api_addr);
+    let kiln_repo = |t: &Target, gpgcheck: bool| kiln_proto::KilnRepo {
+        target: t.name.clone(),
+        url: format!("{public}/repos/{}/$basearch/", t.name),
+        gpgkey: if gpgcheck && t.sign_key.is_some() {
+            format!("{public}/repos/{0}/RPM-GPG-KEY-kiln-{0}", t.name)
+        } else {
+            String::new()
+        },
+    };
+    cfg.targets
+        .iter()
+        .filter_map(|t| {
+            let b = t.buildroot.as_ref()?;
+            let own = b.own_repo.then_some(t);
+            let extra = b.extra_repos_of.iter().filter_map(|n| cfg.target(n));
+            Some((
+                t.name.clone(),
+                kiln_proto::Buildroot {
+                    repos: b.repos.clone(),
+                    packages: b.packages.clone(),
+                    releasever: b.releasever.clone(),
+                    gpgcheck: b.gpgcheck,
+                    gpgkeys: b.gpgkeys.clone(),
+                    kiln_repos: own
+                        .into_iter()
+                        .chain(extra)
+                        .map(|t| kiln_repo(t, b.gpgcheck))
+                        .collect(),
+                },
+            ))
+        })
+        .collect()
 }

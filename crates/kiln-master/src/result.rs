@@ -6,16 +6,37 @@
 
 use std::sync::Arc;
 
-use kiln_proto as pb;
-
-use crate::intake::{verify_and_file, JobRef};
+use crate::intake::{verify_and_file, IntakeError, JobRef, Reported};
 use crate::Core;
 
-/// A worker's report that a job ended. Returns whether the result was
-/// accepted, and why not.
-pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, String) {
+/// A worker's report that a job ended (translated from the wire by the
+/// transport).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub job: i64,
+    pub attempt: u32,
+    pub success: bool,
+    pub message: String,
+    pub artifacts: Vec<Reported>,
+}
+
+/// What the worker is told about its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Taken (the job succeeded or failed as reported, or failed because
+    /// its artifacts were refused).
+    Accepted,
+    /// Not taken, for good (a late or unknown result), and why.
+    Refused(String),
+    /// Not taken now because of the master's own fault (its disk): report
+    /// it again later. Nothing was decided.
+    Retry(String),
+}
+
+/// A worker's report that a job ended.
+pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
     let name = name.to_string();
-    let job = f.job_id as i64;
+    let job = f.job;
     let cur = {
         let s = core.sched();
         s.holds(&name, job, f.attempt)
@@ -62,7 +83,13 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
                 verify_and_file(&paths, &jr, &package, &arts, &known)
             })
             .await
-            .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+            .unwrap_or_else(|e| {
+                Err(IntakeError::Io(kiln_core::error::io_err(
+                    "verification crashed",
+                )(std::io::Error::other(
+                    e.to_string(),
+                ))))
+            });
             let (success, message, rows) = match verified {
                 Ok((rows, unsynced)) => {
                     // Queued ahead of the result's commit below.
@@ -72,9 +99,14 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
                     complete_log(core, build, job, &rows).await;
                     (f.success, f.message.clone(), rows)
                 }
-                Err(e) => {
+                Err(IntakeError::Refused(e)) => {
                     tracing::warn!("job {job} from {name}: {e}");
                     (false, format!("artifacts refused: {e}"), vec![])
+                }
+                Err(e @ IntakeError::Io(_)) => {
+                    // The staged files stay for the next report.
+                    tracing::error!("job {job} from {name}: cannot file its result: {e}");
+                    return Answer::Retry(format!("the master cannot file the result now: {e}"));
                 }
             };
             core.decide(|s, fx| {
@@ -101,8 +133,8 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: pb::Finished) -> (bool, Str
         }
     }
     match outcome {
-        Ok(()) => (true, String::new()),
-        Err(e) => (false, e.to_string()),
+        Ok(()) => Answer::Accepted,
+        Err(e) => Answer::Refused(e.to_string()),
     }
 }
 

@@ -25,8 +25,8 @@ use crate::paths::Paths;
 pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
     /// A journal entry the master cannot act on.
     #[error("{0}")]
     Journal(String),
@@ -92,7 +92,7 @@ impl Syncer {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || kiln_core::fsutil::syncfs(&root))
             .await?
-            .map_err(|e| SyncError::Io("syncfs".into(), e))?;
+            .map_err(kiln_core::error::io_err("syncfs"))?;
         Ok(self
             .store
             .write(move |t| kiln_store::clear_unsynced(t, upto))
@@ -111,7 +111,8 @@ pub async fn recover(paths: &Paths, store: &Store) -> Result<usize, SyncError> {
     let p = paths.clone();
     tokio::task::spawn_blocking(move || {
         rewrite_unsynced(&p, &files)?;
-        kiln_core::fsutil::syncfs(&p.root).map_err(|e| SyncError::Io("syncfs".into(), e))
+        kiln_core::fsutil::syncfs(&p.root).map_err(kiln_core::error::io_err("syncfs"))?;
+        Ok::<(), SyncError>(())
     })
     .await??;
     store

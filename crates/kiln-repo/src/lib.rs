@@ -28,11 +28,8 @@ pub use sign::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
     #[error("{0}")]
     Tool(String),
     #[error("{0}")]
@@ -42,9 +39,8 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
-        let path = path.to_path_buf();
-        move |source| RepoError::Io { path, source }
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+        move |source| RepoError::Io(kiln_core::error::io_at(path)(source))
     }
 }
 

@@ -23,17 +23,11 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
-    let what = what.into();
-    move |source| BackendError::Io { what, source }
-}
+use kiln_core::error::io_err;
 
 /// One job as a backend sees it.
 #[derive(Debug, Clone)]
@@ -44,6 +38,11 @@ pub struct JobSpec {
     pub disttag: String,
     pub srpm: PathBuf,
     pub timeout: Duration,
+    /// Build inside this root (the target's buildroot), not on the host.
+    pub buildroot: Option<(
+        crate::buildroot::RootSpec,
+        std::sync::Arc<crate::buildroot::Roots>,
+    )>,
 }
 
 /// How a build ended.
@@ -204,6 +203,68 @@ pub struct Invocation {
     /// The command is bubblewrap holding the build in its own PID
     /// namespace: when the command ends, everything it started is gone.
     pub pid_namespace: bool,
+    /// Mount this overlay in the command's own mount namespace before it
+    /// starts (gone with the command).
+    pub overlay: Option<OverlayMount>,
+}
+
+/// An overlay mount: `lower` read-only under the writable `upper`, seen at
+/// `target`. Paths without `,`, `:` or `\\`.
+#[derive(Debug, Clone)]
+pub struct OverlayMount {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub target: PathBuf,
+}
+
+impl OverlayMount {
+    /// Have `cmd` mount the overlay in a private mount namespace of its
+    /// own between fork and exec (and die with the worker).
+    fn apply(&self, cmd: &mut tokio::process::Command) -> std::io::Result<()> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::other("a path with a NUL byte"))
+        };
+        let opts = CString::new(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        ))
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+        let target = c(&self.target)?;
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes system calls (prctl, unshare, mount) on strings made
+        // before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        c"overlay".as_ptr(),
+                        target.as_ptr(),
+                        c"overlay".as_ptr(),
+                        0,
+                        opts.as_ptr().cast(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Invocation {
@@ -283,7 +344,24 @@ fn define_path(name: &str, path: &Path) -> OsString {
 /// BuildRequires checks on a host whose rpm keeps it in `/var/lib/rpm`).
 /// The environment is only what is set here: bubblewrap itself is started
 /// with an empty one ([`Invocation::clear_env`]).
-pub fn sandbox_argv(bwrap: &Bwrap, build_dir: &Path, srpm: &Path, rpmdb: bool) -> Vec<OsString> {
+/// What a sandbox's filesystem is made of.
+#[derive(Debug, Clone, Copy)]
+pub enum SandboxFs<'a> {
+    /// The host's `/usr` and public pieces of `/etc`, read-only (with the
+    /// host's rpm database when `rpmdb`).
+    Host { rpmdb: bool },
+    /// A job's own root (its buildroot overlay), read-only once the
+    /// sandbox's mount points are made in it (they land in the job's upper
+    /// layer, never in the base).
+    Root(&'a Path),
+}
+
+pub fn sandbox_argv(
+    bwrap: &Bwrap,
+    build_dir: &Path,
+    srpm: &Path,
+    fs: SandboxFs<'_>,
+) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![bwrap.path.clone().into()];
     let mut push = |args: &[&dyn AsRef<OsStr>]| a.extend(args.iter().map(os));
     // New user, PID, IPC, UTS, network and cgroup namespaces (no nested
@@ -315,13 +393,24 @@ pub fn sandbox_argv(bwrap: &Bwrap, build_dir: &Path, srpm: &Path, rpmdb: bool) -
         &"--setenv",
         &"TMPDIR",
         &"/tmp",
-        &"--ro-bind",
-        &"/usr",
-        &"/usr",
     ]);
+    let rpmdb = match fs {
+        SandboxFs::Root(root) => {
+            // A fixed host name: rpm records it as the BuildHost.
+            push(&[&"--bind", &root, &"/", &"--hostname", &"kiln-build"]);
+            None
+        }
+        SandboxFs::Host { rpmdb } => {
+            push(&[&"--ro-bind", &"/usr", &"/usr"]);
+            Some(rpmdb)
+        }
+    };
     // `/bin`, `/lib`… as the host has them: links into /usr (merged /usr,
     // as on Debian 12), or directories bound read-only.
-    for top in ["/bin", "/sbin", "/lib", "/lib64"] {
+    for top in ["/bin", "/sbin", "/lib", "/lib64"]
+        .into_iter()
+        .filter(|_| rpmdb.is_some())
+    {
         match std::fs::symlink_metadata(top) {
             Ok(m) if m.is_symlink() => {
                 if let Ok(target) = std::fs::read_link(top) {
@@ -332,12 +421,14 @@ pub fn sandbox_argv(bwrap: &Bwrap, build_dir: &Path, srpm: &Path, rpmdb: bool) -
             _ => {}
         }
     }
-    for piece in ETC_PIECES {
-        let p = Path::new("/etc").join(piece);
-        push(&[&"--ro-bind-try", &p, &p]);
+    if rpmdb.is_some() {
+        for piece in ETC_PIECES {
+            let p = Path::new("/etc").join(piece);
+            push(&[&"--ro-bind-try", &p, &p]);
+        }
+        push(&[&"--symlink", &"../proc/self/mounts", &"/etc/mtab"]);
     }
-    push(&[&"--symlink", &"../proc/self/mounts", &"/etc/mtab"]);
-    if rpmdb {
+    if rpmdb == Some(true) {
         push(&[&"--ro-bind-try", &"/var/lib/rpm", &"/var/lib/rpm"]);
     }
     push(&[
@@ -353,14 +444,13 @@ pub fn sandbox_argv(bwrap: &Bwrap, build_dir: &Path, srpm: &Path, rpmdb: bool) -
         &"--ro-bind",
         &srpm,
         &SANDBOX_SRPM,
-        // The sandbox's own root (a tmpfs holding the mount points) is
-        // read-only from here on.
-        &"--remount-ro",
-        &"/",
-        &"--chdir",
-        &SANDBOX_BUILD,
-        &"--",
     ]);
+    if rpmdb.is_none() {
+        push(&[&"--tmpfs", &"/var/tmp"]);
+    }
+    // The sandbox's root (a tmpfs holding the mount points, or the job's
+    // buildroot) is read-only from here on.
+    push(&[&"--remount-ro", &"/", &"--chdir", &SANDBOX_BUILD, &"--"]);
     a
 }
 
@@ -386,11 +476,19 @@ impl Rpmbuild {
         let build = dir.join(BUILD_SUBDIR);
         match bwrap {
             Some(b) => {
-                let mut argv = sandbox_argv(b, &build, &spec.srpm, !self.nodeps);
-                argv.extend(self.rpmbuild_argv(
+                let mut argv = sandbox_argv(
+                    b,
+                    &build,
+                    &spec.srpm,
+                    SandboxFs::Host {
+                        rpmdb: !self.nodeps,
+                    },
+                );
+                argv.extend(rpmbuild_argv(
                     spec,
                     Path::new(SANDBOX_BUILD),
                     Path::new(SANDBOX_SRPM),
+                    self.nodeps,
                 ));
                 Invocation {
                     argv,
@@ -398,10 +496,11 @@ impl Rpmbuild {
                     env: Vec::new(),
                     clear_env: true,
                     pid_namespace: true,
+                    overlay: None,
                 }
             }
             None => Invocation {
-                argv: self.rpmbuild_argv(spec, &build, &spec.srpm),
+                argv: rpmbuild_argv(spec, &build, &spec.srpm, self.nodeps),
                 env: vec![
                     (os("HOME"), build.join("home").into_os_string()),
                     (os("LC_ALL"), os("C")),
@@ -409,34 +508,159 @@ impl Rpmbuild {
                 cwd: build,
                 clear_env: false,
                 pid_namespace: false,
+                overlay: None,
             },
         }
     }
 
-    /// `rpmbuild --rebuild` with its directories under `build` (a path as
-    /// the build sees it).
-    fn rpmbuild_argv(&self, spec: &JobSpec, build: &Path, srpm: &Path) -> Vec<OsString> {
-        let mut argv = vec![os("rpmbuild"), os("--rebuild")];
-        for def in [
-            define_path("_topdir", &build.join("topdir")),
-            define_path("_tmppath", &build.join("tmp")),
-            if spec.disttag.is_empty() {
-                os("dist %{nil}")
-            } else {
-                os(format!("dist {}", spec.disttag))
-            },
-        ] {
-            argv.push(os("--define"));
-            argv.push(def);
+    /// The build inside the job's buildroot: the base root (made once),
+    /// the job's overlay over it, the BuildRequires installed by dnf, then
+    /// `rpmbuild` in bubblewrap with the root as `/`.
+    async fn build_in_root(
+        &self,
+        spec: &JobSpec,
+        (rs, roots): &(
+            crate::buildroot::RootSpec,
+            std::sync::Arc<crate::buildroot::Roots>,
+        ),
+        dir: &Path,
+        log: &dyn LogSink,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<Outcome, BackendError> {
+        use crate::buildroot::{self as br, Installed, RootError};
+        let fail = |message: String| {
+            Ok(Outcome {
+                success: false,
+                canceled: false,
+                message,
+                packages: vec![],
+            })
+        };
+        let canceled = || {
+            Ok(Outcome {
+                success: false,
+                canceled: true,
+                message: "canceled".into(),
+                packages: vec![],
+            })
+        };
+        let Some(bwrap) = Bwrap::find() else {
+            return fail("a buildroot needs bubblewrap (bwrap) on the worker".into());
+        };
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return fail(
+                "a buildroot needs the worker to run as root (dnf --installroot and overlayfs)"
+                    .into(),
+            );
         }
-        argv.push(os("--target"));
-        argv.push(os(&spec.arch));
-        if self.nodeps {
-            argv.push(os("--nodeps"));
+        let tee = br::Tee::new(log, &dir.join(br::ROOT_LOG))?;
+        let held = match roots.base(rs, &tee, cancel.clone()).await {
+            Ok(h) => h,
+            Err(RootError::Canceled) => return canceled(),
+            Err(RootError::Init(m)) => return fail(m),
+            Err(RootError::Io(e)) => return Err(e.into()),
+            Err(RootError::Backend(e)) => return Err(e),
+        };
+        tee.write(br::describe_base(&held).as_bytes());
+        let jr = br::JobRoot::new(dir, &held)?;
+        let requires = match kiln_core::srpm::inspect_srpm(&spec.srpm) {
+            Ok(i) => i.build_requires,
+            Err(e) => return fail(format!("reading the SRPM's BuildRequires: {e}")),
+        };
+        match br::install_requires(roots, rs, spec, &jr, &requires, &tee, cancel.clone()).await {
+            Ok(Installed::Ok) => {}
+            Ok(Installed::Canceled) | Err(RootError::Canceled) => return canceled(),
+            Ok(Installed::Unresolvable(m)) | Ok(Installed::Failed(m)) => {
+                tee.write(format!("kiln: {m}\n").as_bytes());
+                return fail(m);
+            }
+            Err(RootError::Init(m)) => return fail(m),
+            Err(RootError::Io(e)) => return Err(e.into()),
+            Err(RootError::Backend(e)) => return Err(e),
         }
-        argv.push(srpm.into());
-        argv
+        drop(tee);
+        let build = dir.join(BUILD_SUBDIR);
+        let mut argv = sandbox_argv(&bwrap, &build, &spec.srpm, SandboxFs::Root(jr.path()));
+        argv.extend(rpmbuild_argv(
+            spec,
+            Path::new(SANDBOX_BUILD),
+            Path::new(SANDBOX_SRPM),
+            false,
+        ));
+        let inv = Invocation {
+            argv,
+            cwd: build.clone(),
+            env: Vec::new(),
+            clear_env: true,
+            pid_namespace: true,
+            overlay: Some(jr.overlay.clone()),
+        };
+        log.write(format!("kiln: running (in the buildroot) {}\n", inv.display()).as_bytes());
+        let status = run_logged(&inv, log, spec.timeout, cancel).await?;
+        drop(held);
+        Ok(outcome_of(status, &build, spec, log))
     }
+}
+
+/// How a build command's end reads as an outcome, with the packages it
+/// left when it succeeded.
+fn outcome_of(status: RunEnd, build: &Path, spec: &JobSpec, log: &dyn LogSink) -> Outcome {
+    let mut packages = Vec::new();
+    let (success, message) = match status {
+        RunEnd::Exited(0) => {
+            let (found, refused) = collect_packages(&build.join("topdir"));
+            for r in refused.iter().take(20) {
+                log.write(format!("kiln: not taking {r}\n").as_bytes());
+            }
+            packages = found;
+            if packages.is_empty() {
+                (false, "rpmbuild produced no package".to_string())
+            } else {
+                (true, String::new())
+            }
+        }
+        RunEnd::Exited(code) => (false, format!("rpmbuild exited with status {code}")),
+        RunEnd::Signaled => (false, "rpmbuild was killed by a signal".to_string()),
+        RunEnd::TimedOut => (
+            false,
+            format!("timed out after {} s", spec.timeout.as_secs()),
+        ),
+        RunEnd::Canceled => (false, "canceled".to_string()),
+    };
+    // The last line of the log (`kiln: build succeeded`, `kiln: build
+    // failed: …`) is the worker's, once it has checked what the build made.
+    Outcome {
+        success,
+        canceled: matches!(status, RunEnd::Canceled),
+        message,
+        packages,
+    }
+}
+
+/// `rpmbuild --rebuild` with its directories under `build` (a path as the
+/// build sees it).
+fn rpmbuild_argv(spec: &JobSpec, build: &Path, srpm: &Path, nodeps: bool) -> Vec<OsString> {
+    let mut argv = vec![os("rpmbuild"), os("--rebuild")];
+    for def in [
+        define_path("_topdir", &build.join("topdir")),
+        define_path("_tmppath", &build.join("tmp")),
+        if spec.disttag.is_empty() {
+            os("dist %{nil}")
+        } else {
+            os(format!("dist {}", spec.disttag))
+        },
+    ] {
+        argv.push(os("--define"));
+        argv.push(def);
+    }
+    argv.push(os("--target"));
+    argv.push(os(&spec.arch));
+    if nodeps {
+        argv.push(os("--nodeps"));
+    }
+    argv.push(srpm.into());
+    argv
 }
 
 /// The packages rpmbuild left in `topdir/RPMS` and `topdir/SRPMS`: regular
@@ -552,6 +776,9 @@ impl Backend for Rpmbuild {
             for d in [build.join("topdir"), build.join("tmp"), build.join("home")] {
                 make_private_dir(&d).map_err(io_err(format!("creating {}", d.display())))?;
             }
+            if let Some(root) = &spec.buildroot {
+                return self.build_in_root(spec, root, dir, log, cancel).await;
+            }
             let bwrap = match self.plan() {
                 SandboxPlan::Bwrap(b) => Some(b),
                 SandboxPlan::Unsandboxed(why) => {
@@ -570,37 +797,7 @@ impl Backend for Rpmbuild {
             let inv = self.invocation(spec, dir, bwrap.as_ref());
             log.write(format!("kiln: running {}\n", inv.display()).as_bytes());
             let status = run_logged(&inv, log, spec.timeout, cancel).await?;
-            let mut packages = Vec::new();
-            let (success, message) = match status {
-                RunEnd::Exited(0) => {
-                    let (found, refused) = collect_packages(&build.join("topdir"));
-                    for r in refused.iter().take(20) {
-                        log.write(format!("kiln: not taking {r}\n").as_bytes());
-                    }
-                    packages = found;
-                    if packages.is_empty() {
-                        (false, "rpmbuild produced no package".to_string())
-                    } else {
-                        (true, String::new())
-                    }
-                }
-                RunEnd::Exited(code) => (false, format!("rpmbuild exited with status {code}")),
-                RunEnd::Signaled => (false, "rpmbuild was killed by a signal".to_string()),
-                RunEnd::TimedOut => (
-                    false,
-                    format!("timed out after {} s", spec.timeout.as_secs()),
-                ),
-                RunEnd::Canceled => (false, "canceled".to_string()),
-            };
-            // The last line of the log (`kiln: build succeeded`, `kiln:
-            // build failed: …`) is the worker's, once it has checked what
-            // the build made.
-            Ok(Outcome {
-                success,
-                canceled: matches!(status, RunEnd::Canceled),
-                message,
-                packages,
-            })
+            Ok(outcome_of(status, &build, spec, log))
         })
     }
 }
@@ -668,6 +865,10 @@ pub async fn run_logged(
         .stderr(Stdio::from(writer2))
         .kill_on_drop(true)
         .process_group(0);
+    if let Some(o) = &inv.overlay {
+        o.apply(&mut cmd)
+            .map_err(io_err(format!("preparing the overlay for {prog_name}")))?;
+    }
     let spawned = cmd.spawn();
     // The command holds our copies of the write end: without them gone the
     // pipe would never reach its end.
@@ -766,6 +967,7 @@ mod tests {
             env: vec![],
             clear_env: false,
             pid_namespace: false,
+            overlay: None,
         }
     }
 
@@ -779,7 +981,7 @@ mod tests {
         make_private_dir(&build).unwrap();
         let srpm = dir.join("input.src.rpm");
         std::fs::write(&srpm, b"not really").unwrap();
-        let mut a = sandbox_argv(&bwrap(), &build, &srpm, false);
+        let mut a = sandbox_argv(&bwrap(), &build, &srpm, SandboxFs::Host { rpmdb: false });
         a.extend(argv.iter().map(OsString::from));
         Invocation {
             argv: a,
@@ -787,6 +989,7 @@ mod tests {
             env: vec![],
             clear_env: true,
             pid_namespace: true,
+            overlay: None,
         }
     }
 
@@ -934,6 +1137,53 @@ mod tests {
         wait_gone(&main).await;
     }
 
+    /// A command with an overlay sees the lower layer through it, writes
+    /// only to the upper one, and the mount is gone with the command (it
+    /// lived in the command's own mount namespace).
+    #[tokio::test]
+    async fn an_overlay_lives_and_dies_with_its_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let (lower, upper, work, merged) = (
+            d.join("lower"),
+            d.join("upper"),
+            d.join("work"),
+            d.join("merged"),
+        );
+        for p in [&lower, &upper, &work, &merged] {
+            make_private_dir(p).unwrap();
+        }
+        std::fs::write(lower.join("base"), b"from the base\n").unwrap();
+        let m = merged.display().to_string();
+        let script = format!("cat {m}/base; echo job > {m}/new; echo changed > {m}/base");
+        let mut inv = host(&["sh", "-c", &script], d);
+        inv.overlay = Some(OverlayMount {
+            lower: lower.clone(),
+            upper: upper.clone(),
+            work,
+            target: merged.clone(),
+        });
+        let log = Buf::new();
+        let (_tx, rx) = watch::channel(false);
+        let end = run_logged(&inv, &log, Duration::from_secs(30), rx)
+            .await
+            .unwrap();
+        assert!(matches!(end, RunEnd::Exited(0)), "{end:?}: {}", log.text());
+        assert_eq!(log.text(), "from the base\n");
+        // The base is untouched; the job's writes are in its upper layer.
+        assert_eq!(
+            std::fs::read(lower.join("base")).unwrap(),
+            b"from the base\n"
+        );
+        assert!(!lower.join("new").exists());
+        assert_eq!(std::fs::read(upper.join("new")).unwrap(), b"job\n");
+        assert_eq!(std::fs::read(upper.join("base")).unwrap(), b"changed\n");
+        // Nothing is mounted here any more.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&m), "{mounts}");
+        assert!(std::fs::read_dir(&merged).unwrap().next().is_none());
+    }
+
     #[tokio::test]
     async fn the_sandbox_sees_only_its_build_directory() {
         let dir = tempfile::tempdir().unwrap();
@@ -1031,6 +1281,7 @@ mod tests {
             disttag: String::new(),
             srpm: PathBuf::from("/w/work/cache/abc"),
             timeout: Duration::from_secs(1),
+            buildroot: None,
         };
         let r = Rpmbuild {
             nodeps: true,
@@ -1126,6 +1377,7 @@ mod tests {
             disttag: String::new(),
             srpm,
             timeout: Duration::from_secs(60),
+            buildroot: None,
         };
         let r = Rpmbuild {
             nodeps: true,

@@ -13,8 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{files, io_err, parse_master_url, WorkerError};
 
 fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), WorkerError> {
-    kiln_core::fsutil::write_atomic(path, content.as_bytes(), mode)
-        .map_err(io_err(format!("writing {}", path.display())))
+    Ok(
+        kiln_core::fsutil::write_atomic(path, content.as_bytes(), mode)
+            .map_err(io_err(format!("writing {}", path.display())))?,
+    )
 }
 
 /// Enroll with the master; returns the worker name the token was made for.

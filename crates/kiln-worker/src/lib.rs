@@ -2,6 +2,7 @@
 //! runs jobs through a backend and sends the results back.
 
 pub mod backend;
+pub mod buildroot;
 pub mod conn;
 pub mod enroll;
 mod run;
@@ -10,11 +11,8 @@ pub use run::{run, WorkerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] kiln_core::error::IoError),
     #[error("bad master URL {0:?}: expected https://HOST:PORT")]
     BadUrl(String),
     #[error(transparent)]
@@ -30,10 +28,7 @@ pub enum WorkerError {
     Other(String),
 }
 
-pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError {
-    let what = what.into();
-    move |source| WorkerError::Io { what, source }
-}
+pub(crate) use kiln_core::error::io_err;
 
 /// Make the worker's files private to it: its directory, the work
 /// directory, the input cache and the job directories 0700 (created when

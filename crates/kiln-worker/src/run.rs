@@ -101,8 +101,11 @@ struct Shared {
     name: String,
     session: watch::Sender<Session>,
     jobs: Mutex<HashMap<u64, LocalJob>>,
-    /// One download at a time per input.
+    /// One input download at a time (for all inputs: a second job waiting
+    /// for the same input then finds it in the cache).
     fetching: tokio::sync::Mutex<()>,
+    /// Base roots for the jobs of targets with a buildroot.
+    roots: Arc<crate::buildroot::Roots>,
     /// Bumped when a build ends and when a job leaves `jobs`: what a drain
     /// and a stop wait on.
     changed: watch::Sender<u64>,
@@ -191,12 +194,17 @@ pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), W
     }
     let (session, _) = watch::channel(Session::default());
     let (changed, _) = watch::channel(0u64);
+    let roots = Arc::new(crate::buildroot::Roots::new(
+        &cfg.work,
+        Some(cfg.dir.join(crate::files::CA)),
+    ));
     let shared = Arc::new(Shared {
         cfg,
         name,
         session,
         jobs: Mutex::new(HashMap::new()),
         fetching: tokio::sync::Mutex::new(()),
+        roots,
         changed,
     });
     recover(&shared);
@@ -1076,6 +1084,15 @@ async fn report(shared: &Arc<Shared>, job: u64, attempt: u32, mut held: Arc<Held
         tokio::select! {
             ack = rx => {
                 if let Ok(ack) = ack {
+                    if !ack.accepted && ack.retry {
+                        // The master's own fault (its disk): the result is
+                        // kept and reported again, for as long as it takes.
+                        tracing::warn!("job {job}: the master will take the result later: {}", ack.message);
+                        if !retry.wait(shared, gen).await {
+                            tokio::time::sleep(RETRY_MAX).await;
+                        }
+                        continue;
+                    }
                     if !ack.accepted {
                         tracing::info!("job {job}: result not taken: {}", ack.message);
                     }
@@ -1299,6 +1316,12 @@ async fn run_backend(
         disttag: a.disttag.clone(),
         srpm,
         timeout: Duration::from_secs(a.timeout_secs.max(1)),
+        buildroot: a.buildroot.as_ref().map(|b| {
+            (
+                crate::buildroot::RootSpec::new(&a.target, &a.arch, b),
+                shared.roots.clone(),
+            )
+        }),
     };
     let outcome = shared
         .cfg
@@ -1417,6 +1440,22 @@ fn list_result(
         });
         inline.insert("build.log".into(), log_text);
     }
+    // What dnf did for a buildroot job, written by the worker beside the
+    // build's directory.
+    let root_log = dir.join(crate::buildroot::ROOT_LOG);
+    if std::fs::symlink_metadata(&root_log).is_ok_and(|m| m.is_file()) {
+        let mut f = open_regular(&root_log).map_err(io_err("opening root.log"))?;
+        let (sha256, size) =
+            kiln_core::fsutil::sha256_open(&mut f).map_err(io_err("reading root.log"))?;
+        files.insert(crate::buildroot::ROOT_LOG.into(), root_log);
+        entries.push(ListingEntry {
+            name: crate::buildroot::ROOT_LOG.into(),
+            kind: ArtifactKind::Log,
+            size,
+            sha256,
+            nevra: None,
+        });
+    }
     let listing = Listing {
         job: a.job_id,
         attempt: a.attempt,
@@ -1513,7 +1552,7 @@ fn inline_small(
 }
 
 fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
-    kiln_core::fsutil::sha256_file(p).map_err(io_err(format!("reading {}", p.display())))
+    Ok(kiln_core::fsutil::sha256_file(p).map_err(io_err(format!("reading {}", p.display())))?)
 }
 
 /// Open a file of a job directory for reading: never through a symbolic
@@ -1823,6 +1862,7 @@ mod tests {
             session,
             jobs: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
+            roots: Arc::new(crate::buildroot::Roots::new(work, None)),
             changed,
         })
     }

@@ -1,8 +1,10 @@
 //! The CLI's HTTP client. Reads `KILN_URL` and `KILN_TOKEN` (or
 //! `KILN_TOKEN_FILE`), and `KILN_CA` (the master's `ca/ca.crt`, to trust an
-//! `https://` API), else `~/.config/kiln/client.toml`.
+//! `https://` API), else `~/.config/kiln/client.toml`. Bodies are the
+//! types of `kiln_api`, the ones the master serves.
 
 use anyhow::{anyhow, bail, Context};
+use kiln_api::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +39,7 @@ pub struct Client {
 /// An error answer from the master.
 #[derive(Debug)]
 pub struct ApiError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -122,13 +124,7 @@ impl Client {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        #[derive(Deserialize)]
-        struct E {
-            error: String,
-            #[serde(default)]
-            code: String,
-        }
-        match serde_json::from_str::<E>(&text) {
+        match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(ApiError {
                 code: e.code,
                 message: e.error,
@@ -140,6 +136,18 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let r = self.send(self.http.get(self.url(path))).await?;
+        r.json().await.context("reading the master's answer")
+    }
+
+    /// GET with a query (a `kiln_api` query type).
+    pub async fn get_with<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> anyhow::Result<T> {
+        let r = self
+            .send(self.http.get(self.url(path)).query(query))
+            .await?;
         r.json().await.context("reading the master's answer")
     }
 

@@ -13,9 +13,15 @@ use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
+use kiln_api::{
+    BlobInfo, BuildState, BuildView, EmptyBody, ErrorCode, JobView, ListQuery, LogQuery,
+    PackageView, RegenResponse, RevokeResponse, SubmitRequest, TokenRequest, TokenResponse,
+    WorkerView,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::{ApiError, Client};
@@ -152,6 +158,12 @@ fn emit_json(v: &Value) -> anyhow::Result<()> {
     let mut text = json_text(v)?;
     text.push('\n');
     emit(&text)
+}
+
+/// `--json` output of a `kiln_api` answer, printed through a [`Value`]: keys
+/// sorted, the same text as the master's answer printed as it came.
+fn emit_value<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    emit_json(&serde_json::to_value(v)?)
 }
 
 /// A build log on its way to a terminal: raw bytes in, text out with every
@@ -370,7 +382,8 @@ async fn upload(c: &Client, path: &std::path::Path, sha: &str, size: u64) -> any
     if show {
         say("");
     }
-    r.map(|_| ())
+    let _: BlobInfo = r?.json().await.context("reading the master's answer")?;
+    Ok(())
 }
 
 /// One line of the upload progress bar: bar, percent, amount and rate.
@@ -412,76 +425,92 @@ fn tokio_util_stream(
 pub async fn submit(cmd: SubmitCmd) -> anyhow::Result<i32> {
     let a = &cmd.args;
     let c = Client::from_env()?;
-    let (mut build, sent) = submit_with(&c, a).await?;
-    let id = build["id"]
-        .as_i64()
-        .context("the master's answer has no build id")?;
+    let (mut build, sent) = submit_build(&c, a).await?;
+    let id = build.id;
     // The version gate answers at once with a build that is already final.
-    let skipped = build["state"] == "skipped";
+    let skipped = build.state == BuildState::Skipped;
     if !a.json {
         if skipped {
             say(&format!(
                 "build {id} skipped: {}",
-                term_safe(build["reason"].as_str().unwrap_or("no reason given"))
+                term_safe(build.reason.as_deref().unwrap_or("no reason given"))
             ));
         } else {
-            announce(id, &build, sent);
+            announce(&build, sent);
         }
     }
     if a.wait && !skipped {
         let waited = match cmd.timeout {
-            None => Some(wait_build(&c, id).await?),
-            Some(limit) => tokio::time::timeout(limit, wait_build(&c, id))
+            None => Some(wait_for_build(&c, id).await?),
+            Some(limit) => tokio::time::timeout(limit, wait_for_build(&c, id))
                 .await
                 .ok()
                 .transpose()?,
         };
         match waited {
             Some(b) => build = b,
-            None => return wait_timed_out(&c, id, build, sent, cmd.timeout, a.json).await,
+            None => return wait_timed_out(&c, build, sent, cmd.timeout, a.json).await,
         }
     }
     if a.json {
-        build["upload"] = serde_json::json!({ "sent": sent });
-        emit_json(&build)?;
+        emit_submitted(&build, sent)?;
     } else if a.wait {
         emit(&format_build(&build))?;
     } else {
         emit(&format!("{id}\n"))?;
     }
-    let state = build["state"].as_str().unwrap_or("");
     Ok(if skipped {
         // A script reading --json gets the state there; without --wait
         // the exit says only that the submission was answered.
         i32::from(a.wait || !a.json)
     } else {
-        i32::from(a.wait && state != "succeeded")
+        i32::from(a.wait && build.state != BuildState::Succeeded)
+    })
+}
+
+/// What `kiln submit --json` prints: the build, and how many bytes of the
+/// SRPM were sent (`"upload": {"sent": N}`).
+#[derive(Serialize)]
+struct Submitted<'a> {
+    #[serde(flatten)]
+    build: &'a BuildView,
+    upload: Upload,
+}
+
+/// The `upload` of [`Submitted`].
+#[derive(Serialize)]
+struct Upload {
+    sent: u64,
+}
+
+fn emit_submitted(build: &BuildView, sent: u64) -> anyhow::Result<()> {
+    emit_value(&Submitted {
+        build,
+        upload: Upload { sent },
     })
 }
 
 /// `build N accepted: …` on stderr, and the arches the package excludes.
-fn announce(id: i64, build: &Value, sent: u64) {
-    let arches: Vec<String> = build["jobs"]
-        .as_array()
-        .map(|j| j.iter().map(|j| s(&j["arch"])).collect())
-        .unwrap_or_default();
+fn announce(build: &BuildView, sent: u64) {
+    let arches: Vec<_> = build.jobs.iter().map(|j| term_safe(&j.arch)).collect();
     say(&format!(
-        "build {id} accepted: {}-{} for {} (target {}){}",
-        s(&build["package"]),
-        s(&build["evr"]),
+        "build {} accepted: {}-{} for {} (target {}){}",
+        build.id,
+        term_safe(&build.package),
+        term_safe(&build.evr),
         arches.join(", "),
-        s(&build["target"]),
+        term_safe(&build.target),
         if sent == 0 {
             ", SRPM already on the master"
         } else {
             ""
         }
     ));
-    for e in build["excluded_arches"].as_array().into_iter().flatten() {
+    for e in &build.excluded_arches {
         say(&format!(
             "  not built for {}: {}",
-            s(&e["arch"]),
-            s(&e["reason"])
+            term_safe(&e.arch),
+            term_safe(&e.reason)
         ));
     }
 }
@@ -490,37 +519,36 @@ fn announce(id: i64, build: &Value, sent: u64) {
 /// with --json, and exit with [`EXIT_WAIT_TIMEOUT`].
 async fn wait_timed_out(
     c: &Client,
-    id: i64,
-    accepted: Value,
+    accepted: BuildView,
     sent: u64,
     limit: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<i32> {
+    let id = accepted.id;
     let now = tokio::time::timeout(
         Duration::from_secs(10),
-        c.get::<Value>(&format!("/api/v1/builds/{id}")),
+        c.get::<BuildView>(&format!("/api/v1/builds/{id}")),
     )
     .await;
-    let mut build = match now {
+    let build = match now {
         Ok(Ok(b)) => b,
         // The master is away too: say what we last knew.
         _ => accepted,
     };
     say(&format!(
         "build {id} still {} after {}; not waiting any longer",
-        s(&build["state"]),
+        build.state,
         limit.map(show_duration).unwrap_or_default()
     ));
     if json {
-        build["upload"] = serde_json::json!({ "sent": sent });
-        emit_json(&build)?;
+        emit_submitted(&build, sent)?;
     }
     Ok(EXIT_WAIT_TIMEOUT)
 }
 
 /// Submit a build: the SRPM is uploaded only when the master lacks it.
 /// Returns the accepted build and how many bytes were sent.
-pub async fn submit_with(c: &Client, a: &SubmitArgs) -> anyhow::Result<(Value, u64)> {
+pub async fn submit_build(c: &Client, a: &SubmitArgs) -> anyhow::Result<(BuildView, u64)> {
     let name = a
         .file
         .file_name()
@@ -528,33 +556,25 @@ pub async fn submit_with(c: &Client, a: &SubmitArgs) -> anyhow::Result<(Value, u
         .with_context(|| format!("{} has no usable file name", a.file.display()))?
         .to_string();
     let (sha, size) = hash_file(&a.file)?;
-    let mut body = serde_json::json!({
-        "srpm_sha256": sha,
-        "srpm_name": name,
-        "now": a.now,
-        "scratch": a.scratch,
-        "ci": a.ci,
-    });
-    if let Some(t) = &a.target {
-        body["target"] = t.clone().into();
-    }
-    if !a.arch.is_empty() {
-        body["arches"] = a.arch.clone().into();
-    }
-    if let Some(ch) = &a.channel {
-        body["channel"] = ch.clone().into();
-    }
-    if let Some(p) = a.priority {
-        body["priority"] = p.into();
-    }
+    let req = SubmitRequest {
+        srpm_sha256: sha.clone(),
+        srpm_name: name,
+        target: a.target.clone(),
+        arches: (!a.arch.is_empty()).then(|| a.arch.clone()),
+        channel: a.channel.clone(),
+        priority: a.priority,
+        now: a.now,
+        scratch: a.scratch,
+        ci: a.ci,
+    };
     let mut sent = 0u64;
-    let build: Value = match c.post("/api/v1/builds", &body).await {
+    let build: BuildView = match c.post("/api/v1/builds", &req).await {
         Ok(b) => b,
         Err(e) => match e.downcast_ref::<ApiError>() {
-            Some(api) if api.code == "blob_missing" => {
+            Some(api) if api.code == ErrorCode::BlobMissing => {
                 upload(c, &a.file, &sha, size).await?;
                 sent = size;
-                c.post("/api/v1/builds", &body).await?
+                c.post("/api/v1/builds", &req).await?
             }
             _ => return Err(e),
         },
@@ -562,12 +582,25 @@ pub async fn submit_with(c: &Client, a: &SubmitArgs) -> anyhow::Result<(Value, u
     Ok((build, sent))
 }
 
-/// Wait for a build to end; rides over a master restart.
-pub async fn wait_build(c: &Client, id: i64) -> anyhow::Result<Value> {
+/// [`submit_build`] with the build as untyped JSON, for `kiln up` and the
+/// benchmark until they read [`BuildView`].
+pub async fn submit_with(c: &Client, a: &SubmitArgs) -> anyhow::Result<(Value, u64)> {
+    let (build, sent) = submit_build(c, a).await?;
+    Ok((serde_json::to_value(build)?, sent))
+}
+
+/// Wait for a build to end; rides over a master restart (an answer that
+/// does not parse is an error, not a reason to retry).
+pub async fn wait_for_build(c: &Client, id: i64) -> anyhow::Result<BuildView> {
     let mut delay = std::time::Duration::from_millis(200);
+    let url = c.url(&format!("/api/v1/builds/{id}/wait"));
     loop {
-        match c.get::<Value>(&format!("/api/v1/builds/{id}/wait")).await {
-            Ok(v) => return Ok(v),
+        let body = match c.send(c.http.get(&url)).await {
+            Ok(r) => r.bytes().await.map_err(anyhow::Error::new),
+            Err(e) => Err(e),
+        };
+        match body {
+            Ok(b) => return serde_json::from_slice(&b).context("reading the master's answer"),
             Err(e) if e.downcast_ref::<ApiError>().is_some() => return Err(e),
             Err(_) => {
                 tokio::time::sleep(delay).await;
@@ -577,74 +610,78 @@ pub async fn wait_build(c: &Client, id: i64) -> anyhow::Result<Value> {
     }
 }
 
-/// A field of the master's answer for a table: `-` when absent, package
-/// data made [safe](term_safe) for a terminal.
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => term_safe(s).into_owned(),
-        other => term_safe(&other.to_string()).into_owned(),
+/// [`wait_for_build`] with the build as untyped JSON, for `kiln up` until it
+/// reads [`BuildView`].
+pub async fn wait_build(c: &Client, id: i64) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(wait_for_build(c, id).await?)?)
+}
+
+/// An optional field of the master's answer for a table: `-` when absent,
+/// package data made [safe](term_safe) for a terminal.
+fn opt(v: Option<&str>) -> Cow<'_, str> {
+    v.map_or(Cow::Borrowed("-"), term_safe)
+}
+
+/// Prints [`format_build`] of an untyped build (for `kiln up`); a closed
+/// stdout is ignored.
+pub fn print_build(b: &Value) {
+    if let Ok(b) = BuildView::deserialize(b) {
+        let _ = emit(&format_build(&b));
     }
 }
 
-/// Prints [`format_build`] (for `kiln up`); a closed stdout is ignored.
-pub fn print_build(b: &Value) {
-    let _ = emit(&format_build(b));
-}
-
 /// A build, its jobs (and why they wait) and its artifacts, for people.
-pub fn format_build(b: &Value) -> String {
+pub fn format_build(b: &BuildView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "build {}  {}  {}-{}  target {}  channel {}  priority {}",
-        s(&b["id"]),
-        s(&b["state"]),
-        s(&b["package"]),
-        s(&b["evr"]),
-        s(&b["target"]),
-        s(&b["channel"]),
-        s(&b["priority"])
+        b.id,
+        b.state,
+        term_safe(&b.package),
+        term_safe(&b.evr),
+        term_safe(&b.target),
+        term_safe(&b.channel),
+        b.priority
     );
-    if let Some(r) = b["reason"].as_str() {
+    if let Some(r) = &b.reason {
         let _ = writeln!(out, "  reason: {}", term_safe(r));
     }
-    for e in b["excluded_arches"].as_array().into_iter().flatten() {
+    for e in &b.excluded_arches {
         let _ = writeln!(
             out,
             "  not built for {}: {}",
-            s(&e["arch"]),
-            s(&e["reason"])
+            term_safe(&e.arch),
+            term_safe(&e.reason)
         );
     }
     let _ = writeln!(out, "  jobs:");
-    for j in b["jobs"].as_array().into_iter().flatten() {
+    for j in &b.jobs {
         let _ = writeln!(
             out,
             "    {:>6}  {:<8} {:<10} worker {:<12} attempt {}{}",
-            s(&j["id"]),
-            s(&j["arch"]),
-            s(&j["state"]),
-            s(&j["worker"]),
-            s(&j["attempt"]),
-            j["waiting"]
-                .as_str()
+            j.id,
+            term_safe(&j.arch),
+            j.state.as_str(),
+            opt(j.worker.as_deref()),
+            j.attempt,
+            j.waiting
+                .as_deref()
                 .map(|w| format!("  waiting: {}", term_safe(w)))
-                .or_else(|| j["message"].as_str().map(|m| format!("  {}", term_safe(m))))
+                .or_else(|| j.message.as_deref().map(|m| format!("  {}", term_safe(m))))
                 .unwrap_or_default()
         );
     }
-    let arts = b["artifacts"].as_array().map(|a| a.len()).unwrap_or(0);
-    if arts > 0 {
+    if !b.artifacts.is_empty() {
         let _ = writeln!(out, "  artifacts:");
-        for a in b["artifacts"].as_array().into_iter().flatten() {
+        for a in &b.artifacts {
             let _ = writeln!(
                 out,
                 "    {:<8} {:<8} {:>10}  {}",
-                s(&a["arch"]),
-                s(&a["kind"]),
-                s(&a["size"]),
-                s(&a["name"])
+                term_safe(&a.arch),
+                a.kind.as_str(),
+                a.size,
+                term_safe(&a.name)
             );
         }
     }
@@ -653,9 +690,16 @@ pub fn format_build(b: &Value) -> String {
 
 pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Vec<Value> = c.get(&format!("/api/v1/builds?limit={}", a.limit)).await?;
+    let v: Vec<BuildView> = c
+        .get_with(
+            "/api/v1/builds",
+            &ListQuery {
+                limit: Some(a.limit),
+            },
+        )
+        .await?;
     if a.json {
-        emit_json(&Value::Array(v))?;
+        emit_value(&v)?;
         return Ok(0);
     }
     let mut out = String::new();
@@ -665,19 +709,18 @@ pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
         "ID", "STATE", "TARGET", "PACKAGE", "ARCHES"
     );
     for b in &v {
-        let arches: Vec<String> = b["jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|j| format!("{}:{}", s(&j["arch"]), s(&j["state"])))
+        let arches: Vec<String> = b
+            .jobs
+            .iter()
+            .map(|j| format!("{}:{}", term_safe(&j.arch), j.state))
             .collect();
         let _ = writeln!(
             out,
             "{:>6}  {:<10} {:<12} {:<28} {}",
-            s(&b["id"]),
-            s(&b["state"]),
-            s(&b["target"]),
-            format!("{}-{}", s(&b["package"]), s(&b["evr"])),
+            b.id,
+            b.state.as_str(),
+            term_safe(&b.target),
+            format!("{}-{}", term_safe(&b.package), term_safe(&b.evr)),
             arches.join(" ")
         );
     }
@@ -687,9 +730,9 @@ pub async fn builds(a: ListArgs) -> anyhow::Result<i32> {
 
 pub async fn build_show(id: i64, json: bool) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Value = c.get(&format!("/api/v1/builds/{id}")).await?;
+    let v: BuildView = c.get(&format!("/api/v1/builds/{id}")).await?;
     if json {
-        emit_json(&v)?;
+        emit_value(&v)?;
     } else {
         emit(&format_build(&v))?;
     }
@@ -698,9 +741,16 @@ pub async fn build_show(id: i64, json: bool) -> anyhow::Result<i32> {
 
 pub async fn jobs(a: ListArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Vec<Value> = c.get(&format!("/api/v1/jobs?limit={}", a.limit)).await?;
+    let v: Vec<JobView> = c
+        .get_with(
+            "/api/v1/jobs",
+            &ListQuery {
+                limit: Some(a.limit),
+            },
+        )
+        .await?;
     if a.json {
-        emit_json(&Value::Array(v))?;
+        emit_value(&v)?;
         return Ok(0);
     }
     let mut out = String::new();
@@ -713,18 +763,13 @@ pub async fn jobs(a: ListArgs) -> anyhow::Result<i32> {
         let _ = writeln!(
             out,
             "{:>6}  {:>6}  {:<8} {:<10} {:<14} {:>7}  {}",
-            s(&j["id"]),
-            s(&j["build"]),
-            s(&j["arch"]),
-            s(&j["state"]),
-            s(&j["worker"]),
-            s(&j["attempt"]),
-            term_safe(
-                j["waiting"]
-                    .as_str()
-                    .or(j["message"].as_str())
-                    .unwrap_or("")
-            )
+            j.id,
+            j.build,
+            term_safe(&j.arch),
+            j.state.as_str(),
+            opt(j.worker.as_deref()),
+            j.attempt,
+            term_safe(j.waiting.as_deref().or(j.message.as_deref()).unwrap_or(""))
         );
     }
     emit(&out)?;
@@ -736,12 +781,9 @@ pub async fn jobs(a: ListArgs) -> anyhow::Result<i32> {
 /// cannot move the cursor, clear the screen or retitle the window.
 pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let url = c.url(&format!(
-        "/api/v1/jobs/{}/log{}",
-        a.job,
-        if a.follow { "?follow=true" } else { "" }
-    ));
-    let r = c.send(c.http.get(url)).await?;
+    let url = c.url(&format!("/api/v1/jobs/{}/log", a.job));
+    let query = LogQuery { follow: a.follow };
+    let r = c.send(c.http.get(url).query(&query)).await?;
     let mut body = r.bytes_stream();
     let mut term = std::io::stdout().is_terminal().then(TermLog::default);
     let mut text = String::new();
@@ -766,21 +808,18 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
 
 pub async fn cancel(id: i64) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Value = c
-        .post(
-            &format!("/api/v1/builds/{id}/cancel"),
-            &serde_json::json!({}),
-        )
+    let v: BuildView = c
+        .post(&format!("/api/v1/builds/{id}/cancel"), &EmptyBody {})
         .await?;
-    emit(&format!("build {id} {}\n", s(&v["state"])))?;
+    emit(&format!("build {id} {}\n", v.state))?;
     Ok(0)
 }
 
 pub async fn workers(json: bool) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Vec<Value> = c.get("/api/v1/workers").await?;
+    let v: Vec<WorkerView> = c.get("/api/v1/workers").await?;
     if json {
-        emit_json(&Value::Array(v))?;
+        emit_value(&v)?;
         return Ok(0);
     }
     let mut out = String::new();
@@ -790,22 +829,23 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
         "NAME", "STATE", "ARCHES", "CHANNELS", "RUNNING"
     );
     for w in &v {
-        let state = if w["revoked"].as_bool() == Some(true) {
+        let state = if w.revoked {
             "revoked"
-        } else if w["draining"].as_bool() == Some(true) {
+        } else if w.draining {
             "draining"
-        } else if w["connected"].as_bool() == Some(true) {
+        } else if w.connected {
             "connected"
         } else {
             "offline"
         };
-        let join = |k: &str| {
-            w[k].as_array()
-                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                .unwrap_or_default()
+        let join = |list: &[String]| {
+            list.iter()
+                .map(|x| term_safe(x))
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        let last = w["last_seen"]
-            .as_i64()
+        let last = w
+            .last_seen
             .map(|ms| {
                 let ago = (kiln_store::now_ms() - ms) / 1000;
                 format!("{ago} s ago")
@@ -814,11 +854,11 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
         let _ = writeln!(
             out,
             "{:<16} {:<10} {:<22} {:<16} {:>8}  {last}",
-            s(&w["name"]),
+            term_safe(&w.name),
             state,
-            join("arches"),
-            join("channels"),
-            format!("{}/{}", s(&w["running"]), s(&w["capacity"]))
+            join(&w.arches),
+            join(&w.channels),
+            format!("{}/{}", w.running, w.capacity)
         );
     }
     emit(&out)?;
@@ -827,23 +867,18 @@ pub async fn workers(json: bool) -> anyhow::Result<i32> {
 
 pub async fn token_create(worker: &str) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let v: Value = c
-        .post("/api/v1/tokens", &serde_json::json!({ "worker": worker }))
-        .await?;
-    match v["token"].as_str() {
-        Some(t) => emit(&format!("{}\n", term_safe(t)))?,
-        None => bail!("the master's answer has no token"),
-    }
+    let req = TokenRequest {
+        worker: worker.to_string(),
+    };
+    let v: TokenResponse = c.post("/api/v1/tokens", &req).await?;
+    emit(&format!("{}\n", term_safe(&v.token)))?;
     Ok(0)
 }
 
 pub async fn revoke(name: &str) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
-    let _: Value = c
-        .post(
-            &format!("/api/v1/workers/{name}/revoke"),
-            &serde_json::json!({}),
-        )
+    let _: RevokeResponse = c
+        .post(&format!("/api/v1/workers/{name}/revoke"), &EmptyBody {})
         .await?;
     emit(&format!("worker {} revoked\n", term_safe(name)))?;
     Ok(0)
@@ -881,32 +916,31 @@ pub async fn repo_file(target: &str) -> anyhow::Result<i32> {
 pub async fn repo_ls(target: &str, json: bool) -> anyhow::Result<i32> {
     check_target(target)?;
     let c = Client::from_env()?;
-    let v: Vec<Value> = c.get(&format!("/api/v1/targets/{target}/packages")).await?;
+    let v: Vec<PackageView> = c.get(&format!("/api/v1/targets/{target}/packages")).await?;
     if json {
-        emit_json(&Value::Array(v))?;
+        emit_value(&v)?;
         return Ok(0);
     }
     let mut out = String::new();
     let _ = writeln!(out, "{:<10} {:<50} {:>7}", "REPO", "PACKAGE", "BUILD");
     for p in &v {
-        let epoch = p["epoch"].as_u64().unwrap_or(0);
         let _ = writeln!(
             out,
             "{:<10} {:<50} {:>7}",
-            s(&p["repo"]),
+            term_safe(&p.repo),
             format!(
                 "{}-{}{}-{}.{}",
-                s(&p["name"]),
-                if epoch > 0 {
-                    format!("{epoch}:")
+                term_safe(&p.name),
+                if p.epoch > 0 {
+                    format!("{}:", p.epoch)
                 } else {
                     String::new()
                 },
-                s(&p["version"]),
-                s(&p["release"]),
-                s(&p["arch"])
+                term_safe(&p.version),
+                term_safe(&p.release),
+                term_safe(&p.arch)
             ),
-            s(&p["build"])
+            p.build
         );
     }
     emit(&out)?;
@@ -916,11 +950,8 @@ pub async fn repo_ls(target: &str, json: bool) -> anyhow::Result<i32> {
 pub async fn repo_regen(target: &str) -> anyhow::Result<i32> {
     check_target(target)?;
     let c = Client::from_env()?;
-    let _: Value = c
-        .post(
-            &format!("/api/v1/targets/{target}/regen"),
-            &serde_json::json!({}),
-        )
+    let _: RegenResponse = c
+        .post(&format!("/api/v1/targets/{target}/regen"), &EmptyBody {})
         .await?;
     emit(&format!("regeneration of {target} queued\n"))?;
     Ok(0)
@@ -953,26 +984,59 @@ mod tests {
             assert!(!out.contains(c), "{c:?} passed: {out}");
             assert!(out.starts_with("a\\u{") && out.ends_with("}b"), "{out}");
         }
-        // What the tables print goes through s().
-        assert_eq!(
-            s(&Value::String("p\x1b]0;pwned\x07".into())),
-            "p\\x1b]0;pwned\\x07"
-        );
-        assert_eq!(s(&Value::Null), "-");
-        assert_eq!(s(&serde_json::json!(42)), "42");
+        // What the tables print goes through opt() or term_safe().
+        assert_eq!(opt(Some("p\x1b]0;pwned\x07")), "p\\x1b]0;pwned\\x07");
+        assert_eq!(opt(None), "-");
     }
 
     #[test]
     fn the_human_build_view_escapes_package_data() {
-        let b = serde_json::json!({
-            "id": 15, "state": "failed", "package": "evil\u{1b}[2J", "evr": "1.0-1\u{202e}",
-            "target": "t1", "channel": "default", "priority": 0,
-            "reason": "bad\nnews\u{1b}[31m",
-            "excluded_arches": [{"arch": "s390x", "reason": "no\u{7}"}],
-            "jobs": [{"id": 3, "arch": "x86_64", "state": "failed", "worker": "w\u{1b}",
-                      "attempt": 1, "message": "exit 1\u{1b}[0m"}],
-            "artifacts": [{"arch": "x86_64", "kind": "log", "size": 10, "name": "build.log\u{1b}"}],
-        });
+        let b = BuildView {
+            id: 15,
+            target: "t1".into(),
+            package: "evil\u{1b}[2J".into(),
+            evr: "1.0-1\u{202e}".into(),
+            srpm_name: "evil-1.0-1.src.rpm".into(),
+            srpm_sha256: "ab".into(),
+            srpm_size: 1,
+            channel: "default".into(),
+            disttag: String::new(),
+            priority: 0,
+            scratch: false,
+            ci: false,
+            state: BuildState::Failed,
+            reason: Some("bad\nnews\u{1b}[31m".into()),
+            excluded_arches: vec![kiln_api::ExcludedArch {
+                arch: "s390x".into(),
+                reason: "no\u{7}".into(),
+            }],
+            created_at: 0,
+            finished_at: None,
+            publish: None,
+            publish_error: None,
+            jobs: vec![JobView {
+                id: 3,
+                build: 15,
+                arch: "x86_64".into(),
+                state: kiln_api::JobState::Failed,
+                worker: Some("w\u{1b}".into()),
+                attempt: 1,
+                message: Some("exit 1\u{1b}[0m".into()),
+                created_at: 0,
+                started_at: None,
+                finished_at: None,
+                waiting: None,
+            }],
+            artifacts: vec![kiln_api::ArtifactView {
+                job: 3,
+                arch: "x86_64".into(),
+                name: "build.log\u{1b}".into(),
+                kind: kiln_api::ArtifactKind::Log,
+                size: 10,
+                sha256: "cd".into(),
+                nevra: None,
+            }],
+        };
         let text = format_build(&b);
         assert!(
             !text.chars().any(|c| c != '\n' && is_unsafe_char(c)),
@@ -981,6 +1045,31 @@ mod tests {
         assert!(text.contains("evil\\x1b[2J-1.0-1\\u{202e}"), "{text}");
         assert!(text.contains("reason: bad\\x0anews\\x1b[31m"), "{text}");
         assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn typed_json_output_is_the_text_the_untyped_answer_printed() {
+        let answer = r#"{"id":4,"target":"t","package":"p","evr":"1-1","srpm_name":"p-1-1.src.rpm",
+            "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
+            "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
+            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,
+            "jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
+            "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
+            "artifacts":[]}"#;
+        let mut raw: Value = serde_json::from_str(answer).unwrap();
+        let typed: BuildView = serde_json::from_str(answer).unwrap();
+        let again = serde_json::to_value(&typed).unwrap();
+        assert_eq!(json_text(&again).unwrap(), json_text(&raw).unwrap());
+        // kiln submit --json adds the upload.
+        raw["upload"] = serde_json::json!({ "sent": 5 });
+        let submitted = Submitted {
+            build: &typed,
+            upload: Upload { sent: 5 },
+        };
+        assert_eq!(
+            json_text(&serde_json::to_value(&submitted).unwrap()).unwrap(),
+            json_text(&raw).unwrap()
+        );
     }
 
     #[test]

@@ -129,6 +129,16 @@ enum WorkerSub {
     },
     /// Cut a worker off, at once and for good.
     Revoke { name: String },
+    /// The base roots this worker keeps for buildroot targets.
+    Roots {
+        /// The worker's work directory (default: `<dir>/work`).
+        #[arg(long, env = "KILN_WORKER_WORK")]
+        work: Option<PathBuf>,
+        #[arg(long, env = "KILN_WORKER_DIR", default_value = "/var/lib/kiln-worker")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing() {
@@ -184,6 +194,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Ok(0)
             }
             Some(WorkerSub::Revoke { name }) => commands::revoke(&name).await,
+            Some(WorkerSub::Roots { work, dir, json }) => {
+                let work = work.unwrap_or_else(|| dir.join("work"));
+                let roots = kiln_worker::buildroot::list_roots(&work.join("roots"));
+                if json {
+                    commands::emit(&(serde_json::to_string_pretty(&roots)? + "\n"))?;
+                } else {
+                    commands::emit(&roots_table(&roots))?;
+                }
+                Ok(0)
+            }
             None => {
                 init_tracing();
                 settings::run_worker(w.run).await
@@ -230,4 +250,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cmd: TokenCmd::Create { worker },
         } => commands::token_create(&worker).await,
     }
+}
+
+/// `kiln worker roots`: one line per base root.
+fn roots_table(roots: &[kiln_worker::buildroot::RootMeta]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut s = format!(
+        "{:<48} {:<12} {:<8} {:>8} {:>9} {:>6} {:>8}\n",
+        "ROOT", "TARGET", "ARCH", "SIZE", "AGE", "USES", "PACKAGES"
+    );
+    for r in roots {
+        s += &format!(
+            "{:<48} {:<12} {:<8} {:>6}MB {:>8}s {:>6} {:>8}\n",
+            r.id,
+            r.target,
+            r.arch,
+            r.size >> 20,
+            now.saturating_sub(r.created_ms) / 1000,
+            r.uses,
+            r.installed.len()
+        );
+    }
+    s
 }

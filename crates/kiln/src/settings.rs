@@ -616,6 +616,9 @@ impl Settings for MasterConfig {
             "cert_days" => "Validity of worker certificates, in days",
             "durability" => "`full` (fsync every commit) or `normal` (survives a process crash)",
             "createrepo" => "The createrepo_c program",
+            "public_url" => {
+                "How workers and people reach the API (buildroots read the published repositories there)"
+            }
             _ => return None,
         })
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, StatusCode};
+use kiln_api::ErrorCode;
 
 use super::error::{ApiError, ApiResult};
 use crate::Core;
@@ -31,7 +32,7 @@ pub fn auth(core: &Core, headers: &HeaderMap) -> ApiResult<()> {
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "this call needs a token (Authorization: Bearer …; set KILN_TOKEN)",
             )
         })?;
@@ -47,7 +48,7 @@ pub fn auth(core: &Core, headers: &HeaderMap) -> ApiResult<()> {
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "invalid token",
         ))
     }

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use serde::Serialize;
+use kiln_api::{BlobInfo, ErrorCode};
 
 use super::auth::auth;
 use super::error::{disk_error, ApiError, ApiResult};
@@ -14,13 +14,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::paths::{is_sha256, sha256_file};
 use kiln_core::srpm::inspect_srpm;
-
-#[derive(Serialize)]
-pub(super) struct BlobInfo {
-    sha256: String,
-    size: u64,
-    existing: bool,
-}
 
 pub(super) async fn head_blob(
     State(core): S,
@@ -77,7 +70,7 @@ pub(super) async fn put_blob(
     let too_big = |n: u64| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("upload of {n} bytes exceeds the limit of {max} bytes (max_upload)"),
         )
     };

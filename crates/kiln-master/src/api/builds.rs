@@ -3,23 +3,23 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
+use kiln_api::{BuildView, ErrorCode, JobView, ListQuery, SubmitRequest};
 
 use super::auth::{auth, Admin};
 use super::error::{ApiError, ApiResult};
-use super::views::{build_view, BuildView, JobView};
+use super::views::{build_of, build_view, job};
 use super::S;
 
-#[derive(Deserialize)]
-pub(super) struct Limit {
-    limit: Option<u32>,
+/// How many a listing shows: 100 unless asked, at most 10 000.
+fn limit(q: &ListQuery) -> u32 {
+    q.limit.unwrap_or(100).min(10_000)
 }
 
 pub(super) async fn list_builds(
     State(core): S,
-    Query(q): Query<Limit>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<BuildView>>> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    let limit = limit(&q);
     let rows = core
         .store
         .read(move |c| {
@@ -37,21 +37,21 @@ pub(super) async fn list_builds(
     let s = core.sched();
     Ok(Json(
         rows.into_iter()
-            .map(|(build, jobs, artifacts)| BuildView::new(&s, build, jobs, artifacts))
+            .map(|(build, jobs, artifacts)| build_of(&s, build, jobs, artifacts))
             .collect(),
     ))
 }
 
 pub(super) async fn show_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
-    Ok(Json(build_view(&core, id).await?))
+    Ok(Json(build_view(&core, id).await?.0))
 }
 
 /// Answer once the build has reached a final state.
 pub(super) async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
     let mut rx = core.build_done.subscribe();
     loop {
-        let v = build_view(&core, id).await?;
-        if v.build.state.is_final() {
+        let v = build_view(&core, id).await?.0;
+        if v.state.is_final() {
             return Ok(Json(v));
         }
         loop {
@@ -74,35 +74,15 @@ pub(super) async fn cancel_build(
     let (r, fx) = core.decide(|s, fx| s.cancel(fx, id));
     core.apply(fx).await;
     if let Err(e) = r {
-        let v = build_view(&core, id).await?;
+        let v = build_view(&core, id).await?.0;
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "not_active",
-            format!("{e}: it is {}", v.build.state),
+            ErrorCode::NotActive,
+            format!("{e}: it is {}", v.state),
         ));
     }
-    Ok(Json(build_view(&core, id).await?))
+    Ok(Json(build_view(&core, id).await?.0))
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    pub srpm_sha256: String,
-    pub srpm_name: String,
-    pub target: Option<String>,
-    pub arches: Option<Vec<String>>,
-    pub channel: Option<String>,
-    pub priority: Option<i64>,
-    #[serde(default)]
-    pub now: bool,
-    #[serde(default)]
-    pub scratch: bool,
-    #[serde(default)]
-    pub ci: bool,
-}
-
-/// Priority given by `--now`: ahead of everything submitted normally.
-pub const NOW_PRIORITY: i64 = 100;
 
 pub(super) async fn submit(
     State(core): S,
@@ -110,20 +90,18 @@ pub(super) async fn submit(
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<BuildView>)> {
     let view = crate::submit::submit(&core, &req).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(view.0)))
 }
 
 pub(super) async fn list_jobs(
     State(core): S,
-    Query(q): Query<Limit>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<JobView>>> {
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    let limit = limit(&q);
     let jobs = core
         .store
         .read(move |c| kiln_store::list_jobs(c, limit))
         .await?;
     let s = core.sched();
-    Ok(Json(
-        jobs.into_iter().map(|j| JobView::new(&s, j)).collect(),
-    ))
+    Ok(Json(jobs.into_iter().map(|j| job(&s, j)).collect()))
 }

@@ -1,22 +1,21 @@
-//! The API's errors: one JSON shape (`{"error", "code"}`) and the status
-//! that tells the client what it can do about it (ARCHITECTURE.md, error policy).
+//! The API's errors: one JSON shape (`kiln_api::ErrorBody`: `{"code",
+//! "error"}`) and the status that tells the client what it can do about it
+//! (ARCHITECTURE.md, error policy).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kiln_api::{ErrorBody, ErrorCode};
 
+/// An error answer: its status, its code and its message.
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -24,13 +23,17 @@ impl ApiError {
         }
     }
     pub(crate) fn bad(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
     pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
     pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
     }
 }
 
@@ -42,7 +45,7 @@ impl From<kiln_store::StoreError> for ApiError {
             e @ (kiln_store::StoreError::CommitFailed(_) | kiln_store::StoreError::Closed) => {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
+                    ErrorCode::Unavailable,
                     e.to_string(),
                 )
             }
@@ -53,7 +56,10 @@ impl From<kiln_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "code": self.code });
+        let body = ErrorBody {
+            code: self.code,
+            error: self.message,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -66,7 +72,7 @@ pub(crate) fn disk_error(e: std::io::Error) -> ApiError {
     if e.kind() == std::io::ErrorKind::StorageFull {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "no_space",
+            ErrorCode::NoSpace,
             "no space left on device on the master; nothing was kept, retry once there is room",
         )
     } else {
@@ -79,7 +85,9 @@ impl From<crate::submit::SubmitError> for ApiError {
         use crate::submit::SubmitError as E;
         match e {
             E::Bad(m) => ApiError::bad(m),
-            E::BlobMissing => ApiError::new(StatusCode::NOT_FOUND, "blob_missing", e.to_string()),
+            E::BlobMissing => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobMissing, e.to_string())
+            }
             E::Store(s) => s.into(),
         }
     }
@@ -90,7 +98,7 @@ mod tests {
     use super::*;
     use kiln_store::StoreError;
 
-    fn status(e: ApiError) -> (StatusCode, &'static str) {
+    fn status(e: ApiError) -> (StatusCode, ErrorCode) {
         (e.status, e.code)
     }
 
@@ -98,24 +106,27 @@ mod tests {
     fn store_errors_tell_the_client_whose_fault_it_is() {
         assert_eq!(
             status(StoreError::Invalid("x".into()).into()),
-            (StatusCode::BAD_REQUEST, "bad_request")
+            (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
         );
         assert_eq!(
             status(StoreError::NotFound("x".into()).into()),
-            (StatusCode::NOT_FOUND, "not_found")
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound)
         );
         // A commit that failed (disk full, I/O error) is not the request's
         // fault: 503, retry later.
         let e: ApiError = StoreError::CommitFailed("database or disk is full".into()).into();
         assert!(e.message.contains("could not commit"), "{}", e.message);
-        assert_eq!(status(e), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        assert_eq!(
+            status(e),
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+        );
         assert_eq!(
             status(StoreError::Closed.into()),
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
         );
         assert_eq!(
             status(StoreError::Internal("thread".into()).into()),
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
         );
     }
 
@@ -123,6 +134,9 @@ mod tests {
     fn a_full_disk_is_507_and_says_so() {
         let e = disk_error(std::io::Error::from(std::io::ErrorKind::StorageFull));
         assert!(e.message.contains("no space left on device"));
-        assert_eq!(status(e), (StatusCode::INSUFFICIENT_STORAGE, "no_space"));
+        assert_eq!(
+            status(e),
+            (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::NoSpace)
+        );
     }
 }

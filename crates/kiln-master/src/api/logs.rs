@@ -3,25 +3,19 @@
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use kiln_api::{Event, LogQuery};
 
 use super::error::{ApiError, ApiResult};
 use super::S;
 use crate::logs::LogEvent;
 use axum::body::Body;
 
-#[derive(Deserialize)]
-pub(super) struct Follow {
-    #[serde(default)]
-    follow: bool,
-}
-
 /// The build log of a job; with `follow`, the response stays open and
 /// streams new lines until the job ends.
 pub(super) async fn job_log(
     State(core): S,
     Path(id): Path<i64>,
-    Query(q): Query<Follow>,
+    Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
     let job = core
         .store
@@ -104,26 +98,18 @@ pub(super) async fn events(State(core): S) -> Response {
     let mut rx = core.events.subscribe();
     let stream = async_stream(move |tx| async move {
         // Tell the client it is subscribed: events after this line are complete.
-        if tx
-            .send(Ok(bytes::Bytes::from_static(
-                b"{\"kind\":\"subscribed\"}\n",
-            )))
-            .await
-            .is_err()
-        {
+        if tx.send(Ok(line(&Event::Subscribed))).await.is_err() {
             return;
         }
         loop {
-            let line = match rx.recv().await {
-                Ok(e) => serde_json::to_vec(&e).unwrap_or_default(),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    format!("{{\"kind\":\"lagged\",\"missed\":{n}}}").into_bytes()
+            let event = match rx.recv().await {
+                Ok(e) => event(e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    Event::Lagged { missed }
                 }
                 Err(_) => return,
             };
-            let mut line = line;
-            line.push(b'\n');
-            if tx.send(Ok(bytes::Bytes::from(line))).await.is_err() {
+            if tx.send(Ok(line(&event))).await.is_err() {
                 return;
             }
         }
@@ -133,4 +119,35 @@ pub(super) async fn events(State(core): S) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A scheduler event as the event stream shows it.
+fn event(e: crate::sched::Event) -> Event {
+    use crate::sched::Event as E;
+    match e {
+        E::Job {
+            build,
+            job,
+            arch,
+            state,
+            worker,
+            attempt,
+        } => Event::Job {
+            build,
+            job,
+            arch,
+            state,
+            worker,
+            attempt,
+        },
+        E::Build { build, state } => Event::Build { build, state },
+        E::Publish { build, state } => Event::Publish { build, state },
+    }
+}
+
+/// One line of the event stream.
+fn line(e: &Event) -> bytes::Bytes {
+    let mut line = serde_json::to_vec(e).unwrap_or_default();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
 }

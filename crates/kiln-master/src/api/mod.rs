@@ -1,6 +1,8 @@
 //! The HTTP API (`/api/v1`, JSON) used by the CLI: one resource per file.
 //! Reads are open; writes need the bearer token (checked before the body
 //! is read). Handlers translate HTTP to a call of a use case and back.
+//! Every JSON body is a type of `kiln_api` (the CLI reads the same types);
+//! `views` makes them from the store's rows.
 
 mod auth;
 mod blobs;
@@ -18,11 +20,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-pub use builds::{SubmitRequest, NOW_PRIORITY};
 pub use error::ApiError;
+pub use kiln_api::{SubmitRequest, NOW_PRIORITY};
 pub(crate) use views::build_view;
-pub use views::{BuildView, JobView};
-pub use workers::WorkerOut;
+pub use views::BuildView;
 
 use crate::{io_err, Core, MasterError};
 

@@ -5,14 +5,44 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use kiln_api::{PackageView, RegenResponse, TargetView};
 
 use super::auth::auth;
 use super::error::{ApiError, ApiResult};
 use super::S;
 use crate::Core;
 
-pub(super) async fn targets(State(core): S) -> Json<Vec<crate::Target>> {
-    Json(core.cfg.targets.clone())
+pub(super) async fn targets(State(core): S) -> Json<Vec<TargetView>> {
+    Json(core.cfg.targets.iter().map(target_view).collect())
+}
+
+/// A configured target as clients see it.
+fn target_view(t: &crate::Target) -> TargetView {
+    TargetView {
+        name: t.name.clone(),
+        disttag: t.disttag.clone(),
+        arches: t.arches.clone(),
+        channel: t.channel.clone(),
+        keep: t.keep,
+        sign_key: t.sign_key.clone(),
+        tosign_dir: t.tosign_dir.clone(),
+    }
+}
+
+/// A live package of a repository as clients see it.
+fn package_view(p: kiln_store::RepoPackage) -> PackageView {
+    PackageView {
+        target: p.target,
+        repo: p.repo,
+        file: p.file,
+        name: p.name,
+        epoch: p.epoch,
+        version: p.version,
+        release: p.release,
+        arch: p.arch,
+        build: p.build,
+        retired_gen: p.retired_gen,
+    }
 }
 
 pub(super) fn target_of<'a>(core: &'a Core, name: &str) -> ApiResult<&'a crate::Target> {
@@ -89,7 +119,7 @@ pub(super) async fn repo_file(
 pub(super) async fn repo_packages(
     State(core): S,
     Path(target): Path<String>,
-) -> ApiResult<Json<Vec<kiln_store::RepoPackage>>> {
+) -> ApiResult<Json<Vec<PackageView>>> {
     let t = target_of(&core, &target)?.name.clone();
     let rows = core
         .store
@@ -98,6 +128,7 @@ pub(super) async fn repo_packages(
     Ok(Json(
         rows.into_iter()
             .filter(|r| r.retired_gen.is_none())
+            .map(package_view)
             .collect(),
     ))
 }
@@ -106,7 +137,7 @@ pub(super) async fn repo_regen(
     State(core): S,
     headers: HeaderMap,
     Path(target): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<RegenResponse>)> {
     auth(&core, &headers)?;
     let t = target_of(&core, &target)?.name.clone();
     core.repo
@@ -114,7 +145,10 @@ pub(super) async fn repo_regen(
         .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "target": t, "regen": "queued" })),
+        Json(RegenResponse {
+            regen: "queued".into(),
+            target: t,
+        }),
     ))
 }
 

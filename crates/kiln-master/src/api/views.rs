@@ -1,50 +1,98 @@
-//! How builds and jobs look to clients.
+//! How builds and jobs look to clients: the store's rows made into
+//! `kiln_api`'s views (the store knows nothing of the API).
 
-use serde::{Deserialize, Serialize};
+use kiln_api::{ArtifactView, ExcludedArch, JobView};
+use kiln_store::{ArtifactRow, BuildRow, Excluded, JobRow};
 
+use crate::sched::Sched;
 use crate::Core;
-use kiln_store::{ArtifactRow, BuildRow, JobRow};
 
-#[derive(Serialize, Deserialize)]
-pub struct JobView {
-    #[serde(flatten)]
-    pub job: JobRow,
-    pub waiting: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct BuildView {
-    #[serde(flatten)]
-    pub build: BuildRow,
-    pub jobs: Vec<JobView>,
-    pub artifacts: Vec<ArtifactRow>,
-}
+/// A build as the API shows it, made under the scheduler lock (which knows
+/// why a job waits). The wire type is `.0`; this wrapper keeps the
+/// constructor that `submit` calls.
+pub struct BuildView(pub kiln_api::BuildView);
 
 impl BuildView {
     /// A build with its jobs (each saying why it waits, if it does).
     pub(crate) fn new(
-        s: &crate::sched::Sched,
+        s: &Sched,
         build: BuildRow,
         jobs: Vec<JobRow>,
         artifacts: Vec<ArtifactRow>,
     ) -> BuildView {
-        BuildView {
-            build,
-            jobs: jobs.into_iter().map(|j| JobView::new(s, j)).collect(),
-            artifacts,
-        }
+        BuildView(build_of(s, build, jobs, artifacts))
     }
 }
 
-impl JobView {
-    pub(crate) fn new(s: &crate::sched::Sched, job: JobRow) -> JobView {
-        JobView {
-            waiting: s.waiting_reason(job.id),
-            job,
-        }
+/// The view of a build from its rows.
+pub(super) fn build_of(
+    s: &Sched,
+    b: BuildRow,
+    jobs: Vec<JobRow>,
+    artifacts: Vec<ArtifactRow>,
+) -> kiln_api::BuildView {
+    kiln_api::BuildView {
+        id: b.id,
+        target: b.target,
+        package: b.package,
+        evr: b.evr,
+        srpm_name: b.srpm_name,
+        srpm_sha256: b.srpm_sha256,
+        srpm_size: b.srpm_size,
+        channel: b.channel,
+        disttag: b.disttag,
+        priority: b.priority,
+        scratch: b.scratch,
+        ci: b.ci,
+        state: b.state,
+        reason: b.reason,
+        excluded_arches: b.excluded_arches.into_iter().map(excluded).collect(),
+        created_at: b.created_at,
+        finished_at: b.finished_at,
+        publish: b.publish,
+        publish_error: b.publish_error,
+        jobs: jobs.into_iter().map(|j| job(s, j)).collect(),
+        artifacts: artifacts.into_iter().map(artifact).collect(),
     }
 }
 
+fn excluded(e: Excluded) -> ExcludedArch {
+    ExcludedArch {
+        arch: e.arch,
+        reason: e.reason,
+    }
+}
+
+/// The view of a job: its row, and why it waits if it does.
+pub(super) fn job(s: &Sched, j: JobRow) -> JobView {
+    JobView {
+        waiting: s.waiting_reason(j.id),
+        id: j.id,
+        build: j.build,
+        arch: j.arch,
+        state: j.state,
+        worker: j.worker,
+        attempt: j.attempt,
+        message: j.message,
+        created_at: j.created_at,
+        started_at: j.started_at,
+        finished_at: j.finished_at,
+    }
+}
+
+fn artifact(a: ArtifactRow) -> ArtifactView {
+    ArtifactView {
+        job: a.job,
+        arch: a.arch,
+        name: a.name,
+        kind: a.kind,
+        size: a.size,
+        sha256: a.sha256,
+        nevra: a.nevra,
+    }
+}
+
+/// A build as it is now, read from the store.
 pub(crate) async fn build_view(core: &Core, id: i64) -> Result<BuildView, kiln_store::StoreError> {
     let (build, jobs, artifacts) = core
         .store

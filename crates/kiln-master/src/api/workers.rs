@@ -3,34 +3,20 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use kiln_api::{RevokeResponse, WorkerView};
 
 use super::auth::auth;
 use super::error::{ApiError, ApiResult};
 use super::S;
 use kiln_core::names::check_ident;
 
-#[derive(Serialize, Deserialize)]
-pub struct WorkerOut {
-    pub name: String,
-    pub arches: Vec<String>,
-    pub channels: Vec<String>,
-    pub capacity: u32,
-    pub running: usize,
-    pub running_jobs: Vec<i64>,
-    pub connected: bool,
-    pub draining: bool,
-    pub revoked: bool,
-    pub last_seen: Option<i64>,
-}
-
-pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerOut>>> {
+pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerView>>> {
     let rows = core.store.read(kiln_store::list_workers).await?;
     let live = core.sched().worker_views();
     Ok(Json(
         rows.into_iter()
             .map(|w| match live.get(&w.name) {
-                Some(l) => WorkerOut {
+                Some(l) => WorkerView {
                     name: w.name,
                     arches: l.arches.clone(),
                     channels: l.channels.clone(),
@@ -42,7 +28,7 @@ pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerOut
                     revoked: w.revoked,
                     last_seen: Some(kiln_store::now_ms()),
                 },
-                None => WorkerOut {
+                None => WorkerView {
                     name: w.name,
                     arches: w.arches,
                     channels: w.channels,
@@ -63,7 +49,7 @@ pub(super) async fn revoke_worker(
     State(core): S,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RevokeResponse>> {
     auth(&core, &headers)?;
     check_ident("worker", &name).map_err(|e| ApiError::bad(e.to_string()))?;
     let n = name.clone();
@@ -77,5 +63,8 @@ pub(super) async fn revoke_worker(
     let ((), fx) = core.decide(|s, fx| s.evict(fx, &name));
     core.apply(fx).await;
     tracing::info!("worker {name} revoked");
-    Ok(Json(serde_json::json!({ "name": name, "revoked": true })))
+    Ok(Json(RevokeResponse {
+        name,
+        revoked: true,
+    }))
 }

@@ -111,6 +111,8 @@ pub struct SchedConfig {
     pub job_timeout_secs: u64,
     /// Sent to workers in `Assign`.
     pub log_cap: u64,
+    /// Per target with a buildroot: what its jobs build in.
+    pub buildroots: HashMap<String, pb::Buildroot>,
 }
 
 /// A worker's session as it introduces itself.
@@ -140,6 +142,7 @@ pub struct Sched {
     max_attempts: u32,
     job_timeout_secs: u64,
     log_cap: u64,
+    buildroots: HashMap<String, pb::Buildroot>,
     builds: HashMap<i64, ActiveBuild>,
     jobs: HashMap<i64, ActiveJob>,
     queues: HashMap<(String, String), BinaryHeap<QEntry>>,
@@ -180,6 +183,7 @@ impl Sched {
             max_attempts: cfg.max_attempts,
             job_timeout_secs: cfg.job_timeout_secs,
             log_cap: cfg.log_cap,
+            buildroots: cfg.buildroots,
             builds: HashMap::new(),
             jobs: HashMap::new(),
             queues: HashMap::new(),
@@ -351,11 +355,28 @@ impl Sched {
         }
         let changed = new != b.row.state;
         if changed {
+            // A failed build says which job failed and why.
+            let reason = (new == BuildState::Failed)
+                .then(|| {
+                    b.jobs
+                        .iter()
+                        .filter_map(|id| self.jobs.get(id))
+                        .find(|j| j.row.state == JobState::Failed)
+                        .map(|j| {
+                            format!(
+                                "job {} ({}) failed: {}",
+                                j.row.id,
+                                j.row.arch,
+                                j.row.message.as_deref().unwrap_or("no reason given")
+                            )
+                        })
+                })
+                .flatten();
             fx.events.push(Event::Build { build, state: new });
             fx.writes.push(Write::SetBuildState {
                 build,
                 state: new,
-                reason: None,
+                reason,
                 publish: new.publication(b.row.scratch),
             });
         }
@@ -371,6 +392,12 @@ impl Sched {
         } else if let Some(b) = self.builds.get_mut(&build) {
             b.row.state = new;
         }
+    }
+
+    /// What the jobs of targets with a buildroot build in (sent in their
+    /// Assign).
+    pub fn set_buildroots(&mut self, b: HashMap<String, pb::Buildroot>) {
+        self.buildroots = b;
     }
 
     /// Put a job on a worker: memory, database, and the Assign message.
@@ -403,6 +430,7 @@ impl Sched {
             srpm_size: b.row.srpm_size,
             timeout_secs: self.job_timeout_secs,
             log_cap: self.log_cap,
+            buildroot: self.buildroots.get(&b.row.target).cloned(),
         });
         fx.send(worker, &w.tx, msg);
         let row = j.row.clone();

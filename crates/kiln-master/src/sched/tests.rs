@@ -56,6 +56,7 @@ impl T {
                 max_attempts,
                 job_timeout_secs,
                 log_cap: 1 << 20,
+                buildroots: Default::default(),
             },
             clock.clone(),
         );
@@ -377,6 +378,21 @@ fn the_master_fails_a_job_held_past_its_timeout() {
     let row = saved.expect("the job's row is written");
     assert_eq!(row.state, JobState::Failed);
     assert!(row.message.unwrap().contains("timed out after 600 s"));
+    // The failed build says which job failed and why.
+    let reason = f.writes.iter().find_map(|w| match w {
+        Write::SetBuildState {
+            state: BuildState::Failed,
+            reason,
+            ..
+        } => reason.clone(),
+        _ => None,
+    });
+    let reason = reason.expect("the failed build has a reason");
+    assert!(
+        reason.starts_with(&format!("job {job} (x86_64) failed: "))
+            && reason.contains("timed out after 600 s"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -497,7 +513,7 @@ fn a_restored_build_keeps_its_failed_job() {
     assert!(f.writes.contains(&Write::SetBuildState {
         build: b.id,
         state: BuildState::Failed,
-        reason: None,
+        reason: Some(format!("job {} (x86_64) failed: no reason given", jobs[0])),
         publish: None,
     }));
 }

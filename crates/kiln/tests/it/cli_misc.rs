@@ -2,11 +2,7 @@
 //! and the CLI's errors, exits and output: a closed stdout, a skipped
 //! submit, `submit --wait --timeout`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -240,8 +236,7 @@ fn a_log_past_the_cap_is_cut_and_the_build_goes_on() {
     let srpm = Pkg::noarch(&format!("kt-cap{}", unique())).build_srpm(&m.scratch);
     let b = m.submit_wait(&srpm, &[]);
     assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
-    let job = ju64(&only_job(&b), "id").to_string();
-    let log = m.cli(&["logs", &job]).assert_ok().stdout;
+    let log = m.job_log(&b);
     assert!(log.contains("[kiln: log cut here"), "{log}");
     assert!(log.len() < 1500 + 200, "stored log is {} bytes", log.len());
     let art = artifacts_of_kind(&b, "log");

@@ -1,14 +1,10 @@
 //! Settings: a TOML file whose unknown keys are errors, `KILN_*`
 //! environment variables, and flags over both.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn an_unknown_key_is_one_clear_error() {
@@ -131,6 +127,18 @@ use std::path::Path;
 use kiln_master::MasterConfig;
 use serde_json::{json, Value};
 
+/// `kiln ARGS` with none of the `KILN_*` variables the tests run with.
+fn kiln_without_env(args: &[&str]) -> Command {
+    let mut cmd = Command::new(kiln());
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KILN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// `kiln <sub> --print-config=json` with only the given `KILN_*` variables.
 fn print_config(
     sub: &str,
@@ -138,13 +146,7 @@ fn print_config(
     env: &[(String, String)],
     flags: &[String],
 ) -> Value {
-    let mut cmd = Command::new(kiln());
-    cmd.arg(sub).arg("--print-config=json");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("KILN_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = kiln_without_env(&[sub, "--print-config=json"]);
     if let Some(f) = file {
         cmd.arg("--config").arg(f);
     }
@@ -169,6 +171,7 @@ fn value_for(key: &str, default: &Value, layer: usize) -> Value {
         "backend" => pick(["noop", "rpmbuild", "noop"]),
         "nodeps" => pick(["yes", "no", "yes"]),
         "sandbox" => pick(["auto", "off", "auto"]),
+        "public_url" => json!(format!("https://layer{layer}.example:8443")),
         "arches" => [
             json!(["aarch64"]),
             json!(["ppc64le", "noarch"]),
@@ -478,14 +481,10 @@ fn the_names_in_use_keep_working() {
 #[test]
 fn a_misspelt_variable_is_an_error() {
     let run = |var: &str| {
-        let mut cmd = Command::new(kiln());
-        cmd.args(["master", "--print-config"]);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("KILN_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env(var, "5").output().unwrap()
+        kiln_without_env(&["master", "--print-config"])
+            .env(var, "5")
+            .output()
+            .unwrap()
     };
     let out = run("KILN_LEASE_SEC");
     assert!(!out.status.success());

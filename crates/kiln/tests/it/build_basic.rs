@@ -2,11 +2,7 @@
 //! filed under `DATA/incoming/<build>/<arch>/` with the sizes and sha256
 //! the build reports.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::fs;
 
@@ -192,11 +188,7 @@ fn second_upload_of_the_same_srpm_sends_nothing() {
 
     // The worker fetched the SRPM for the first job and took it from its
     // cache for the second.
-    let log_of = |b: &Value| {
-        let job = ju64(&only_job(b), "id").to_string();
-        m.cli(&["logs", &job]).assert_ok().stdout
-    };
-    let (log1, log2) = (log_of(&first), log_of(&second));
+    let (log1, log2) = (m.job_log(&first), m.job_log(&second));
     assert!(log1.contains("kiln: fetched input"), "{log1}");
     assert!(log2.contains("is cached, nothing to download"), "{log2}");
     assert!(!log2.contains("kiln: fetched input"), "{log2}");

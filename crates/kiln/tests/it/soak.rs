@@ -3,20 +3,12 @@
 //! and stops on SIGTERM. (The first master spun on its own lease timer and
 //! stopped answering after ~50 s.)
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 /// CPU time (user + system) of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; here 11 and 12 (0-based).
+    let f = proc_stat(pid).expect("/proc/PID/stat");
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 

@@ -2,18 +2,12 @@
 //! succeeded build of the package in the target) and scratch builds, which
 //! never reach a repository.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod repo_common;
-
-use common::*;
-use repo_common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::time::Duration;
 
 /// Submits without `--wait` and waits for the build to end.
-fn submit_and_end(m: &Master, pkg: &RPkg, extra: &[&str]) -> Value {
+fn submit_and_end(m: &Master, pkg: &Pkg, extra: &[&str]) -> Value {
     let srpm = pkg.build_srpm(&m.scratch);
     let mut args = vec!["--target", "g"];
     args.extend_from_slice(extra);
@@ -55,15 +49,15 @@ fn older_is_skipped_equal_needs_ci_and_a_ci_rebuild_is_published() {
     let f = RepoFarm::start(&config, Ctl::new());
     let m = &f.m;
 
-    let first = build_and_publish(m, &RPkg::new("kg-gate", "1.1", "1"), "g", &[]);
+    let first = build_and_publish(m, &Pkg::noarch("kg-gate").version("1.1"), "g");
     let first_rpm = only_artifact(&first, "rpm");
 
     // Older than the newest succeeded build: skipped, both versions named.
-    let older = submit_and_end(m, &RPkg::new("kg-gate", "1.0", "1"), &[]);
+    let older = submit_and_end(m, &Pkg::noarch("kg-gate").version("1.0"), &[]);
     assert_skipped(&older, &["1.0-1", "1.1-1"]);
 
     // Equal, release style: skipped.
-    let again = RPkg::new("kg-gate", "1.1", "1").note("ci rebuild");
+    let again = Pkg::noarch("kg-gate").version("1.1").note("ci rebuild");
     let equal = submit_and_end(m, &again, &[]);
     assert_skipped(&equal, &["1.1-1"]);
 
@@ -152,7 +146,7 @@ fn a_scratch_build_never_reaches_the_repository() {
     let f = RepoFarm::start(&config, Ctl::new());
     let m = &f.m;
 
-    let scratch_pkg = RPkg::new("kg-scratch", "1.0", "1");
+    let scratch_pkg = Pkg::noarch("kg-scratch");
     let b = submit_and_end(m, &scratch_pkg, &["--scratch"]);
     assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
     assert_eq!(
@@ -169,7 +163,7 @@ fn a_scratch_build_never_reaches_the_repository() {
 
     // A regular build afterwards is published: the repository builder has
     // run since the scratch build ended.
-    build_and_publish(m, &RPkg::new("kg-regular", "1.0", "1"), "g", &[]);
+    build_and_publish(m, &Pkg::noarch("kg-regular"), "g");
     m.cli(&["repo", "regen", "g"]).assert_ok();
     std::thread::sleep(Duration::from_secs(2));
 

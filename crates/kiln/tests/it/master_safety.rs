@@ -3,32 +3,10 @@
 //! `/repos` without symlinks, the target and arches a submit may name, and a
 //! revoked worker told to stop.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
-use std::os::unix::fs::PermissionsExt;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// `curl` a URL: (HTTP status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let curl = require_tool("curl");
-    let mut cmd = Command::new(curl);
-    cmd.args(["-s", "-S", "-w", "\n%{http_code}"]).args(args);
-    let out = run_timeout(cmd, Duration::from_secs(30), &format!("curl {args:?}")).assert_ok();
-    let (body, code) = out
-        .stdout
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl printed no status: {out:?}", out = out.stdout));
-    (code.trim().parse().unwrap(), body.to_string())
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
 
 /// `kiln master` on `data` that is expected to refuse to start.
 fn master_refuses(data: &Path, home: &Path) -> Out {
@@ -60,14 +38,14 @@ fn files_are_private_a_lost_database_is_refused_and_leftovers_go() {
     let srpm = Pkg::noarch("safe-one").build_srpm(&m.scratch);
     m.submit_wait(&srpm, &[]);
 
-    assert_eq!(mode(&m.data), 0o700, "data directory mode");
-    assert_eq!(mode(&m.data.join("kiln.db")), 0o600, "database mode");
+    assert_eq!(file_mode(&m.data), 0o700, "data directory mode");
+    assert_eq!(file_mode(&m.data.join("kiln.db")), 0o600, "database mode");
 
     // Leftovers of a killed master: a partial file in tmp/, staged uploads
     // of an attempt that is over. They go at the next start.
-    write_file(&m.data.join("tmp/upload-0123-456"), b"partial");
-    write_file(&m.data.join("uploads/999-1-x.rpm"), b"staged");
-    write_file(&m.data.join("uploads/999-1-y.log.part"), b"half");
+    std::fs::write(m.data.join("tmp/upload-0123-456"), b"partial").unwrap();
+    std::fs::write(m.data.join("uploads/999-1-x.rpm"), b"staged").unwrap();
+    std::fs::write(m.data.join("uploads/999-1-y.log.part"), b"half").unwrap();
     m.restart();
     assert!(dir_names(&m.data.join("tmp")).is_empty(), "tmp/ kept files");
     assert!(
@@ -123,13 +101,6 @@ fn files_are_private_a_lost_database_is_refused_and_leftovers_go() {
     assert_eq!(m.builds().len(), 1);
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn a_backup_restores_builds_and_repositories() {
     require_build_tools();
@@ -148,9 +119,7 @@ fn a_backup_restores_builds_and_repositories() {
         m.api_url,
         kiln_core::names::host_arch()
     );
-    wait_until("the build to be published", Duration::from_secs(60), || {
-        (jstr(&m.build(id), "publish") == "published").then_some(())
-    });
+    wait_published(&m, id, PUBLISH_TIMEOUT);
 
     // A backup while the master runs.
     let dest = m.dir.path().join("backup");
@@ -176,8 +145,7 @@ fn a_backup_restores_builds_and_repositories() {
     let b = m.build(id);
     assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
     assert_eq!(jstr(&b, "publish"), "published", "{b}");
-    let (code, _) = curl(&["-o", "/dev/null", &repo_url]);
-    assert_eq!(code, 200, "{repo_url}");
+    assert_eq!(curl(&[&repo_url], &m.scratch).status, 200, "{repo_url}");
     // And the farm goes on building.
     let next = Pkg::noarch("safe-after-restore").build_srpm(&m.scratch);
     m.submit_wait(&next, &[]);
@@ -187,9 +155,13 @@ fn a_backup_restores_builds_and_repositories() {
 fn writes_check_the_token_before_the_body_and_repos_serve_only_files() {
     let m = Master::start();
     let url = format!("{}/api/v1/builds", m.api_url);
+    let call = |args: &[&str]| {
+        let r = curl(args, &m.scratch);
+        (r.status, r.text())
+    };
     // A body of the wrong type and shape, without a token: 401, and the
     // answer names no field.
-    let (code, body) = curl(&[
+    let (code, body) = call(&[
         "-X",
         "POST",
         "-H",
@@ -200,7 +172,7 @@ fn writes_check_the_token_before_the_body_and_repos_serve_only_files() {
     ]);
     assert_eq!(code, 401, "{body}");
     assert!(!body.contains("srpm_sha256"), "{body}");
-    let (code, body) = curl(&[
+    let (code, body) = call(&[
         "-X",
         "POST",
         "-H",
@@ -213,7 +185,7 @@ fn writes_check_the_token_before_the_body_and_repos_serve_only_files() {
     ]);
     assert_eq!(code, 401, "{body}");
     assert!(!body.contains("srpm_sha256"), "{body}");
-    let (code, body) = curl(&[
+    let (code, body) = call(&[
         "-X",
         "POST",
         "-H",
@@ -231,7 +203,7 @@ fn writes_check_the_token_before_the_body_and_repos_serve_only_files() {
     std::fs::write(repo.join("plain.txt"), b"plain").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", repo.join("passwd")).unwrap();
     std::os::unix::fs::symlink("/etc", repo.join("etc")).unwrap();
-    let get = |p: &str| curl(&[&format!("{}/repos/default/{p}", m.api_url)]);
+    let get = |p: &str| call(&[&format!("{}/repos/default/{p}", m.api_url)]);
     assert_eq!(get("plain.txt"), (200, "plain".to_string()));
     for p in ["passwd", "etc/passwd", "etc/hostname", "", "%2e%2e/kiln.db"] {
         let (code, body) = get(p);
@@ -294,7 +266,9 @@ fn a_build_may_return_only_packages_of_its_own_source() {
                  BuildArch: noarch\\n%%%%description\\nx\\n%%%%files\\n' > victim.spec\n\
                  rpmbuild -bb --nodeps --define \"_topdir %{_topdir}\" --define \"_tmppath %{_tmppath}\" victim.spec\n\
                  ls %{_topdir}/RPMS/noarch/";
-    let srpm = srpm_with_build(&m.scratch, "safe-hijack", build);
+    let srpm = Pkg::noarch("safe-hijack")
+        .build_script(build)
+        .build_srpm(&m.scratch);
     let id = build_id(&m.submit(&srpm, &[]));
     let b = m.wait_build_done(id, Duration::from_secs(120));
     assert_eq!(jstr(&b, "state"), "failed", "{b}");

@@ -1,10 +1,6 @@
 //! `kiln cancel` on a queued build and on a running one.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[test]

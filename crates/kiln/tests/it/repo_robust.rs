@@ -10,13 +10,7 @@
 //! test opens a gate: that is how the tests know a publication is under way
 //! and make builds land while it is.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod repo_common;
-
-use common::*;
-use repo_common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -38,8 +32,8 @@ fn a_burst_of_builds_is_published_by_few_createrepo_runs() {
     const N: usize = 12;
     let (f, wrapper) = farm_with_wrapper();
     let m = &f.m;
-    let pkgs: Vec<RPkg> = (1..=N)
-        .map(|i| RPkg::new(&format!("kb-burst{i:02}"), "1.0", "1"))
+    let pkgs: Vec<Pkg> = (1..=N)
+        .map(|i| Pkg::noarch(&format!("kb-burst{i:02}")))
         .collect();
     let srpms: Vec<_> = pkgs.iter().map(|p| p.build_srpm(&m.scratch)).collect();
 
@@ -103,9 +97,9 @@ fn a_burst_of_builds_is_published_by_few_createrepo_runs() {
 
 #[test]
 fn a_master_killed_mid_publication_publishes_exactly_once_after_restart() {
-    require_repo_tool("dnf");
+    require_tool("dnf");
     let (mut f, wrapper) = farm_with_wrapper();
-    let pkg = RPkg::new("kk-crash", "1.0", "1");
+    let pkg = Pkg::noarch("kk-crash");
     let srpm = pkg.build_srpm(&f.m.scratch);
 
     wrapper.arm();
@@ -217,8 +211,8 @@ fn wait_publish_failed(m: &Master, id: u64, timeout: Duration) -> Value {
 fn a_corrupt_package_in_incoming_is_refused_and_nothing_of_it_published() {
     let (f, wrapper) = farm_with_wrapper();
     let m = &f.m;
-    let first = RPkg::new("kc-first", "1.0", "1");
-    let bad = RPkg::new("kc-bad", "1.0", "1");
+    let first = Pkg::noarch("kc-first");
+    let bad = Pkg::noarch("kc-bad");
     let first_srpm = first.build_srpm(&m.scratch);
     let bad_srpm = bad.build_srpm(&m.scratch);
 

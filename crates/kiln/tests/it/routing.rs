@@ -3,11 +3,7 @@
 //! with two workers (see `Farm`): `a` = x86_64+noarch on `default` with 2
 //! slots, `b` = noarch on `heavy` with 1 slot.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

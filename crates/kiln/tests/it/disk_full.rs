@@ -2,41 +2,15 @@
 //! fit is answered "no space left on device" (507), nothing half-written is
 //! kept, and once there is room the same submit goes through and builds.
 //! (A worker's artifact upload refused for a full disk, and retried on the
-//! same session, is in `sandbox.rs`.)
+//! same session, is in `sandbox`.)
 //!
 //! How the small filesystem is made: the master's data directory is a tmpfs
 //! the test mounts (`common::Tmpfs`: it needs root, as CI runs; without it
 //! the test fails, it does not skip), and whose size it changes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// A noarch package carrying `size` random bytes (incompressible: the SRPM
-/// is about that big).
-fn big_srpm(m: &Master, name: &str, size: usize) -> PathBuf {
-    let work = m.scratch.join(format!("big-{name}"));
-    let top = work.join("rpmbuild");
-    std::fs::create_dir_all(top.join("SOURCES")).unwrap();
-    std::fs::write(top.join("SOURCES/blob.bin"), random_bytes(size)).unwrap();
-    let spec = work.join(format!("{name}.spec"));
-    std::fs::write(
-        &spec,
-        format!(
-            "Name: {name}\nVersion: 1.0\nRelease: 1\nSummary: big\nLicense: MIT\n\
-             Source0: blob.bin\nBuildArch: noarch\n\n%description\nbig\n\n%prep\n\n\
-             %build\n\n%install\nmkdir -p %{{buildroot}}/usr/share/{name}\n\
-             install -m 0644 %{{SOURCE0}} %{{buildroot}}/usr/share/{name}/blob.bin\n\n\
-             %files\n/usr/share/{name}/blob.bin\n"
-        ),
-    )
-    .unwrap();
-    rpmbuild_bs(&top, &spec)
-}
 
 #[test]
 fn an_upload_past_the_free_space_is_refused_as_such_and_nothing_is_kept() {
@@ -47,7 +21,9 @@ fn an_upload_past_the_free_space_is_refused_as_such_and_nothing_is_kept() {
     let disk = Tmpfs::mount(&m.data, 16 << 20);
     m.restart();
     let _w = m.start_worker("w-full", "x86_64,noarch", "default", 1);
-    let srpm = big_srpm(&m, "full-upload", 24 << 20);
+    let srpm = Pkg::noarch("full-upload")
+        .big_source(24 << 20)
+        .build_srpm(&m.scratch);
 
     let out = m.cli_timeout(
         &["submit", srpm.to_str().unwrap()],
@@ -107,4 +83,44 @@ fn a_submit_the_database_cannot_commit_is_a_503_and_nothing_half_stored() {
     assert_eq!(m.builds().len(), before);
     build_id(&m.submit(&srpm, &["--scratch"]));
     assert_eq!(m.builds().len(), before + 1);
+}
+
+/// The master cannot file a result (no inode left on its disk when the
+/// artifacts arrive): the job is not failed for the master's fault; the
+/// worker is told to report again, and does until the master takes it.
+#[test]
+fn a_result_the_master_cannot_file_is_taken_later_not_failed() {
+    require_build_tools();
+    let mut m = Master::start();
+    m.kill();
+    let _disk = Tmpfs::mount_with(&m.data, "size=256m,nr_inodes=4000");
+    m.restart();
+    let _w = m.start_worker("w-inodes", "x86_64,noarch", "default", 1);
+    let srpm = Pkg::noarch("full-inodes").sleep(3).build_srpm(&m.scratch);
+    let id = build_id(&m.submit(&srpm, &[]));
+    m.wait_job_running(id);
+    // Every inode taken while the job builds.
+    let fill = m.data.join("inode-filler");
+    std::fs::create_dir(&fill).unwrap();
+    let mut n = 0u64;
+    while std::fs::File::create_new(fill.join(n.to_string())).is_ok() {
+        n += 1;
+    }
+    assert!(n > 0);
+    // The result arrives and cannot be filed: the master says why and keeps
+    // the job; the build has not failed.
+    wait_for(Duration::from_secs(60), || {
+        m.stderr_text()
+            .contains("cannot file its result")
+            .then_some(())
+    })
+    .expect("the master refusing to file the result for now");
+    let b = m.build(id);
+    assert_eq!(jstr(&b, "state"), "building", "{b}");
+    // Room again: the worker's next report is taken.
+    std::fs::remove_dir_all(&fill).unwrap();
+    let b = m.wait_build_done(id, BUILD_TIMEOUT);
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+    assert_eq!(ju64(&only_job(&b), "attempt"), 1, "built again: {b}");
+    check_artifacts_on_disk(&m, &b);
 }

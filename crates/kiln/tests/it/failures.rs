@@ -1,11 +1,7 @@
 //! Things going wrong: a worker killed mid-build, the master killed and
 //! restarted under load, a revoked worker, a certificate from another CA.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

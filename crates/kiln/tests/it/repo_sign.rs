@@ -3,31 +3,13 @@
 //! .repo file with which dnf installs under gpgcheck=1 and repo_gpgcheck=1.
 //! An unsigned target with `tosign_dir` copies what it publishes there.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod repo_common;
-
-use common::*;
-use repo_common::*;
+use crate::common::*;
 use std::fs;
-use std::path::Path;
-use std::process::Command;
-
-/// `rpm --define '_dbpath DB' ARGS` (Debian's rpm ignores --dbpath's
-/// usual default, so the database is always named).
-fn rpm_db(db: &Path, args: &[&str]) -> Out {
-    let mut cmd = Command::new(require_repo_tool("rpm"));
-    cmd.arg("--define")
-        .arg(format!("_dbpath {}", db.display()))
-        .args(args);
-    run_timeout(cmd, CLI_TIMEOUT, &format!("rpm {}", args.join(" ")))
-}
 
 #[test]
 fn a_signed_target_passes_rpm_k_repomd_asc_and_dnf_gpgcheck() {
-    require_repo_tool("gpg");
-    require_repo_tool("dnf");
+    require_tool("gpg");
+    require_tool("dnf");
     let ctl = Ctl::new();
     let key = GpgKey::generate(ctl.path());
     let config = config_toml(
@@ -41,8 +23,8 @@ fn a_signed_target_passes_rpm_k_repomd_asc_and_dnf_gpgcheck() {
     let f = RepoFarm::start(&config, ctl);
     let m = &f.m;
 
-    let pkg = RPkg::new("ks-signed", "1.0", "1");
-    build_and_publish(m, &pkg, "s", &[]);
+    let pkg = Pkg::noarch("ks-signed");
+    build_and_publish(m, &pkg, "s");
 
     // The public key, beside the repositories and over HTTP.
     let pubkey = m.data.join("repos/s/RPM-GPG-KEY-kiln-s");
@@ -179,8 +161,8 @@ fn an_unsigned_target_copies_published_packages_to_tosign_dir() {
     let f = RepoFarm::start(&config, ctl);
     let m = &f.m;
 
-    let pkg = RPkg::new("ku-tosign", "1.0", "1");
-    build_and_publish(m, &pkg, "u", &[]);
+    let pkg = Pkg::noarch("ku-tosign");
+    build_and_publish(m, &pkg, "u");
     let ls = repo_ls(m, "u");
     let mine = entries_of(&ls, "ku-tosign");
     assert!(

@@ -11,11 +11,7 @@
 //! is removed at start. A package the worker refuses fails the build, and
 //! its log says so.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
@@ -28,12 +24,6 @@ const PROBE_FN: &str = r#"probe() {
   if "$@" > /tmp/kiln-probe.out 2>&1; then echo "PROBE $name: SUCCEEDED"; else echo "PROBE $name: failed"; fi
   head -c 200 /tmp/kiln-probe.out; echo
 }"#;
-
-/// `kiln logs JOB` of a build's only job.
-fn job_log(m: &Master, b: &Value) -> String {
-    let job = ju64(&only_job(b), "id").to_string();
-    m.cli(&["logs", &job]).assert_ok().stdout
-}
 
 /// The lines of a PEM file long enough to identify it (its base64 body).
 fn pem_body(text: &str) -> Vec<String> {
@@ -131,10 +121,12 @@ fn a_build_can_reach_no_secret_and_nothing_of_the_host() {
         planted_tmp.display()
     );
     build += "echo \"UID $(id -u)\"\necho \"PROCS $(ls /proc | grep -c '^[0-9]')\"\nexit 0\n";
-    let srpm = srpm_with_build(&m.scratch, "sbx-probe", &build);
+    let srpm = Pkg::noarch("sbx-probe")
+        .build_script(&build)
+        .build_srpm(&m.scratch);
 
     let b = m.submit_wait(&srpm, &[]);
-    let log = job_log(&m, &b);
+    let log = m.job_log(&b);
     for (name, _) in &probes {
         assert!(
             log.contains(&format!("PROBE {name}: failed")),
@@ -180,14 +172,6 @@ fn a_build_can_reach_no_secret_and_nothing_of_the_host() {
     }
 
     // What the worker keeps is its own: 0700 directories, 0600 secrets.
-    let mode = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        fs::metadata(p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .permissions()
-            .mode()
-            & 0o777
-    };
     let work = w.dir.parent().unwrap().join("work-1");
     for d in [
         w.dir.clone(),
@@ -195,10 +179,10 @@ fn a_build_can_reach_no_secret_and_nothing_of_the_host() {
         work.join("cache"),
         work.join("jobs"),
     ] {
-        assert_eq!(mode(&d), 0o700, "{}", d.display());
+        assert_eq!(file_mode(&d), 0o700, "{}", d.display());
     }
     for f in ["worker.key", "worker.crt"] {
-        assert_eq!(mode(&w.dir.join(f)), 0o600, "{f}");
+        assert_eq!(file_mode(&w.dir.join(f)), 0o600, "{f}");
     }
 
     // The worker and the master still run and build.
@@ -243,9 +227,11 @@ fn links_the_build_plants_are_never_followed() {
         rpm = canary_rpm.display(),
         dir = canary_dir.display(),
     );
-    let srpm = srpm_with_build(&m.scratch, "sbx-links", &build);
+    let srpm = Pkg::noarch("sbx-links")
+        .build_script(&build)
+        .build_srpm(&m.scratch);
     let b = m.submit_wait(&srpm, &[]);
-    let log = job_log(&m, &b);
+    let log = m.job_log(&b);
     assert!(log.contains("KILN-LINKS-PLANTED"), "{log}");
 
     // The host files are untouched.
@@ -334,11 +320,9 @@ fn after_a_successful_build_nothing_it_started_is_left() {
     let m = Master::start_with(MasterOpts::default().arg("--job-timeout-secs", "60"));
     let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
     let (escaped, held) = (["sleep", "3001001"], ["sleep", "3001002"]);
-    let srpm = srpm_with_build(
-        &m.scratch,
-        "sbx-left-ok",
-        &leaving_build(escaped[1], held[1], None),
-    );
+    let srpm = Pkg::noarch("sbx-left-ok")
+        .build_script(&leaving_build(escaped[1], held[1], None))
+        .build_srpm(&m.scratch);
     let t0 = Instant::now();
     let b = m.submit_wait(&srpm, &[]);
     assert!(
@@ -346,7 +330,7 @@ fn after_a_successful_build_nothing_it_started_is_left() {
         "the build took {:?}: it waited for what it left behind",
         t0.elapsed()
     );
-    assert!(job_log(&m, &b).contains("KILN-LEFT-BEHIND"));
+    assert!(m.job_log(&b).contains("KILN-LEFT-BEHIND"));
     wait_all_gone(&[&escaped, &held], "after success");
 }
 
@@ -361,11 +345,9 @@ fn a_canceled_build_leaves_nothing() {
         ["sleep", "3001012"],
         ["sleep", "3001013"],
     );
-    let srpm = srpm_with_build(
-        &m.scratch,
-        "sbx-left-cancel",
-        &leaving_build(escaped[1], held[1], Some(fg[1])),
-    );
+    let srpm = Pkg::noarch("sbx-left-cancel")
+        .build_script(&leaving_build(escaped[1], held[1], Some(fg[1])))
+        .build_srpm(&m.scratch);
     let id = build_id(&m.submit(&srpm, &[]));
     wait_started(&[&escaped, &held, &fg]);
     m.cancel(id).assert_ok();
@@ -386,11 +368,9 @@ fn a_build_past_its_timeout_leaves_nothing() {
         ["sleep", "3001022"],
         ["sleep", "3001023"],
     );
-    let srpm = srpm_with_build(
-        &m.scratch,
-        "sbx-left-timeout",
-        &leaving_build(escaped[1], held[1], Some(fg[1])),
-    );
+    let srpm = Pkg::noarch("sbx-left-timeout")
+        .build_script(&leaving_build(escaped[1], held[1], Some(fg[1])))
+        .build_srpm(&m.scratch);
     let id = build_id(&m.submit(&srpm, &[]));
     wait_started(&[&escaped, &held, &fg]);
     let b = m.wait_build_done(id, Duration::from_secs(60));
@@ -411,11 +391,9 @@ fn when_the_worker_is_killed_its_build_dies_with_it() {
         ["sleep", "3001032"],
         ["sleep", "3001033"],
     );
-    let srpm = srpm_with_build(
-        &m.scratch,
-        "sbx-left-kill",
-        &leaving_build(escaped[1], held[1], Some(fg[1])),
-    );
+    let srpm = Pkg::noarch("sbx-left-kill")
+        .build_script(&leaving_build(escaped[1], held[1], Some(fg[1])))
+        .build_srpm(&m.scratch);
     m.submit(&srpm, &[]);
     wait_started(&[&escaped, &held, &fg]);
     // SIGKILL: the worker gets no chance to clean up.
@@ -426,23 +404,6 @@ fn when_the_worker_is_killed_its_build_dies_with_it() {
 // ---------------------------------------------------------------------------
 // Results the master cannot take
 // ---------------------------------------------------------------------------
-
-/// A package holding `bytes` random bytes, stored uncompressed: its rpm is
-/// about that big.
-fn big_package(dir: &Path, name: &str, bytes: u64) -> std::path::PathBuf {
-    srpm_with(
-        dir,
-        name,
-        &SpecParts {
-            preamble: "%global _binary_payload w0.ufdio".into(),
-            install: format!(
-                "head -c {bytes} /dev/urandom > %{{buildroot}}/usr/share/kiln-test/blob.bin"
-            ),
-            files: "/usr/share/kiln-test/blob.bin".into(),
-            ..SpecParts::default()
-        },
-    )
-}
 
 #[test]
 fn an_upload_refused_for_a_full_disk_is_retried_on_the_same_session() {
@@ -456,7 +417,9 @@ fn an_upload_refused_for_a_full_disk_is_retried_on_the_same_session() {
     m.restart();
     let w = m.start_worker("w1", "x86_64,noarch", "default", 1);
 
-    let srpm = big_package(&m.scratch, "sbx-full-disk", 32 << 20);
+    let srpm = Pkg::noarch("sbx-full-disk")
+        .big_payload(32 << 20)
+        .build_srpm(&m.scratch);
     let id = build_id(&m.submit(&srpm, &[]));
     wait_until(
         "the worker to say an upload failed for want of space",
@@ -485,7 +448,9 @@ fn an_upload_refused_for_good_fails_the_job_instead_of_hanging() {
     require_build_tools();
     let m = Master::start_with(MasterOpts::default().arg("--max-artifact", "150000"));
     let _w = m.start_worker("w1", "x86_64,noarch", "default", 1);
-    let srpm = big_package(&m.scratch, "sbx-too-big", 300_000);
+    let srpm = Pkg::noarch("sbx-too-big")
+        .big_payload(300_000)
+        .build_srpm(&m.scratch);
     let id = build_id(&m.submit(&srpm, &[]));
     let b = m.wait_build_done(id, Duration::from_secs(90));
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
@@ -550,7 +515,7 @@ fn the_sandbox_is_on_by_default_and_a_worker_without_bwrap_refuses_builds() {
         msg.contains("sandbox is on but bwrap is not installed"),
         "{msg}"
     );
-    let log = job_log(&m, &b);
+    let log = m.job_log(&b);
     assert!(!log.contains(&pkg.begin_marker()), "the build ran:\n{log}");
     assert!(
         last_line(&log).starts_with("kiln: build failed: sandbox is on but bwrap"),
@@ -598,7 +563,7 @@ fn a_build_without_the_sandbox_says_so_at_worker_start_and_in_its_log() {
         let pkg = Pkg::noarch(&format!("sbx-unsandboxed-{channel}"));
         let srpm = pkg.build_srpm(&m.scratch);
         let b = m.submit_wait(&srpm, &["--channel", channel]);
-        let log = job_log(&m, &b);
+        let log = m.job_log(&b);
         assert!(log.contains(&pkg.end_marker()), "{log}");
         assert_eq!(last_line(&log), "kiln: build succeeded", "{log}");
         let warned = log
@@ -682,7 +647,7 @@ fn sigterm_with_the_master_down_keeps_the_result_for_the_next_start() {
     assert_eq!(job_worker(&only_job(&b)).as_deref(), Some("keeper"));
     assert_eq!(ju64(&only_job(&b), "attempt"), 1, "{b}");
     check_artifacts_on_disk(&m, &b);
-    assert!(job_log(&m, &b).contains(&pkg.end_marker()));
+    assert!(m.job_log(&b).contains(&pkg.end_marker()));
     wait_until(
         "the reported job's directory to be removed",
         Duration::from_secs(15),
@@ -696,7 +661,9 @@ fn a_second_sigterm_stops_the_worker_at_once() {
     let m = Master::start();
     let mut w = m.start_worker("w1", "x86_64,noarch", "default", 1);
     let marker = ["sleep", "3001041"];
-    let srpm = srpm_with_build(&m.scratch, "sbx-twice", &format!("sleep {}\n", marker[1]));
+    let srpm = Pkg::noarch("sbx-twice")
+        .build_script(&format!("sleep {}\n", marker[1]))
+        .build_srpm(&m.scratch);
     m.submit(&srpm, &[]);
     wait_started(&[&marker]);
 
@@ -808,7 +775,9 @@ fn a_package_the_worker_refuses_fails_the_build_and_the_log_says_so() {
          head -c 4096 /dev/urandom > %{{_topdir}}/RPMS/noarch/{bad}\n\
          echo KILN-GARBAGE-PLANTED\n"
     );
-    let srpm = srpm_with_build(&m.scratch, "sbx-garbage", &build);
+    let srpm = Pkg::noarch("sbx-garbage")
+        .build_script(&build)
+        .build_srpm(&m.scratch);
     let b = m.wait_build_done(build_id(&m.submit(&srpm, &[])), BUILD_TIMEOUT);
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
     let msg = jstr(&only_job(&b), "message");
@@ -816,7 +785,7 @@ fn a_package_the_worker_refuses_fails_the_build_and_the_log_says_so() {
     assert!(msg.contains("refused") && msg.contains(bad), "{msg}");
     assert!(!msg.contains(&host) && !msg.contains("/jobs/"), "{msg}");
 
-    let log = job_log(&m, &b);
+    let log = m.job_log(&b);
     assert!(log.contains("KILN-GARBAGE-PLANTED"), "{log}");
     assert!(!log.contains("kiln: build succeeded"), "{log}");
     let last = last_line(&log);

@@ -1,18 +1,13 @@
 //! Bad submissions: each is refused with one clear `error:` line and a
 //! non-zero exit, and nothing is stored (no build, no new file in DATA/cas/).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-#[path = "../../kiln-core/tests/fixtures/crafted.rs"]
+#[path = "../../../kiln-core/tests/fixtures/crafted.rs"]
 mod crafted;
 
-use common::*;
+use crate::common::*;
 use kiln_core::header::{self, Which};
 use std::fs;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
 /// Submits `file` with `extra` and checks the refusal: non-zero exit, one
 /// `error:` line on stderr mentioning one of `keywords` (the file's own path
@@ -70,7 +65,7 @@ fn assert_still_accepts(m: &Master) {
 fn random_bytes_are_not_an_srpm() {
     let m = Master::start();
     let file = m.scratch.join("noise.src.rpm");
-    write_file(&file, &random_bytes(4096));
+    fs::write(&file, random_bytes(4096)).unwrap();
     assert_refused(
         &m,
         &file,
@@ -97,7 +92,7 @@ fn a_truncated_srpm_is_refused() {
     let whole = Pkg::noarch("bi-whole").build_srpm(&m.scratch);
     let bytes = fs::read(&whole).unwrap();
     let file = m.scratch.join("half.src.rpm");
-    write_file(&file, &bytes[..bytes.len() / 2]);
+    fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     assert_refused(
         &m,
         &file,
@@ -174,27 +169,6 @@ fn an_oversized_upload_is_refused() {
     assert_eq!(m.builds().len(), 0);
 }
 
-/// `GET URL` with curl: the HTTP status (0 when nothing answered).
-fn http_status(m: &Master, path: &str) -> u16 {
-    let curl = require_tool("curl");
-    let mut cmd = Command::new(curl);
-    cmd.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-    ]);
-    if m.api_url.starts_with("https://") {
-        cmd.arg("--cacert").arg(m.data.join("ca").join("ca.crt"));
-    }
-    cmd.arg(format!("{}{path}", m.api_url));
-    let out = run_timeout(cmd, Duration::from_secs(30), "curl /healthz");
-    out.stdout.trim().parse().unwrap_or(0)
-}
-
 /// Files left under DATA/uploads, DATA/tmp and DATA/cas.
 fn leftovers(m: &Master) -> Vec<std::path::PathBuf> {
     ["uploads", "tmp", "cas"]
@@ -207,17 +181,14 @@ fn leftovers(m: &Master) -> Vec<std::path::PathBuf> {
 fn a_crafted_header_is_refused_and_the_master_lives() {
     let m = Master::start();
     let file = m.scratch.join("crafted.src.rpm");
-    write_file(&file, &crafted::crafted_266());
+    fs::write(&file, crafted::crafted_266()).unwrap();
     let line = assert_refused(&m, &file, &[], &["malformed rpm header"]);
     assert!(
         line.contains("4294967295 INT64 items"),
         "the error names the entry: {line}"
     );
-    assert_eq!(
-        http_status(&m, "/healthz"),
-        200,
-        "the master stopped answering"
-    );
+    let health = curl(&[&format!("{}/healthz", m.api_url)], &m.scratch);
+    assert_eq!(health.status, 200, "the master stopped answering");
     let pid = m.pid();
     assert!(
         Path::new(&format!("/proc/{pid}")).exists(),
@@ -240,7 +211,7 @@ fn an_srpm_with_a_corrupted_payload_is_refused_at_submit() {
     let at = bytes.len() - 20;
     bytes[at] ^= 0x40;
     let file = m.scratch.join("corrupt.src.rpm");
-    write_file(&file, &bytes);
+    fs::write(&file, &bytes).unwrap();
     let line = assert_refused(&m, &file, &[], &["digest mismatch"]);
     assert!(
         line.contains("payload") && line.contains("corrupt"),
@@ -294,7 +265,7 @@ fn a_release_with_an_ansi_escape_or_a_bidi_override_is_refused() {
     {
         let forged = forge_main_header(&bytes, b"1ZZZZZ", to.as_bytes());
         let file = m.scratch.join(format!("forged{i}.src.rpm"));
-        write_file(&file, &forged);
+        fs::write(&file, &forged).unwrap();
         let line = assert_refused(&m, &file, &[], &["release"]);
         assert!(line.contains(what), "{line}");
         assert!(

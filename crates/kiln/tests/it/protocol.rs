@@ -2,13 +2,9 @@
 //! cut off would: resumable uploads, names from a listing, stale attempts.
 //! A real `kiln master` process, a real mTLS session, a real SRPM.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use kiln_proto as pb;
 use pb::farm_client::FarmClient;
 use pb::master_msg::Msg as In;
@@ -127,34 +123,13 @@ async fn upload(
         .map(|r| r.into_inner())
 }
 
-fn submit(m: &Master, srpm: &std::path::Path, channel: &str) -> u64 {
-    let out = m
-        .cli(&[
-            "submit",
-            srpm.to_str().unwrap(),
-            "--channel",
-            channel,
-            "--json",
-        ])
-        .assert_ok();
-    build_id(&out.json())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
     require_build_tools();
     let m = Master::start();
     let e = m.enroll("hand1");
     let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
-    let build = submit(&m, &srpm, "hand");
+    let build = build_id(&m.submit(&srpm, &["--channel", "hand"]));
     runtime().block_on(async {
         let mut s = connect(&m, &e, "hand", vec![]).await;
         let a = next_assign(&mut s).await;
@@ -283,7 +258,7 @@ fn a_job_held_past_its_timeout_is_failed_by_the_master() {
     );
     let e = m.enroll("hand-slow");
     let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
-    let build = submit(&m, &srpm, "hand");
+    let build = build_id(&m.submit(&srpm, &["--channel", "hand"]));
     let t0 = std::time::Instant::now();
     let cancel = runtime().block_on(async {
         let mut s = connect(&m, &e, "hand", vec![]).await;
@@ -343,7 +318,7 @@ fn an_attempt_may_stage_only_so_much() {
     );
     let e = m.enroll("hand-greedy");
     let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
-    submit(&m, &srpm, "hand");
+    m.submit(&srpm, &["--channel", "hand"]);
     runtime().block_on(async {
         let mut s = connect(&m, &e, "hand", vec![]).await;
         let a = next_assign(&mut s).await;
@@ -376,7 +351,7 @@ fn a_late_result_from_an_old_attempt_is_refused() {
     let m = Master::start();
     let e = m.enroll("hand2");
     let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
-    let build = submit(&m, &srpm, "hand2");
+    let build = build_id(&m.submit(&srpm, &["--channel", "hand2"]));
     runtime().block_on(async {
         let mut s = connect(&m, &e, "hand2", vec![]).await;
         let first = next_assign(&mut s).await;
@@ -427,7 +402,7 @@ fn the_result_log_completes_a_live_log_that_missed_chunks() {
     let m = Master::start();
     let e = m.enroll("hand3");
     let srpm = Pkg::noarch(&format!("proto{}", unique())).build_srpm(&m.scratch);
-    let build = submit(&m, &srpm, "hand3");
+    let build = build_id(&m.submit(&srpm, &["--channel", "hand3"]));
     let log_text = b"line one of a log the master never saw live\nline two\n".to_vec();
     runtime().block_on(async {
         let mut s = connect(&m, &e, "hand3", vec![]).await;
@@ -474,7 +449,6 @@ fn the_result_log_completes_a_live_log_that_missed_chunks() {
     });
     let b = m.wait_build_done(build, std::time::Duration::from_secs(30));
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
-    let job = ju64(&only_job(&b), "id").to_string();
-    let shown = m.cli(&["logs", &job]).assert_ok().stdout;
+    let shown = m.job_log(&b);
     assert_eq!(shown.as_bytes(), &log_text[..]);
 }

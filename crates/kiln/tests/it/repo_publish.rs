@@ -4,27 +4,21 @@
 //! master's URL) installs the newest version while the older one is retired
 //! from the metadata at once and from disk soon after. Also `kiln vercmp`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-mod repo_common;
-
-use common::*;
-use repo_common::*;
+use crate::common::*;
 use std::fs;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn dnf_installs_the_newer_version_and_the_older_is_retired() {
-    require_repo_tool("dnf");
+    require_tool("dnf");
     let config = config_toml(&[], &[target_toml("t", &["x86_64"], &[])]);
     let f = RepoFarm::start(&config, Ctl::new());
     let m = &f.m;
 
     // 1.0-1: published to the x86_64 repo (noarch) and the source repo.
-    let v1 = RPkg::new("hello", "1.0", "1");
-    let b1 = build_and_publish(m, &v1, "t", &[]);
+    let v1 = Pkg::noarch("hello").version("1.0");
+    let b1 = build_and_publish(m, &v1, "t");
     assert_eq!(publish_error(&b1), None, "{b1}");
     let ls = repo_ls(m, "t");
     let hello = entries_of(&ls, "hello");
@@ -54,8 +48,8 @@ fn dnf_installs_the_newer_version_and_the_older_is_retired() {
     assert_eq!(in_md[0].evr(), "1.0-1");
 
     // 1.1-1: once it is published, the metadata and `repo ls` name only it.
-    let v2 = RPkg::new("hello", "1.1", "1");
-    let b2 = build_and_publish(m, &v2, "t", &[]);
+    let v2 = Pkg::noarch("hello").version("1.1");
+    let b2 = build_and_publish(m, &v2, "t");
     assert_eq!(publish_error(&b2), None, "{b2}");
     let ls = repo_ls(m, "t");
     let hello = entries_of(&ls, "hello");
@@ -96,17 +90,14 @@ fn dnf_installs_the_newer_version_and_the_older_is_retired() {
     // next publication, which `kiln repo regen` forces).
     let target_dir = m.data.join("repos").join("t");
     let old_files = || files_named(&target_dir, |n| n.starts_with("hello-1.0-1."));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !old_files().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-    if !old_files().is_empty() {
+    let gone = || old_files().is_empty().then_some(());
+    if wait_for(Duration::from_secs(10), gone).is_none() {
         m.cli(&["repo", "regen", "t"]).assert_ok();
-        let left = wait_until_empty(Duration::from_secs(60), old_files);
         assert!(
-            left.is_empty(),
+            wait_for(Duration::from_secs(60), gone).is_some(),
             "the files of hello 1.0-1 are still on disk after 1.1-1 was published and \
-             `kiln repo regen t` ran: {left:?}"
+             `kiln repo regen t` ran: {:?}",
+            old_files()
         );
     }
     assert!(
@@ -142,27 +133,14 @@ fn dnf_installs_the_newer_version_and_the_older_is_retired() {
     assert_eq!(installed.trim(), v2.data_text());
 }
 
-/// Polls `f` until it returns an empty list or the deadline passes; returns
-/// the last list.
-fn wait_until_empty<T>(timeout: Duration, f: impl Fn() -> Vec<T>) -> Vec<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = f();
-        if v.is_empty() || Instant::now() >= deadline {
-            return v;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
 #[test]
 fn noarch_lands_in_every_arch_repo_and_the_srpm_in_source_served_over_http() {
     let config = config_toml(&[], &[target_toml("multi", &["x86_64", "aarch64"], &[])]);
     let f = RepoFarm::start(&config, Ctl::new());
     let m = &f.m;
 
-    let pkg = RPkg::new("kn-multi", "2.0", "3");
-    let b = build_and_publish(m, &pkg, "multi", &[]);
+    let pkg = Pkg::noarch("kn-multi").version("2.0").release("3");
+    let b = build_and_publish(m, &pkg, "multi");
     let rpm_art = only_artifact(&b, "rpm");
     let srpm_art = only_artifact(&b, "srpm");
     let ls = repo_ls(m, "multi");
@@ -346,7 +324,7 @@ fn dnf_installs_over_https_trusting_the_masters_ca() {
     );
     let m = &f.m;
     assert!(m.api_url.starts_with("https://"), "{}", m.api_url);
-    build_and_publish(m, &RPkg::new("kh-tls", "1.0", "1"), "h", &[]);
+    build_and_publish(m, &Pkg::noarch("kh-tls"), "h");
 
     let rf = repo_file(m, "h");
     assert!(
@@ -359,19 +337,17 @@ fn dnf_installs_over_https_trusting_the_masters_ca() {
     // The CA as the .repo file says to fetch it (into the test's directory
     // rather than /etc), checked against the master's own file.
     let ca = m.scratch.join("kiln-ca.crt");
-    let mut curl = Command::new(require_repo_tool("curl"));
-    curl.arg("-sS")
-        .arg("--fail")
-        .arg("--cacert")
-        .arg(m.data.join("ca").join("ca.crt"))
-        .arg("-o")
-        .arg(&ca)
-        .arg(format!("{}/ca.crt", m.api_url));
-    run_timeout(curl, CLI_TIMEOUT, "curl /ca.crt").assert_ok();
-    assert_eq!(
-        fs::read(&ca).unwrap(),
-        fs::read(m.data.join("ca").join("ca.crt")).unwrap()
+    let served = curl(
+        &[
+            "--cacert",
+            m.ca_cert().to_str().unwrap(),
+            &format!("{}/ca.crt", m.api_url),
+        ],
+        &m.scratch,
     );
+    assert_eq!(served.status, 200, "GET /ca.crt");
+    assert_eq!(served.body, fs::read(m.ca_cert()).unwrap());
+    fs::write(&ca, &served.body).unwrap();
 
     let rf = rf.replace("/etc/pki/kiln/ca.crt", ca.to_str().unwrap());
     let run = dnf_install(&m.scratch, "h", &rf, &["kh-tls"]);
