@@ -169,6 +169,10 @@ pub struct BuildView {
     pub publish: Option<PublishState>,
     /// Why the last publication failed.
     pub publish_error: Option<String>,
+    /// Its jobs build in the target's buildroot (false: on the worker's
+    /// own system), as the target is configured now.
+    #[serde(default)]
+    pub buildroot: bool,
     /// One job per arch.
     pub jobs: Vec<JobView>,
     /// The files its jobs produced.
@@ -332,6 +336,26 @@ pub struct TargetView {
     pub sign_key: Option<PathBuf>,
     /// Where published packages are also copied for an outside signer.
     pub tosign_dir: Option<PathBuf>,
+    /// The root its builds run in (none: on the workers' own systems).
+    #[serde(default)]
+    pub buildroot: Option<BuildrootView>,
+}
+
+/// A target's `[target.buildroot]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildrootView {
+    /// Base repositories.
+    pub repos: Vec<String>,
+    /// Installed in the base root.
+    pub packages: Vec<String>,
+    /// dnf's `$releasever`.
+    pub releasever: String,
+    /// Package signatures are checked.
+    pub gpgcheck: bool,
+    /// The target's own published repository is added.
+    pub own_repo: bool,
+    /// Other targets whose repositories are added.
+    pub extra_repos_of: Vec<String>,
 }
 
 /// One live package in `GET /api/v1/targets/<target>/packages`.
@@ -526,6 +550,7 @@ mod tests {
             finished_at: None,
             publish: None,
             publish_error: None,
+            buildroot: true,
             jobs: vec![],
             artifacts: vec![],
         };
@@ -536,7 +561,8 @@ mod tests {
                 r#""srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,"#,
                 r#""scratch":false,"ci":false,"state":"queued","reason":null,"#,
                 r#""excluded_arches":[{"arch":"s390x","reason":"ExcludeArch"}],"created_at":7,"#,
-                r#""finished_at":null,"publish":null,"publish_error":null,"jobs":[],"artifacts":[]}"#
+                r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"jobs":[],"#,
+                r#""artifacts":[]}"#
             )
         );
     }

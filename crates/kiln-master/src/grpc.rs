@@ -152,6 +152,7 @@ impl Farm for FarmService {
             channels: hello.channels.clone(),
             capacity: hello.capacity,
             draining: hello.draining,
+            host_builds: !hello.no_host_builds,
         };
         let ((conn, drop), fx) = self.core.decide(|s, fx| {
             let r = s.connect(fx, who, &hello.running, tx.clone());

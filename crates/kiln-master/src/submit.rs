@@ -1,13 +1,14 @@
 //! The submit use case: a build request checked against its target, its
 //! SRPM inspected, the version gate applied, and the build committed and
 //! dispatched (or recorded as skipped). Transports (the HTTP API today; the
-//! web UI, webhooks and MQTT later) translate their requests into a call.
+//! web UI, webhooks and MQTT later) translate their requests into a call and
+//! its [`Submitted`] rows into their answers.
 
+use kiln_api::{SubmitRequest, NOW_PRIORITY};
 use kiln_core::names::{check_arch, check_file_name, check_ident};
 use kiln_core::srpm::{inspect_srpm, plan_arches};
-use kiln_store::{Excluded, NewBuild, StoreError};
+use kiln_store::{BuildRow, Excluded, JobRow, NewBuild, StoreError};
 
-use crate::api::{BuildView, SubmitRequest, NOW_PRIORITY};
 use crate::paths::is_sha256;
 use crate::Core;
 
@@ -24,7 +25,16 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<BuildView, SubmitError> {
+/// A build as submit committed it: its row (state `queued`, or `skipped`
+/// with the version gate's reason) and its jobs' rows (none when skipped).
+/// A dispatch already under way shows in the next look, not here.
+#[derive(Debug)]
+pub struct Submitted {
+    pub build: BuildRow,
+    pub jobs: Vec<JobRow>,
+}
+
+pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, SubmitError> {
     let known = || {
         core.cfg
             .targets
@@ -147,21 +157,23 @@ pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<BuildView, Submi
             state: kiln_core::state::BuildState::Skipped,
         });
         let _ = core.build_done.send(b.id);
-        return Ok(crate::api::build_view(core, b.id).await?);
+        return Ok(Submitted {
+            build: b,
+            jobs: vec![],
+        });
     }
     // The build's rows get their ids here, so its jobs can be dispatched at
     // once: the insert is queued first and the assignments right behind it,
     // so they usually share one group commit (one fsync fewer on the way to
     // a worker). Nothing is sent before both are durable, and the build is
     // committed before we answer.
-    let ((id, view), fx) = core.decide(|s, fx| {
+    let (submitted, fx) = core.decide(|s, fx| {
         let (id, job_ids) = s.allocate_ids(nb.arches.len());
         let (build, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
         s.submit(fx, build.clone(), jobs.clone());
-        // The answer shows the build as committed; a dispatch in progress
-        // shows in the next look.
-        (id, BuildView::new(s, build, jobs, vec![]))
+        Submitted { build, jobs }
     });
+    let id = submitted.build.id;
     if let Err(e) = core.try_apply(fx).await {
         // Nothing was sent; the build never existed.
         let ((), undo) = core.decide(|s, fx| s.forget_build(fx, id));
@@ -169,7 +181,7 @@ pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<BuildView, Submi
         return Err(e.into());
     }
     tracing::debug!("build {id} of {} accepted", info.nevra());
-    Ok(view)
+    Ok(submitted)
 }
 
 /// The seed's rule: a release build must be newer than the newest

@@ -54,6 +54,9 @@ pub struct Roots {
     home: PathBuf,
     /// The master's CA, for Kiln's own repositories over https.
     ca: Option<PathBuf>,
+    /// Downloaded packages kept in `cache` past this many bytes are
+    /// removed, oldest first.
+    cache_max: u64,
     state: Mutex<State>,
 }
 
@@ -204,19 +207,71 @@ pub enum RootError {
 }
 
 impl Roots {
-    /// The roots under `work/roots`; `ca` is the master's CA certificate.
-    pub fn new(work: &Path, ca: Option<PathBuf>) -> Roots {
+    /// The roots under `work/roots`; `ca` is the master's CA certificate;
+    /// dnf's package cache is kept under `cache_max` bytes.
+    pub fn new(work: &Path, ca: Option<PathBuf>, cache_max: u64) -> Roots {
         Roots {
             dir: work.join("roots"),
             cache: work.join("dnf-cache"),
             home: work.join("dnf-home"),
             ca,
+            cache_max,
             state: Mutex::new(State::default()),
         }
     }
 
+    /// Remove downloaded packages, least recently written first, until
+    /// the cache holds at most `cache_max` bytes of them (metadata stays).
+    /// Returns what was removed.
+    pub fn trim_cache(&self) -> u64 {
+        let mut pkgs: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+        let mut stack = vec![self.cache.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let Ok(m) = e.path().symlink_metadata() else {
+                    continue;
+                };
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if m.is_file() && e.path().extension().is_some_and(|x| x == "rpm") {
+                    let t = m.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    pkgs.push((t, m.len(), e.path()));
+                }
+            }
+        }
+        let mut total: u64 = pkgs.iter().map(|p| p.1).sum();
+        pkgs.sort();
+        let mut removed = 0;
+        for (_, len, path) in pkgs {
+            if total <= self.cache_max {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed += len;
+            }
+        }
+        removed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remove the base roots a stop left half made (`.<id>.tmp`); at
+    /// start, before any job. Returns how many.
+    pub fn remove_partial(&self) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                && name.ends_with(".tmp")
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Every base root on disk, newest first.
@@ -693,6 +748,16 @@ pub async fn install_requires(
     let captured = Capture::new(log);
     let end = run_logged(&inv, &captured, job.timeout, cancel).await?;
     let out = captured.text();
+    let trimmed = roots.trim_cache();
+    if trimmed > 0 {
+        log.write(
+            format!(
+                "kiln: removed {} MB of old packages from dnf's cache\n",
+                trimmed >> 20
+            )
+            .as_bytes(),
+        );
+    }
     Ok(match end {
         RunEnd::Exited(0) => Installed::Ok,
         RunEnd::Canceled => Installed::Canceled,
@@ -903,6 +968,44 @@ mod tests {
             s.repos,
             [format!("http://m/{}/", kiln_core::names::host_arch())]
         );
+    }
+
+    #[test]
+    fn the_package_cache_is_trimmed_oldest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots::new(tmp.path(), None, 250);
+        let pk = tmp.path().join("dnf-cache/base-1234/packages");
+        std::fs::create_dir_all(&pk).unwrap();
+        std::fs::write(pk.parent().unwrap().join("repomd.xml"), vec![0u8; 500]).unwrap();
+        for (i, name) in ["old.rpm", "mid.rpm", "new.rpm"].iter().enumerate() {
+            let p = pk.join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        assert_eq!(roots.trim_cache(), 100);
+        assert!(!pk.join("old.rpm").exists());
+        assert!(pk.join("mid.rpm").exists() && pk.join("new.rpm").exists());
+        // Metadata is not counted nor removed.
+        assert!(pk.parent().unwrap().join("repomd.xml").exists());
+        assert_eq!(roots.trim_cache(), 0);
+    }
+
+    #[test]
+    fn a_half_made_base_is_removed_at_start_a_made_one_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots::new(tmp.path(), None, 1 << 30);
+        let dir = tmp.path().join("roots");
+        std::fs::create_dir_all(dir.join(".el9-x86_64-abc-1.tmp/root/usr")).unwrap();
+        std::fs::create_dir_all(dir.join("el9-x86_64-abc-2/root")).unwrap();
+        assert_eq!(roots.remove_partial(), 1);
+        assert!(!dir.join(".el9-x86_64-abc-1.tmp").exists());
+        assert!(dir.join("el9-x86_64-abc-2/root").exists());
     }
 
     #[test]

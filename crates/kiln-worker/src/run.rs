@@ -65,6 +65,10 @@ pub struct WorkerConfig {
     pub backend: Arc<dyn Backend>,
     /// Print `connected …` on stdout each time a session is established.
     pub announce: bool,
+    /// dnf's package cache for buildroots is kept under this many MB.
+    pub dnf_cache_mb: u64,
+    /// Take only jobs of targets with a buildroot.
+    pub no_host_builds: bool,
 }
 
 /// The current session, as job tasks see it.
@@ -197,6 +201,7 @@ pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), W
     let roots = Arc::new(crate::buildroot::Roots::new(
         &cfg.work,
         Some(cfg.dir.join(crate::files::CA)),
+        cfg.dnf_cache_mb.saturating_mul(1 << 20),
     ));
     let shared = Arc::new(Shared {
         cfg,
@@ -547,6 +552,7 @@ async fn session_once(
         running,
         backend: shared.cfg.backend.name().to_string(),
         draining: *draining,
+        no_host_builds: shared.cfg.no_host_builds,
     };
     let _ = out_tx
         .send(pb::WorkerMsg {
@@ -681,6 +687,10 @@ fn end_job(shared: &Shared, job: u64, attempt: u32, dir: &Path) {
 /// jobs are in `running` of the first hello); every other job directory is
 /// what a stopped, killed or revoked worker left, and is removed.
 fn recover(shared: &Arc<Shared>) {
+    let partial = shared.roots.remove_partial();
+    if partial > 0 {
+        tracing::info!("removed {partial} base roots a stop left half made");
+    }
     let jobs_dir = shared.cfg.work.join("jobs");
     let Ok(rd) = std::fs::read_dir(&jobs_dir) else {
         return;
@@ -1857,12 +1867,14 @@ mod tests {
                 work: work.to_path_buf(),
                 backend: Arc::new(crate::backend::Noop),
                 announce: false,
+                dnf_cache_mb: 1024,
+                no_host_builds: false,
             },
             name: "w".into(),
             session,
             jobs: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
-            roots: Arc::new(crate::buildroot::Roots::new(work, None)),
+            roots: Arc::new(crate::buildroot::Roots::new(work, None, 1 << 30)),
             changed,
         })
     }

@@ -171,7 +171,7 @@ fn main() {
     let noarch = srpm(&scratch, "kbench-noarch", "BuildRequires: bash\n", false);
     let cpkg = srpm(&scratch, "kbench-c", "BuildRequires: gcc make\n", true);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let roots = Arc::new(Roots::new(&work, None));
+    let roots = Arc::new(Roots::new(&work, None, 4 << 30));
     let spec = RootSpec::new(
         "bench",
         "x86_64",

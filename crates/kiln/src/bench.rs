@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
-use serde_json::Value;
+use kiln_api::{
+    BuildView, Event, JobState, SubmitRequest, TokenRequest, TokenResponse, WorkerView,
+};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::client::Client;
@@ -239,25 +241,28 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                // A line this program does not know (a newer master) is skipped.
+                let Ok(e) = serde_json::from_slice::<Event>(&line) else {
                     continue;
                 };
-                if v["kind"] == "subscribed" {
-                    let _ = ready_tx.send(true);
-                }
-                if v["kind"] == "lagged" {
-                    eprintln!("bench: event stream lagged");
-                }
-                if v["kind"] != "job" {
-                    continue;
-                }
-                let job = v["job"].as_i64().unwrap_or(0);
+                let (job, state) = match e {
+                    Event::Subscribed => {
+                        let _ = ready_tx.send(true);
+                        continue;
+                    }
+                    Event::Lagged { .. } => {
+                        eprintln!("bench: event stream lagged");
+                        continue;
+                    }
+                    Event::Job { job, state, .. } => (job, state),
+                    Event::Build { .. } | Event::Publish { .. } => continue,
+                };
                 let mut s = ev2.get();
-                match v["state"].as_str() {
-                    Some("running") => {
+                match state {
+                    JobState::Running => {
                         s.running.entry(job).or_insert(now);
                     }
-                    Some("succeeded") => {
+                    JobState::Succeeded => {
                         s.succeeded.entry(job).or_insert(now);
                     }
                     _ => {}
@@ -276,12 +281,16 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
 /// Submits a scratch build of the example SRPM; `now` puts it ahead of
 /// everything submitted without. Returns its job's id.
 async fn submit(c: &Client, sha: &str, channel: &str, now: bool) -> anyhow::Result<i64> {
-    let body = serde_json::json!({
-        "srpm_sha256": sha, "srpm_name": "hello-kiln-1.0-1.src.rpm", "channel": channel,
-        "scratch": true, "now": now,
-    });
-    let v: Value = c.post("/api/v1/builds", &body).await?;
-    v["jobs"][0]["id"].as_i64().context("no job id")
+    let req = SubmitRequest {
+        srpm_sha256: sha.to_string(),
+        srpm_name: "hello-kiln-1.0-1.src.rpm".into(),
+        channel: Some(channel.to_string()),
+        scratch: true,
+        now,
+        ..Default::default()
+    };
+    let b: BuildView = c.post("/api/v1/builds", &req).await?;
+    Ok(b.jobs.first().context("no job in the build")?.id)
 }
 
 /// Submit-to-start latencies in ms, sorted: one build at a time, each
@@ -325,12 +334,12 @@ async fn spawn_workers(
 ) -> anyhow::Result<()> {
     for i in from..to {
         let name = format!("bench{i}");
-        let v: Value = c
-            .post("/api/v1/tokens", &serde_json::json!({ "worker": name }))
-            .await?;
-        let token = v["token"].as_str().context("no token")?;
+        let req = TokenRequest {
+            worker: name.clone(),
+        };
+        let t: TokenResponse = c.post("/api/v1/tokens", &req).await?;
         let dir = base.join(&name);
-        kiln_worker::enroll::enroll(&master.worker_url, token, &dir).await?;
+        kiln_worker::enroll::enroll(&master.worker_url, &t.token, &dir).await?;
         let cfg = kiln_worker::WorkerConfig {
             work: dir.join("work"),
             dir,
@@ -341,14 +350,16 @@ async fn spawn_workers(
             capacity: slots,
             backend: Arc::new(Gated { open: gate.clone() }),
             announce: false,
+            dnf_cache_mb: 1024,
+            no_host_builds: false,
         };
         tokio::spawn(kiln_worker::run(cfg, stop.clone()));
     }
     // Wait until the master sees them all.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ws: Vec<Value> = c.get("/api/v1/workers").await?;
-        let n = ws.iter().filter(|w| w["connected"] == true).count();
+        let ws: Vec<WorkerView> = c.get("/api/v1/workers").await?;
+        let n = ws.iter().filter(|w| w.connected).count();
         if n >= to {
             return Ok(());
         }
@@ -479,8 +490,8 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
         wait: false,
         json: false,
     };
-    let (b, _) = crate::commands::submit_with(&c, &args).await?;
-    let sha = b["srpm_sha256"].as_str().context("no sha")?.to_string();
+    let (b, _) = crate::commands::submit_build(&c, &args).await?;
+    let sha = b.srpm_sha256;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(pid)?;
     println!("master idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
@@ -591,8 +602,8 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
 async fn wait_connected(c: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ws: Vec<Value> = c.get("/api/v1/workers").await?;
-        let now = ws.iter().filter(|w| w["connected"] == true).count();
+        let ws: Vec<WorkerView> = c.get("/api/v1/workers").await?;
+        let now = ws.iter().filter(|w| w.connected).count();
         if now == n {
             return Ok(());
         }

@@ -21,7 +21,7 @@ use kiln_api::{
     PackageView, RegenResponse, RevokeResponse, SubmitRequest, TokenRequest, TokenResponse,
     WorkerView,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::client::{ApiError, Client};
@@ -582,13 +582,6 @@ pub async fn submit_build(c: &Client, a: &SubmitArgs) -> anyhow::Result<(BuildVi
     Ok((build, sent))
 }
 
-/// [`submit_build`] with the build as untyped JSON, for `kiln up` and the
-/// benchmark until they read [`BuildView`].
-pub async fn submit_with(c: &Client, a: &SubmitArgs) -> anyhow::Result<(Value, u64)> {
-    let (build, sent) = submit_build(c, a).await?;
-    Ok((serde_json::to_value(build)?, sent))
-}
-
 /// Wait for a build to end; rides over a master restart (an answer that
 /// does not parse is an error, not a reason to retry).
 pub async fn wait_for_build(c: &Client, id: i64) -> anyhow::Result<BuildView> {
@@ -610,24 +603,10 @@ pub async fn wait_for_build(c: &Client, id: i64) -> anyhow::Result<BuildView> {
     }
 }
 
-/// [`wait_for_build`] with the build as untyped JSON, for `kiln up` until it
-/// reads [`BuildView`].
-pub async fn wait_build(c: &Client, id: i64) -> anyhow::Result<Value> {
-    Ok(serde_json::to_value(wait_for_build(c, id).await?)?)
-}
-
 /// An optional field of the master's answer for a table: `-` when absent,
 /// package data made [safe](term_safe) for a terminal.
 fn opt(v: Option<&str>) -> Cow<'_, str> {
     v.map_or(Cow::Borrowed("-"), term_safe)
-}
-
-/// Prints [`format_build`] of an untyped build (for `kiln up`); a closed
-/// stdout is ignored.
-pub fn print_build(b: &Value) {
-    if let Ok(b) = BuildView::deserialize(b) {
-        let _ = emit(&format_build(&b));
-    }
 }
 
 /// A build, its jobs (and why they wait) and its artifacts, for people.
@@ -646,6 +625,9 @@ pub fn format_build(b: &BuildView) -> String {
     );
     if let Some(r) = &b.reason {
         let _ = writeln!(out, "  reason: {}", term_safe(r));
+    }
+    if !b.buildroot {
+        let _ = writeln!(out, "  built on the worker's host, not in a buildroot");
     }
     for e in &b.excluded_arches {
         let _ = writeln!(
@@ -1014,6 +996,7 @@ mod tests {
             finished_at: None,
             publish: None,
             publish_error: None,
+            buildroot: false,
             jobs: vec![JobView {
                 id: 3,
                 build: 15,
@@ -1044,7 +1027,8 @@ mod tests {
         );
         assert!(text.contains("evil\\x1b[2J-1.0-1\\u{202e}"), "{text}");
         assert!(text.contains("reason: bad\\x0anews\\x1b[31m"), "{text}");
-        assert_eq!(text.lines().count(), 7, "{text}");
+        assert!(text.contains("built on the worker's host, not in a buildroot"));
+        assert_eq!(text.lines().count(), 8, "{text}");
     }
 
     #[test]
@@ -1052,7 +1036,7 @@ mod tests {
         let answer = r#"{"id":4,"target":"t","package":"p","evr":"1-1","srpm_name":"p-1-1.src.rpm",
             "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
             "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
-            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,
+            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,
             "jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
             "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
             "artifacts":[]}"#;

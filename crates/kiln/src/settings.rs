@@ -755,6 +755,10 @@ pub struct WorkerSettings {
     pub backend: String,
     pub nodeps: String,
     pub sandbox: String,
+    /// dnf's package cache for buildroots is kept under this many MB.
+    pub dnf_cache_mb: u64,
+    /// Take only jobs of targets with a buildroot.
+    pub no_host_builds: bool,
 }
 
 impl Default for WorkerSettings {
@@ -770,6 +774,8 @@ impl Default for WorkerSettings {
             backend: "rpmbuild".into(),
             nodeps: "auto".into(),
             sandbox: "on".into(),
+            dnf_cache_mb: 4096,
+            no_host_builds: false,
         }
     }
 }
@@ -832,6 +838,10 @@ impl Settings for WorkerSettings {
             "backend" => "`rpmbuild` or `noop` (benchmarks)",
             "nodeps" => "`auto` (when the host rpm database cannot resolve /bin/sh), `yes`, `no`",
             "sandbox" => "Bubblewrap sandbox without network: `auto`, `on`, `off`",
+            "dnf_cache_mb" => "dnf's package cache for buildroots is kept under this many MB",
+            "no_host_builds" => {
+                "Take only jobs of targets with a buildroot (none built on this system)"
+            }
             _ => return None,
         })
     }
@@ -884,6 +894,8 @@ impl WorkerSettings {
             capacity: self.capacity,
             backend,
             announce: true,
+            dnf_cache_mb: self.dnf_cache_mb,
+            no_host_builds: self.no_host_builds,
         })
     }
 }

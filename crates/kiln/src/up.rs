@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::Value;
+use kiln_api::{ArtifactKind, BuildState, TokenRequest, TokenResponse};
 
 use crate::client::Client;
-use crate::commands::{print_build, submit_with, wait_build, SubmitArgs};
+use crate::commands::{emit, format_build, submit_build, wait_for_build, SubmitArgs};
 use crate::settings::{self, MasterArgs, WorkerArgs};
 
 #[derive(Args)]
@@ -117,11 +117,11 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
 
     let wdir = a.data.join("local-worker");
     if !wdir.join(kiln_worker::files::CERT).exists() {
-        let v: Value = c
-            .post("/api/v1/tokens", &serde_json::json!({ "worker": "local" }))
-            .await?;
-        let token = v["token"].as_str().context("no token in the answer")?;
-        kiln_worker::enroll::enroll(&worker_url, token, &wdir).await?;
+        let req = TokenRequest {
+            worker: "local".into(),
+        };
+        let t: TokenResponse = c.post("/api/v1/tokens", &req).await?;
+        kiln_worker::enroll::enroll(&worker_url, &t.token, &wdir).await?;
         println!("worker: enrolled `local` in {}", wdir.display());
     }
     let mut wargs = WorkerArgs::default();
@@ -152,25 +152,25 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
             wait: false,
             json: false,
         };
-        let (b, _) = submit_with(&c, &args).await?;
-        let id = b["id"].as_i64().context("no build id")?;
-        println!("submitted {} as build {id}", srpm.display());
-        ids.push(id);
+        let (b, _) = submit_build(&c, &args).await?;
+        println!("submitted {} as build {}", srpm.display(), b.id);
+        ids.push(b.id);
     }
     let mut ok = true;
     for id in ids {
-        let b = wait_build(&c, id).await?;
-        print_build(&b);
-        ok &= b["state"] == "succeeded";
-        for art in b["artifacts"].as_array().into_iter().flatten() {
-            if art["kind"] == "rpm" {
-                let arch = art["arch"].as_str().unwrap_or("");
-                let name = art["name"].as_str().unwrap_or("");
-                println!(
-                    "  RPM: {}",
-                    m.core.paths.incoming(id, arch).join(name).display()
-                );
-            }
+        let b = wait_for_build(&c, id).await?;
+        // A closed stdout does not stop the farm.
+        let _ = emit(&format_build(&b));
+        ok &= b.state == BuildState::Succeeded;
+        for art in b.artifacts.iter().filter(|a| a.kind == ArtifactKind::Rpm) {
+            println!(
+                "  RPM: {}",
+                m.core
+                    .paths
+                    .incoming(id, &art.arch)
+                    .join(&art.name)
+                    .display()
+            );
         }
     }
     if !a.once {

@@ -43,14 +43,14 @@ pub(super) async fn list_builds(
 }
 
 pub(super) async fn show_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
-    Ok(Json(build_view(&core, id).await?.0))
+    Ok(Json(build_view(&core, id).await?))
 }
 
 /// Answer once the build has reached a final state.
 pub(super) async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
     let mut rx = core.build_done.subscribe();
     loop {
-        let v = build_view(&core, id).await?.0;
+        let v = build_view(&core, id).await?;
         if v.state.is_final() {
             return Ok(Json(v));
         }
@@ -74,14 +74,14 @@ pub(super) async fn cancel_build(
     let (r, fx) = core.decide(|s, fx| s.cancel(fx, id));
     core.apply(fx).await;
     if let Err(e) = r {
-        let v = build_view(&core, id).await?.0;
+        let v = build_view(&core, id).await?;
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::NotActive,
             format!("{e}: it is {}", v.state),
         ));
     }
-    Ok(Json(build_view(&core, id).await?.0))
+    Ok(Json(build_view(&core, id).await?))
 }
 
 pub(super) async fn submit(
@@ -89,8 +89,9 @@ pub(super) async fn submit(
     _: Admin,
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<BuildView>)> {
-    let view = crate::submit::submit(&core, &req).await?;
-    Ok((StatusCode::CREATED, Json(view.0)))
+    let done = crate::submit::submit(&core, &req).await?;
+    let view = build_of(&core.sched(), done.build, done.jobs, vec![]);
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 pub(super) async fn list_jobs(

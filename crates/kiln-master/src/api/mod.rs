@@ -21,9 +21,6 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
-pub use kiln_api::{SubmitRequest, NOW_PRIORITY};
-pub(crate) use views::build_view;
-pub use views::BuildView;
 
 use crate::{io_err, Core, MasterError};
 

@@ -26,6 +26,14 @@ fn target_view(t: &crate::Target) -> TargetView {
         keep: t.keep,
         sign_key: t.sign_key.clone(),
         tosign_dir: t.tosign_dir.clone(),
+        buildroot: t.buildroot.as_ref().map(|b| kiln_api::BuildrootView {
+            repos: b.repos.clone(),
+            packages: b.packages.clone(),
+            releasever: b.releasever.clone(),
+            gpgcheck: b.gpgcheck,
+            own_repo: b.own_repo,
+            extra_repos_of: b.extra_repos_of.clone(),
+        }),
     }
 }
 

@@ -1,37 +1,23 @@
 //! How builds and jobs look to clients: the store's rows made into
 //! `kiln_api`'s views (the store knows nothing of the API).
 
-use kiln_api::{ArtifactView, ExcludedArch, JobView};
+use kiln_api::{ArtifactView, BuildView, ExcludedArch, JobView};
 use kiln_store::{ArtifactRow, BuildRow, Excluded, JobRow};
 
 use crate::sched::Sched;
 use crate::Core;
 
-/// A build as the API shows it, made under the scheduler lock (which knows
-/// why a job waits). The wire type is `.0`; this wrapper keeps the
-/// constructor that `submit` calls.
-pub struct BuildView(pub kiln_api::BuildView);
-
-impl BuildView {
-    /// A build with its jobs (each saying why it waits, if it does).
-    pub(crate) fn new(
-        s: &Sched,
-        build: BuildRow,
-        jobs: Vec<JobRow>,
-        artifacts: Vec<ArtifactRow>,
-    ) -> BuildView {
-        BuildView(build_of(s, build, jobs, artifacts))
-    }
-}
-
-/// The view of a build from its rows.
+/// The view of a build from its rows, made under the scheduler lock (which
+/// knows why a job waits).
 pub(super) fn build_of(
     s: &Sched,
     b: BuildRow,
     jobs: Vec<JobRow>,
     artifacts: Vec<ArtifactRow>,
-) -> kiln_api::BuildView {
-    kiln_api::BuildView {
+) -> BuildView {
+    let buildroot = !s.host_build(&b.target);
+    BuildView {
+        buildroot,
         id: b.id,
         target: b.target,
         package: b.package,
@@ -93,7 +79,7 @@ fn artifact(a: ArtifactRow) -> ArtifactView {
 }
 
 /// A build as it is now, read from the store.
-pub(crate) async fn build_view(core: &Core, id: i64) -> Result<BuildView, kiln_store::StoreError> {
+pub(super) async fn build_view(core: &Core, id: i64) -> Result<BuildView, kiln_store::StoreError> {
     let (build, jobs, artifacts) = core
         .store
         .read(move |c| {
@@ -109,5 +95,5 @@ pub(crate) async fn build_view(core: &Core, id: i64) -> Result<BuildView, kiln_s
         })
         .await?
         .ok_or_else(|| kiln_store::StoreError::NotFound(format!("no build {id}")))?;
-    Ok(BuildView::new(&core.sched(), build, jobs, artifacts))
+    Ok(build_of(&core.sched(), build, jobs, artifacts))
 }

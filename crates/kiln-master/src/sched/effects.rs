@@ -102,9 +102,9 @@ impl Effects {
     }
 }
 
-/// A state change, as announced on the event stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+/// A state change, as announced on the event stream (`api/logs.rs` makes
+/// it a `kiln_api::Event`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Job {
         build: i64,

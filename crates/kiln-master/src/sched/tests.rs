@@ -37,6 +37,10 @@ struct T {
     clock: Arc<TestClock>,
     /// Each connected worker's session, as the worker would read it.
     inbox: HashMap<String, mpsc::UnboundedReceiver<pb::MasterMsg>>,
+    /// The target of the next submits.
+    target: String,
+    /// Whether the next workers to connect take host builds.
+    host_builds: bool,
 }
 
 impl T {
@@ -64,6 +68,8 @@ impl T {
             s,
             clock,
             inbox: HashMap::new(),
+            target: "t".into(),
+            host_builds: true,
         }
     }
 
@@ -87,7 +93,7 @@ impl T {
         scratch: bool,
     ) -> Vec<i64> {
         let nb = kiln_store::NewBuild {
-            target: "t".into(),
+            target: self.target.clone(),
             package: "p".into(),
             evr: "1-1".into(),
             srpm_name: "p-1-1.src.rpm".into(),
@@ -125,6 +131,7 @@ impl T {
             channels: channels.iter().map(|c| c.to_string()).collect(),
             capacity,
             draining: false,
+            host_builds: self.host_builds,
         };
         let r = self.s.connect(fx, hello, reported, tx);
         self.s.fill_worker(fx, name);
@@ -573,4 +580,35 @@ fn queue_order_is_priority_then_age() {
     assert_eq!(h.pop().map(|e| e.job), Some(3));
     assert_eq!(h.pop().map(|e| e.job), Some(1));
     assert_eq!(h.pop().map(|e| e.job), Some(2));
+}
+
+#[test]
+fn a_worker_without_host_builds_takes_only_buildroot_jobs() {
+    let mut t = T::new();
+    t.s.set_buildroots([("el9".to_string(), pb::Buildroot::default())].into());
+    let mut f = fx();
+    t.host_builds = false;
+    t.connect(&mut f, "picky", &["x86_64"], &["default"], 2, &[]);
+    // A host build (target `t`, no buildroot) and a buildroot build.
+    let mut f = fx();
+    let host = t.submit(&mut f, "default", &["x86_64"], 5)[0];
+    t.target = "el9".into();
+    let rooted = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    assert_eq!(assigns(&f), vec![("picky".to_string(), rooted)]);
+    let Some(Msg::Assign(a)) = &f.sends[0].msg.msg else {
+        panic!("not an Assign")
+    };
+    assert!(a.buildroot.is_some(), "a buildroot job says so");
+    assert_eq!(t.state(host), JobState::Pending);
+    let why = t.s.waiting_reason(host).unwrap();
+    assert!(why.contains("takes builds on its own system"), "{why}");
+    // A worker that takes them gets the host build, higher priority or not.
+    t.host_builds = true;
+    let mut f = fx();
+    t.connect(&mut f, "any", &["x86_64"], &["default"], 1, &[]);
+    assert_eq!(assigns(&f), vec![("any".to_string(), host)]);
+    let Some(Msg::Assign(a)) = &f.sends[0].msg.msg else {
+        panic!("not an Assign")
+    };
+    assert!(a.buildroot.is_none(), "a host job has no buildroot");
 }

@@ -264,3 +264,83 @@ fn an_unresolvable_build_requires_fails_at_once_then_builds_once_published() {
         "libgreet-devel did not come from Kiln's repository: {log}"
     );
 }
+
+#[test]
+fn two_jobs_at_once_share_one_base_init() {
+    require_repo_tools();
+    let b = base();
+    let m = Master::start_with(
+        MasterOpts::default().config(&config_toml(&[], &[el9(&b.server.url, BASE)])),
+    );
+    let w = m.start_worker("br3", "x86_64,noarch", "default", 2);
+    // Both jobs say they build in the buildroot; `kiln build show` says
+    // nothing of the host.
+    let ids: Vec<u64> = ["kbr-twin-a", "kbr-twin-b"]
+        .iter()
+        .map(|n| build_id(&m.submit(&Pkg::noarch(n).build_srpm(&m.scratch), &["--target", "el9"])))
+        .collect();
+    let logs: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let b = m.wait_build_succeeded(*id);
+            m.job_log(&b)
+        })
+        .collect();
+    let made = logs
+        .iter()
+        .filter(|l| l.contains("kiln: making the base root"))
+        .count();
+    assert_eq!(made, 1, "the base was made {made} times: {logs:#?}");
+    assert_eq!(roots(&m, &w).len(), 1);
+    let shown = m
+        .cli(&["build", "show", &ids[0].to_string()])
+        .assert_ok()
+        .stdout;
+    assert!(!shown.contains("not in a buildroot"), "{shown}");
+    assert_eq!(m.build(ids[0])["buildroot"], true);
+}
+
+#[test]
+fn a_target_without_a_buildroot_says_its_builds_ran_on_the_host() {
+    require_repo_tools();
+    let b = base();
+    let m = Master::start_with(MasterOpts::default().config(&config_toml(
+        &[],
+        &[
+            el9(&b.server.url, BASE),
+            target_toml("plain", &["x86_64"], &[]),
+        ],
+    )));
+    let _w = m.start_worker("br4", "x86_64,noarch", "default", 1);
+    let built = m.submit_wait(
+        &Pkg::noarch("kbr-plain").build_srpm(&m.scratch),
+        &["--target", "plain"],
+    );
+    assert_eq!(built["buildroot"], false, "{built}");
+    assert!(log_artifact(&built, "root.log").is_none(), "{built}");
+    let shown = m
+        .cli(&["build", "show", &build_id(&built).to_string()])
+        .assert_ok()
+        .stdout;
+    assert!(
+        shown.contains("built on the worker's host, not in a buildroot"),
+        "{shown}"
+    );
+    let targets: Value = serde_json::from_slice(&http_get_ok(
+        &format!("{}/api/v1/targets", m.api_url),
+        &m.scratch,
+    ))
+    .unwrap();
+    let el9 = targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "el9")
+        .unwrap();
+    assert_eq!(el9["buildroot"]["releasever"], "9", "{targets}");
+    assert!(targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "plain" && t["buildroot"].is_null()));
+}

@@ -42,6 +42,7 @@ async fn connect(m: &Master, e: &Enrolled, channel: &str, running: Vec<pb::Runni
             running,
             backend: "hand".into(),
             draining: false,
+            no_host_builds: false,
         })),
     })
     .await

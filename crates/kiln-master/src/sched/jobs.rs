@@ -1,0 +1,345 @@
+//! Builds and their jobs through their life: a submitted build (its insert,
+//! then the dispatch of its jobs), builds restored at start or forgotten when
+//! their insert failed, a worker's result, a job taken back and re-queued (or
+//! failed when out of attempts), cancel; every job change is recorded by
+//! `save`, and `settle_build` derives a build's state from its jobs and drops
+//! it from memory once final.
+
+use kiln_core::state::{build_state_from_jobs, BuildState, JobState};
+use kiln_proto as pb;
+use kiln_store::{BuildRow, JobRow};
+
+use super::{ActiveBuild, ActiveJob, Effects, Event, JobResult, Refused, Sched, Write};
+
+/// The message telling a worker to stop a job.
+fn cancel_msg(job: i64, attempt: u32, reason: &str) -> pb::master_msg::Msg {
+    pb::master_msg::Msg::Cancel(pb::Cancel {
+        job_id: job as u64,
+        attempt,
+        reason: reason.to_string(),
+    })
+}
+
+impl Sched {
+    /// A new build: its insert is decided first and the assignment of its
+    /// jobs right behind it, so both usually share one group commit (and no
+    /// Assign is sent unless both are durable).
+    pub fn submit(&mut self, fx: &mut Effects, build: BuildRow, jobs: Vec<JobRow>) {
+        let (channel, arches) = (
+            build.channel.clone(),
+            jobs.iter().map(|j| j.arch.clone()).collect::<Vec<_>>(),
+        );
+        fx.writes.push(Write::InsertBuild {
+            build: build.clone(),
+            jobs: jobs.clone(),
+        });
+        self.add_build(build, jobs);
+        self.dispatch_jobs(fx, &channel, &arches);
+    }
+
+    /// Track a newly committed build and queue its pending jobs.
+    pub fn add_build(&mut self, b: BuildRow, jobs: Vec<JobRow>) {
+        let ids = jobs.iter().map(|j| j.id).collect();
+        // Final jobs are kept too: the build's state is derived from all
+        // of its jobs (a restored build may already have a failed one).
+        for j in jobs {
+            if j.state.is_final() {
+                self.jobs.insert(
+                    j.id,
+                    ActiveJob {
+                        row: j,
+                        lease_until: self.clock.now(),
+                    },
+                );
+                continue;
+            }
+            if j.state == JobState::Pending {
+                self.enqueue(&b, j.id, &j.arch);
+            } else {
+                self.leased.insert(j.id);
+            }
+            self.jobs.insert(
+                j.id,
+                ActiveJob {
+                    row: j,
+                    lease_until: self.clock.now() + self.lease,
+                },
+            );
+        }
+        self.builds.insert(b.id, ActiveBuild { row: b, jobs: ids });
+    }
+
+    /// Load active builds from the database after a start. Running jobs get
+    /// a fresh lease, so their workers have time to reconnect and report.
+    pub fn restore(&mut self, active: Vec<(BuildRow, Vec<JobRow>)>) {
+        for (b, jobs) in active {
+            self.add_build(b, jobs);
+        }
+    }
+
+    /// A build whose insert failed: drop it and its jobs from memory (its
+    /// dispatch writes failed with it, so nothing was sent).
+    pub fn forget_build(&mut self, fx: &mut Effects, build: i64) {
+        let Some(b) = self.builds.remove(&build) else {
+            return;
+        };
+        let mut workers = Vec::new();
+        for id in b.jobs {
+            self.leased.remove(&id);
+            if let Some(j) = self.jobs.remove(&id) {
+                if let Some(w) = j.row.worker {
+                    if let Some(live) = self.workers.get_mut(&w) {
+                        live.running.remove(&id);
+                    }
+                    workers.push(w);
+                }
+            }
+        }
+        for w in workers {
+            self.fill_worker(fx, &w);
+        }
+    }
+
+    pub(super) fn save(&self, fx: &mut Effects, row: &JobRow) {
+        fx.events.push(Event::Job {
+            build: row.build,
+            job: row.id,
+            arch: row.arch.clone(),
+            state: row.state,
+            worker: row.worker.clone(),
+            attempt: row.attempt,
+        });
+        fx.writes.push(Write::SaveJob(row.clone()));
+    }
+
+    /// Recompute a build's state from its jobs, persist a change, and drop
+    /// the build from memory once it is final.
+    pub(super) fn settle_build(&mut self, fx: &mut Effects, build: i64) {
+        let Some(b) = self.builds.get(&build) else {
+            return;
+        };
+        let states: Vec<JobState> = b
+            .jobs
+            .iter()
+            .map(|id| {
+                self.jobs
+                    .get(id)
+                    .map(|j| j.row.state)
+                    .unwrap_or(JobState::Failed)
+            })
+            .collect();
+        let mut new = build_state_from_jobs(&states);
+        if b.row.state == BuildState::Canceled {
+            new = BuildState::Canceled;
+        }
+        let changed = new != b.row.state;
+        if changed {
+            // A failed build says which job failed and why.
+            let reason = (new == BuildState::Failed)
+                .then(|| {
+                    b.jobs
+                        .iter()
+                        .filter_map(|id| self.jobs.get(id))
+                        .find(|j| j.row.state == JobState::Failed)
+                        .map(|j| {
+                            format!(
+                                "job {} ({}) failed: {}",
+                                j.row.id,
+                                j.row.arch,
+                                j.row.message.as_deref().unwrap_or("no reason given")
+                            )
+                        })
+                })
+                .flatten();
+            fx.events.push(Event::Build { build, state: new });
+            fx.writes.push(Write::SetBuildState {
+                build,
+                state: new,
+                reason,
+                publish: new.publication(b.row.scratch),
+            });
+        }
+        if new.is_final() {
+            if let Some(b) = self.builds.remove(&build) {
+                for id in b.jobs {
+                    if self.jobs.get(&id).is_some_and(|j| j.row.state.is_final()) {
+                        self.jobs.remove(&id);
+                    }
+                }
+            }
+            fx.done_builds.push(build);
+        } else if let Some(b) = self.builds.get_mut(&build) {
+            b.row.state = new;
+        }
+    }
+
+    /// Is this (job, attempt) the one `worker` currently holds?
+    pub fn holds(&self, worker: &str, job: i64, attempt: u32) -> bool {
+        self.jobs.get(&job).is_some_and(|j| {
+            j.row.attempt == attempt
+                && j.row.worker.as_deref() == Some(worker)
+                && matches!(j.row.state, JobState::Assigned | JobState::Running)
+        })
+    }
+
+    /// A worker reports a job done. `artifacts` were verified and filed by
+    /// the caller. Returns whether the result was accepted.
+    pub fn finish(&mut self, fx: &mut Effects, name: &str, r: JobResult) -> Result<(), Refused> {
+        let JobResult {
+            job,
+            attempt,
+            success,
+            message,
+            artifacts,
+        } = r;
+        let newer_here = self
+            .jobs
+            .get(&job)
+            .is_some_and(|j| j.row.attempt != attempt && j.row.worker.as_deref() == Some(name));
+        if !newer_here {
+            if let Some(w) = self.workers.get_mut(name) {
+                w.running.remove(&job);
+            }
+        }
+        if !self.holds(name, job, attempt) {
+            return Err(match self.jobs.get(&job) {
+                None => Refused::JobGone(job),
+                Some(j) if j.row.attempt != attempt => Refused::Stale {
+                    job,
+                    current: j.row.attempt,
+                    given: attempt,
+                },
+                Some(_) => Refused::NotHeld {
+                    job,
+                    worker: name.to_string(),
+                },
+            });
+        }
+        self.leased.remove(&job);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return Err(Refused::JobGone(job));
+        };
+        j.row.state = if success {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        j.row.message = (!message.is_empty()).then_some(message);
+        j.row.finished_at = Some(self.clock.wall_ms());
+        let row = j.row.clone();
+        let build = row.build;
+        fx.events.push(Event::Job {
+            build,
+            job,
+            arch: row.arch.clone(),
+            state: row.state,
+            worker: row.worker.clone(),
+            attempt: row.attempt,
+        });
+        fx.writes.push(Write::FinishJob {
+            build,
+            artifacts,
+            job: row,
+        });
+        fx.ended_jobs.push((build, job));
+        self.settle_build(fx, build);
+        Ok(())
+    }
+
+    /// Take a held job back from its worker: its lease and slot end, and the
+    /// worker (if connected) is told to stop it.
+    pub(super) fn take_back(&mut self, fx: &mut Effects, job: i64, why: &str) {
+        self.leased.remove(&job);
+        let Some(j) = self.jobs.get(&job) else {
+            return;
+        };
+        let Some(name) = j.row.worker.clone() else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(&name) {
+            w.running.remove(&job);
+            fx.send(&name, &w.tx, cancel_msg(job, j.row.attempt, why));
+        }
+    }
+
+    /// Put a job back in its queue with attempt + 1, or fail it when it has
+    /// used up its attempts.
+    pub(super) fn requeue(&mut self, fx: &mut Effects, job: i64, why: &str) {
+        let max = self.max_attempts;
+        self.take_back(fx, job, why);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let build = j.row.build;
+        if j.row.attempt >= max {
+            j.row.state = JobState::Failed;
+            j.row.message = Some(format!(
+                "given up after {} attempts; last: {why}",
+                j.row.attempt
+            ));
+            j.row.finished_at = Some(self.clock.wall_ms());
+            fx.ended_jobs.push((build, job));
+        } else {
+            j.row.attempt += 1;
+            j.row.state = JobState::Pending;
+            j.row.worker = None;
+            j.row.message = Some(format!("attempt {} re-queued: {why}", j.row.attempt - 1));
+            j.row.started_at = None;
+        }
+        let row = j.row.clone();
+        self.save(fx, &row);
+        if row.state == JobState::Pending {
+            if let Some(b) = self.builds.get(&build).map(|b| b.row.clone()) {
+                self.enqueue(&b, job, &row.arch);
+            }
+        }
+        self.settle_build(fx, build);
+    }
+
+    /// Cancel a build: pending jobs end at once, running ones are told to
+    /// stop (their slot frees when the worker confirms).
+    pub fn cancel(&mut self, fx: &mut Effects, build: i64) -> Result<(), Refused> {
+        let Some(b) = self.builds.get_mut(&build) else {
+            return Err(Refused::BuildNotActive(build));
+        };
+        b.row.state = BuildState::Canceled;
+        let ids = b.jobs.clone();
+        fx.events.push(Event::Build {
+            build,
+            state: BuildState::Canceled,
+        });
+        fx.writes.push(Write::SetBuildState {
+            build,
+            state: BuildState::Canceled,
+            reason: Some("canceled".into()),
+            publish: None,
+        });
+        for id in ids {
+            let Some(j) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if j.row.state.is_final() {
+                continue;
+            }
+            if let Some((name, w)) = j
+                .row
+                .worker
+                .as_deref()
+                .and_then(|n| self.workers.get(n).map(|w| (n, w)))
+            {
+                if matches!(j.row.state, JobState::Assigned | JobState::Running) {
+                    fx.send(name, &w.tx, cancel_msg(id, j.row.attempt, "build canceled"));
+                }
+            }
+            self.leased.remove(&id);
+            j.row.state = JobState::Canceled;
+            j.row.finished_at = Some(self.clock.wall_ms());
+            j.row.message = Some("canceled".into());
+            let row = j.row.clone();
+            fx.ended_jobs.push((build, id));
+            self.save(fx, &row);
+        }
+        self.settle_build(fx, build);
+        Ok(())
+    }
+}
