@@ -126,6 +126,67 @@ pub struct SubmitRequest {
     pub ci: bool,
 }
 
+/// `POST /api/v1/batches`: several SRPMs the master holds, built as one
+/// batch in one target. Without `chain`, they are ordered by what each
+/// needs (BuildRequires) and makes (its packages' Provides, read on a
+/// worker); with it, group by group (indexes into `builds`). A build waits
+/// until the builds it needs are published. Answered with
+/// [`BatchSubmitted`] (201); a cycle is refused (400).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Default: the master's `default_target`, or its only target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// One request per SRPM (their `target` is the batch's).
+    pub builds: Vec<SubmitRequest>,
+    /// Explicit order: groups of indexes into `builds`, each group starting
+    /// once the previous one is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Vec<Vec<usize>>>,
+}
+
+/// The answer of a batch submit: its id and its builds, in the order asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchSubmitted {
+    /// The batch id.
+    pub batch: i64,
+    /// Its builds.
+    pub builds: Vec<BuildView>,
+}
+
+/// `GET /api/v1/batches/<id>`: a batch and the graph of its builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchView {
+    /// The batch id.
+    pub id: i64,
+    /// The target its builds build for.
+    pub target: String,
+    /// Unix time in ms.
+    pub created_at: i64,
+    /// Its builds, in the order submitted.
+    pub builds: Vec<BatchMember>,
+}
+
+/// One build of a batch, and what it waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchMember {
+    /// The build id.
+    pub id: i64,
+    /// The package name.
+    pub package: String,
+    /// `[epoch:]version-release`.
+    pub evr: String,
+    /// Where the build is (`waiting` until what it needs is published).
+    pub state: BuildState,
+    /// Why it was skipped or failed, when it was.
+    pub reason: Option<String>,
+    /// The builds of the batch it needs published before it starts.
+    pub waits_for: Vec<i64>,
+    /// Publication to the target's repositories.
+    pub publish: Option<PublishState>,
+}
+
 /// A build with its jobs and artifacts: the answer of submit (also when the
 /// version gate skipped it: `state` `skipped`, `reason` why), show, wait,
 /// cancel and the build list.
@@ -173,6 +234,12 @@ pub struct BuildView {
     /// own system), as the target is configured now.
     #[serde(default)]
     pub buildroot: bool,
+    /// The batch it belongs to.
+    #[serde(default)]
+    pub batch: Option<i64>,
+    /// The builds of its batch it waits for (to be published).
+    #[serde(default)]
+    pub waits_for: Vec<i64>,
     /// One job per arch.
     pub jobs: Vec<JobView>,
     /// The files its jobs produced.
@@ -551,6 +618,8 @@ mod tests {
             publish: None,
             publish_error: None,
             buildroot: true,
+            batch: None,
+            waits_for: vec![],
             jobs: vec![],
             artifacts: vec![],
         };
@@ -561,7 +630,8 @@ mod tests {
                 r#""srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,"#,
                 r#""scratch":false,"ci":false,"state":"queued","reason":null,"#,
                 r#""excluded_arches":[{"arch":"s390x","reason":"ExcludeArch"}],"created_at":7,"#,
-                r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"jobs":[],"#,
+                r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"batch":null,"#,
+                r#""waits_for":[],"jobs":[],"#,
                 r#""artifacts":[]}"#
             )
         );

@@ -34,7 +34,10 @@ macro_rules! string_enum {
     };
 }
 
+// `waiting`: a build that waits for other builds (of its batch) to be
+// published before its jobs are queued.
 string_enum!(BuildState {
+    Waiting => "waiting",
     Queued => "queued",
     Building => "building",
     Succeeded => "succeeded",
@@ -68,11 +71,12 @@ string_enum!(ArtifactKind {
 
 impl BuildState {
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Building)
+        !matches!(self, Self::Waiting | Self::Queued | Self::Building)
     }
 
     /// What a build entering this state means for its publication: a
-    /// succeeded build that is not a scratch build is queued for it.
+    /// succeeded build that is not a scratch build is queued for it (a
+    /// waiting build never is).
     pub fn publication(self, scratch: bool) -> Option<PublishState> {
         (self == Self::Succeeded && !scratch).then_some(PublishState::Pending)
     }
@@ -84,7 +88,8 @@ impl JobState {
     }
 }
 
-/// The state of a build derived from the states of its jobs.
+/// The state of a build derived from the states of its jobs. (A build
+/// waiting for others is never derived: its state is set explicitly.)
 pub fn build_state_from_jobs(jobs: &[JobState]) -> BuildState {
     if jobs.is_empty() {
         return BuildState::Failed;
@@ -112,6 +117,10 @@ mod tests {
     fn round_trip_and_derive() {
         assert_eq!("running".parse::<JobState>(), Ok(JobState::Running));
         assert!("nope".parse::<BuildState>().is_err());
+        assert_eq!("waiting".parse::<BuildState>(), Ok(BuildState::Waiting));
+        assert_eq!(BuildState::Waiting.to_string(), "waiting");
+        assert!(!BuildState::Waiting.is_final());
+        assert_eq!(BuildState::Waiting.publication(false), None);
         use JobState::*;
         assert_eq!(
             build_state_from_jobs(&[Pending, Pending]),

@@ -180,7 +180,20 @@ impl Farm for FarmService {
         tokio::spawn(async move {
             core.apply(fx).await;
             session_loop(core.clone(), &name, conn, inbound, tx).await;
-            let (gone, _) = core.decide(|s, _| s.disconnect(&name, conn));
+            // The session's unanswered queries end with it, under the
+            // scheduler lock (a query is registered under it too, with the
+            // session it found current).
+            let ((gone, dropped), _) = core.decide(|s, _| {
+                (
+                    s.disconnect(&name, conn),
+                    core.queries.session_ended(&name, conn),
+                )
+            });
+            if dropped > 0 {
+                tracing::info!(
+                    "worker {name}: {dropped} queries unanswered at the end of its session"
+                );
+            }
             if gone {
                 tracing::info!("worker {name} disconnected");
                 let n = name.clone();
@@ -423,6 +436,12 @@ async fn session_loop(
                     if let Err(e) = core.logs.append_frame(build, job, &l.zdata) {
                         tracing::warn!("log of job {job} from {name}: {e}");
                     }
+                }
+            }
+            In::QueryResult(r) => {
+                let id = r.id;
+                if !core.queries.answer(name, conn, r) {
+                    tracing::debug!("worker {name}: answer to query {id}, which nobody waits for");
                 }
             }
             In::Finished(f) => {

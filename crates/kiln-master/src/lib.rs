@@ -3,12 +3,14 @@
 
 pub mod api;
 pub mod backup;
+pub mod batch;
 pub mod config;
 mod grpc;
 pub mod housekeeping;
 mod intake;
 pub mod logs;
 pub mod paths;
+pub mod query;
 pub mod result;
 pub mod sched;
 mod shared;
@@ -144,6 +146,9 @@ impl Master {
         sched.set_next_ids(store.read(kiln_store::next_ids).await?);
         let (build_done, _) = broadcast::channel(4096);
         let (events, _) = broadcast::channel::<sched::Event>(16384);
+        // Subscribed before the repository builder starts: no publication
+        // a waiting build needs can be announced before it listens.
+        let publications = events.subscribe();
         let mut repo_targets = Vec::new();
         for t in &cfg.targets {
             let signer = match &t.sign_key {
@@ -193,6 +198,7 @@ impl Master {
             srpm_cache: Mutex::new(std::collections::HashMap::new()),
             verified: Mutex::new(std::collections::HashMap::new()),
             staging: Mutex::new(std::collections::HashMap::new()),
+            queries: Default::default(),
             _lock: lock,
             cfg,
         });
@@ -205,6 +211,11 @@ impl Master {
         let roots = buildroots(&core.cfg, api_addr);
         let ((), fx) = core.decide(|s, _| s.set_buildroots(roots));
         core.apply(fx).await;
+        // Builds restored `waiting` may wait for builds that ended (or were
+        // published) while the master was down: settled once every queue is
+        // known, before any worker can connect.
+        check_waits(&core).await?;
+        tokio::spawn(publication_task(core.clone(), publications));
         let worker_addr = tls::serve_workers(core.clone()).await?;
         tokio::spawn(lease_task(core.clone()));
         Ok(Master {
@@ -236,6 +247,72 @@ async fn lease_task(core: Arc<Core>) {
         match next {
             Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
             None => changed.await,
+        }
+    }
+}
+
+/// Settle, from the database, what waiting builds wait for among the builds
+/// the scheduler no longer tracks: published ones release them; failed,
+/// canceled, skipped or scratch ones fail them (a publication still pending
+/// is announced later, see [`publication_task`]).
+pub(crate) async fn check_waits(core: &Core) -> Result<(), StoreError> {
+    let ids = core.sched().waited_for_untracked();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let q = ids.clone();
+    let recorded = core
+        .store
+        .read(move |c| kiln_store::build_states(c, &q))
+        .await?;
+    let recorded: std::collections::HashMap<_, _> = recorded
+        .into_iter()
+        .map(|(id, state, publish)| (id, (state, publish)))
+        .collect();
+    let ((), fx) = core.decide(|s, fx| {
+        for id in ids {
+            s.dependency_recorded(fx, id, recorded.get(&id).copied());
+        }
+    });
+    if !fx.is_empty() {
+        core.apply(fx).await;
+    }
+    Ok(())
+}
+
+/// Releases the builds waiting for a build once it is published (the
+/// repository builder's `Publish` event). It sleeps on the event stream;
+/// should it fall behind (the stream lagged and dropped events), it reads
+/// what it may have missed from the database instead.
+async fn publication_task(core: Arc<Core>, mut events: broadcast::Receiver<sched::Event>) {
+    use broadcast::error::RecvError;
+    use kiln_core::state::PublishState;
+    loop {
+        match events.recv().await {
+            Ok(sched::Event::Publish {
+                build,
+                state: PublishState::Published,
+            }) => {
+                let ((), fx) = core.decide(|s, fx| s.dependency_published(fx, build));
+                if !fx.is_empty() {
+                    core.apply(fx).await;
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    "{n} events passed unseen: reading what waiting builds wait for from the database"
+                );
+                let mut pause = Duration::from_secs(1);
+                while let Err(e) = check_waits(&core).await {
+                    tracing::error!(
+                        "checking what waiting builds wait for: {e}; again in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }

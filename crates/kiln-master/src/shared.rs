@@ -57,6 +57,89 @@ pub struct Core {
     pub(crate) _lock: std::fs::File,
     pub(crate) staging:
         Mutex<std::collections::HashMap<(i64, u32), std::collections::HashMap<String, u64>>>,
+    /// Queries put to workers (what an SRPM makes), waiting for their
+    /// answers (see [`crate::query`]).
+    pub queries: Queries,
+}
+
+/// The queries put to workers and not answered yet, by id. An answer is
+/// taken only from the session the query went to; when that session ends,
+/// its queries' senders are dropped (the asker sees the worker gone).
+#[derive(Default)]
+pub struct Queries {
+    next: std::sync::atomic::AtomicU64,
+    pending: Mutex<std::collections::HashMap<u64, PendingQuery>>,
+}
+
+struct PendingQuery {
+    worker: String,
+    conn: u64,
+    tx: tokio::sync::oneshot::Sender<kiln_proto::QueryResult>,
+}
+
+impl Queries {
+    fn pending(&self) -> MutexGuard<'_, std::collections::HashMap<u64, PendingQuery>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new query id (never 0).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// Wait for the answer to query `id`, sent to session `conn` of
+    /// `worker`. Register under the scheduler lock, in the same look that
+    /// found the session current, so its end cannot be missed
+    /// ([`Queries::session_ended`] runs under that lock too).
+    pub(crate) fn register(
+        &self,
+        id: u64,
+        worker: &str,
+        conn: u64,
+        tx: tokio::sync::oneshot::Sender<kiln_proto::QueryResult>,
+    ) {
+        self.pending().insert(
+            id,
+            PendingQuery {
+                worker: worker.to_string(),
+                conn,
+                tx,
+            },
+        );
+    }
+
+    /// Forget query `id` (answered, timed out, or never sent).
+    pub(crate) fn forget(&self, id: u64) {
+        self.pending().remove(&id);
+    }
+
+    /// An answer from session `conn` of `worker`: handed to whoever waits
+    /// for it if that query went there. Whether it was taken.
+    pub(crate) fn answer(&self, worker: &str, conn: u64, r: kiln_proto::QueryResult) -> bool {
+        let mut p = self.pending();
+        match p.get(&r.id) {
+            Some(q) if q.worker == worker && q.conn == conn => {}
+            _ => return false,
+        }
+        match p.remove(&r.id) {
+            Some(q) => q.tx.send(r).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Session `conn` of `worker` ended: its queries will not be answered
+    /// (their senders are dropped). How many there were.
+    pub(crate) fn session_ended(&self, worker: &str, conn: u64) -> usize {
+        let mut p = self.pending();
+        let before = p.len();
+        p.retain(|_, q| !(q.worker == worker && q.conn == conn));
+        before - p.len()
+    }
+
+    /// Queries waiting for an answer.
+    pub fn outstanding(&self) -> usize {
+        self.pending().len()
+    }
 }
 
 impl Core {
@@ -211,5 +294,59 @@ impl Core {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Queries;
+    use kiln_proto as pb;
+    use tokio::sync::oneshot;
+
+    fn result(id: u64) -> pb::QueryResult {
+        pb::QueryResult {
+            id,
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_is_taken_only_from_the_session_asked() {
+        let q = Queries::default();
+        let (a, b) = (q.next_id(), q.next_id());
+        assert!(a != 0 && b != a);
+        let (tx, mut rx) = oneshot::channel();
+        q.register(a, "w1", 3, tx);
+        assert!(!q.answer("w2", 3, result(a)), "another worker");
+        assert!(!q.answer("w1", 4, result(a)), "another session of it");
+        assert!(!q.answer("w1", 3, result(b)), "another query");
+        assert!(rx.try_recv().is_err());
+        assert!(q.answer("w1", 3, result(a)));
+        assert_eq!(rx.try_recv().unwrap().id, a);
+        assert_eq!(q.outstanding(), 0);
+        assert!(!q.answer("w1", 3, result(a)), "answered once");
+    }
+
+    #[test]
+    fn a_session_s_end_drops_its_queries_and_a_timeout_forgets_one() {
+        let q = Queries::default();
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        let (tx3, _rx3) = oneshot::channel();
+        q.register(1, "w1", 3, tx1);
+        q.register(2, "w1", 4, tx2);
+        q.register(3, "w2", 3, tx3);
+        assert_eq!(q.session_ended("w1", 3), 1);
+        assert!(matches!(
+            rx1.blocking_recv(),
+            Err(oneshot::error::RecvError { .. })
+        ));
+        assert_eq!(q.outstanding(), 2);
+        q.forget(3);
+        assert_eq!(q.outstanding(), 1);
+        assert!(q.answer("w1", 4, result(2)));
+        assert_eq!(rx2.blocking_recv().unwrap().id, 2);
+        assert_eq!(q.outstanding(), 0);
     }
 }

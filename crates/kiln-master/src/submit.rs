@@ -21,6 +21,10 @@ pub enum SubmitError {
     /// The SRPM must be uploaded first.
     #[error("the master does not have this SRPM yet: upload it first")]
     BlobMissing,
+    /// Something the request needs is not there now (no worker to read a
+    /// batch's specs): retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -34,7 +38,26 @@ pub struct Submitted {
     pub jobs: Vec<JobRow>,
 }
 
+/// A build request checked and its SRPM inspected, not yet committed.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub nb: NewBuild,
+    pub info: kiln_core::srpm::PackageInfo,
+    /// The version gate's reason to skip it, if it does.
+    pub skip: Option<String>,
+}
+
 pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, SubmitError> {
+    let p = prepare(core, req).await?;
+    if let Some(reason) = p.skip.clone() {
+        return record_skipped(core, p, reason).await;
+    }
+    commit(core, p).await
+}
+
+/// Check a request against its target, inspect its SRPM and apply the
+/// version gate; nothing is stored.
+pub async fn prepare(core: &Core, req: &SubmitRequest) -> Result<Prepared, SubmitError> {
     let known = || {
         core.cfg
             .targets
@@ -144,8 +167,20 @@ pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, Submi
             })
             .collect(),
         arches: plan.build.clone(),
+        batch: None,
+        waits_for: Vec::new(),
     };
-    if let Some(reason) = skip {
+    Ok(Prepared { nb, info, skip })
+}
+
+/// Store a build the version gate skipped (final at once).
+pub async fn record_skipped(
+    core: &Core,
+    p: Prepared,
+    reason: String,
+) -> Result<Submitted, SubmitError> {
+    let Prepared { nb, info, .. } = p;
+    {
         let (id, _) = core.decide(|s, _| s.allocate_ids(0).0);
         let b = core
             .store
@@ -157,11 +192,16 @@ pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, Submi
             state: kiln_core::state::BuildState::Skipped,
         });
         let _ = core.build_done.send(b.id);
-        return Ok(Submitted {
+        Ok(Submitted {
             build: b,
             jobs: vec![],
-        });
+        })
     }
+}
+
+/// Commit a prepared build and dispatch its jobs.
+pub async fn commit(core: &Core, p: Prepared) -> Result<Submitted, SubmitError> {
+    let Prepared { nb, info, .. } = p;
     // The build's rows get their ids here, so its jobs can be dispatched at
     // once: the insert is queued first and the assignments right behind it,
     // so they usually share one group commit (one fsync fewer on the way to

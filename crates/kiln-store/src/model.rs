@@ -43,6 +43,19 @@ pub struct BuildRow {
     /// Publication to the target's repository.
     pub publish: Option<PublishState>,
     pub publish_error: Option<String>,
+    /// The batch it was submitted in.
+    pub batch: Option<i64>,
+    /// The builds (of its batch) that must be published before its jobs
+    /// are queued; it is `waiting` until they are.
+    pub waits_for: Vec<i64>,
+}
+
+/// A batch: builds submitted together, some waiting for others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRow {
+    pub id: i64,
+    pub target: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +110,10 @@ pub struct NewBuild {
     pub ci: bool,
     pub excluded: Vec<Excluded>,
     pub arches: Vec<String>,
+    /// The batch it belongs to, if any.
+    pub batch: Option<i64>,
+    /// Builds that must be published first (it starts `waiting` if any).
+    pub waits_for: Vec<i64>,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
@@ -111,7 +128,18 @@ fn list(s: String) -> Vec<String> {
 
 const BUILD_COLS: &str = "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
      disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at, publish, \
-     publish_error";
+     publish_error, batch, waits_for";
+
+fn json_col<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn ids_json(ids: &[i64]) -> String {
+    // A list of integers always encodes.
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
 
 fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
     let excluded: String = r.get(14)?;
@@ -135,6 +163,8 @@ fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
         finished_at: r.get(16)?,
         publish: r.get::<_, Option<String>>(17)?.map(parse).transpose()?,
         publish_error: r.get(18)?,
+        batch: r.get(19)?,
+        waits_for: json_col(20, &r.get::<_, String>(20)?)?,
     })
 }
 
@@ -199,8 +229,9 @@ pub fn next_ids(c: &Connection) -> Result<(i64, i64)> {
     Ok((next("builds")?, next("jobs")?))
 }
 
-/// The rows of a new build with the given ids, as they are stored: queued,
-/// one pending job per arch (`job_ids` in the order of `b.arches`).
+/// The rows of a new build with the given ids, as they are stored: queued
+/// (`waiting` if it waits for other builds), one pending job per arch
+/// (`job_ids` in the order of `b.arches`).
 pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow>) {
     let now = now_ms();
     let build = BuildRow {
@@ -216,13 +247,19 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
         priority: b.priority,
         scratch: b.scratch,
         ci: b.ci,
-        state: BuildState::Queued,
+        state: if b.waits_for.is_empty() {
+            BuildState::Queued
+        } else {
+            BuildState::Waiting
+        },
         reason: None,
         excluded_arches: b.excluded.clone(),
         created_at: now,
         finished_at: None,
         publish: None,
         publish_error: None,
+        batch: b.batch,
+        waits_for: b.waits_for.clone(),
     };
     let jobs = b
         .arches
@@ -250,8 +287,8 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
     c.prepare_cached(
         "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
-         disttag, priority, scratch, ci, state, excluded, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         b.id,
@@ -268,7 +305,9 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         b.ci,
         b.state.as_str(),
         excluded,
-        b.created_at
+        b.created_at,
+        b.batch,
+        ids_json(&b.waits_for)
     ])?;
     let mut stmt = c.prepare_cached(
         "INSERT INTO jobs (id, build_id, arch, state, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -315,7 +354,8 @@ pub fn list_builds(c: &Connection, limit: u32) -> Result<Vec<BuildRow>> {
 /// Builds not yet in a final state, oldest first, each with its jobs.
 pub fn active_builds(c: &Connection) -> Result<Vec<(BuildRow, Vec<JobRow>)>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {BUILD_COLS} FROM builds WHERE state IN ('queued', 'building') ORDER BY id"
+        "SELECT {BUILD_COLS} FROM builds WHERE state IN ('waiting', 'queued', 'building') \
+         ORDER BY id"
     ))?;
     let builds: Vec<BuildRow> = stmt
         .query_map([], build_row)?
@@ -327,6 +367,61 @@ pub fn active_builds(c: &Connection) -> Result<Vec<(BuildRow, Vec<JobRow>)>> {
             Ok((b, jobs))
         })
         .collect()
+}
+
+/// The state and publication state of each of `ids` that exists, in the
+/// order given.
+pub fn build_states(
+    c: &Connection,
+    ids: &[i64],
+) -> Result<Vec<(i64, BuildState, Option<PublishState>)>> {
+    let mut stmt = c.prepare_cached("SELECT state, publish FROM builds WHERE id = ?1")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let row = stmt
+            .query_row([id], |r| {
+                let state: BuildState = parse(r.get(0)?)?;
+                let publish = r.get::<_, Option<String>>(1)?.map(parse).transpose()?;
+                Ok((state, publish))
+            })
+            .optional()?;
+        if let Some((state, publish)) = row {
+            out.push((id, state, publish));
+        }
+    }
+    Ok(out)
+}
+
+// ---- batches ----
+
+/// Record a new batch; its id (the next of the table's own sequence).
+pub fn insert_batch(c: &Connection, target: &str, created_at: i64) -> Result<i64> {
+    c.prepare_cached("INSERT INTO batches (target, created_at) VALUES (?1, ?2)")?
+        .execute(params![target, created_at])?;
+    Ok(c.last_insert_rowid())
+}
+
+pub fn get_batch(c: &Connection, id: i64) -> Result<Option<BatchRow>> {
+    Ok(
+        c.prepare_cached("SELECT id, target, created_at FROM batches WHERE id = ?1")?
+            .query_row([id], |r| {
+                Ok(BatchRow {
+                    id: r.get(0)?,
+                    target: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })
+            .optional()?,
+    )
+}
+
+/// The builds of a batch, by id.
+pub fn batch_builds(c: &Connection, batch: i64) -> Result<Vec<BuildRow>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {BUILD_COLS} FROM builds WHERE batch = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([batch], build_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn jobs_of(c: &Connection, build: i64) -> Result<Vec<JobRow>> {
@@ -824,7 +919,103 @@ mod tests {
             ci: false,
             excluded: vec![],
             arches: arches.iter().map(|s| s.to_string()).collect(),
+            batch: None,
+            waits_for: vec![],
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_and_its_waiting_builds_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        let (b1, b2) = store
+            .write(|t| {
+                let batch = insert_batch(t, "default", 42)?;
+                assert_eq!(insert_batch(t, "other", 43)?, batch + 1);
+                let mut first = nb(&["noarch"]);
+                first.batch = Some(batch);
+                let (b1, j1) = new_rows(&first, 1, &[1]);
+                insert_rows(t, &b1, &j1)?;
+                let mut second = nb(&["x86_64"]);
+                second.package = "user".into();
+                second.batch = Some(batch);
+                second.waits_for = vec![1, 7];
+                let (b2, j2) = new_rows(&second, 2, &[2]);
+                insert_rows(t, &b2, &j2)?;
+                Ok((b1, b2))
+            })
+            .await
+            .unwrap();
+        assert_eq!(b1.state, BuildState::Queued);
+        assert_eq!(b2.state, BuildState::Waiting, "it waits for builds 1 and 7");
+        let batch = b1.batch.unwrap();
+        assert_eq!(
+            store.read(move |c| get_batch(c, batch)).await.unwrap(),
+            Some(BatchRow {
+                id: batch,
+                target: "default".into(),
+                created_at: 42
+            })
+        );
+        assert_eq!(store.read(|c| get_batch(c, 99)).await.unwrap(), None);
+        // The rows made in memory are the rows stored, whichever query
+        // reads them.
+        let stored = store.read(move |c| batch_builds(c, batch)).await.unwrap();
+        assert_eq!(stored, vec![b1.clone(), b2.clone()]);
+        assert_eq!(
+            store.read(|c| get_build(c, 2)).await.unwrap(),
+            Some(b2.clone())
+        );
+        assert_eq!(
+            store.read(|c| list_builds(c, 10)).await.unwrap(),
+            vec![b2.clone(), b1.clone()]
+        );
+        // A waiting build is active (restored at start).
+        let active = store.read(active_builds).await.unwrap();
+        assert_eq!(
+            active.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>(),
+            vec![b1, b2]
+        );
+        // States of builds, the unknown ones left out.
+        store
+            .write(|t| {
+                set_build_state(
+                    t,
+                    1,
+                    BuildState::Succeeded,
+                    None,
+                    BuildState::Succeeded.publication(false),
+                )?;
+                set_publish(t, 1, PublishState::Published, None)?;
+                set_build_state(t, 2, BuildState::Queued, None, None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store.read(|c| build_states(c, &[2, 99, 1])).await.unwrap(),
+            vec![
+                (2, BuildState::Queued, None),
+                (1, BuildState::Succeeded, Some(PublishState::Published))
+            ]
+        );
+        // What it waits for stays recorded once it no longer waits.
+        let b2 = store.read(|c| get_build(c, 2)).await.unwrap().unwrap();
+        assert_eq!(b2.waits_for, vec![1, 7]);
+        // A build in no batch.
+        let (b3, _) = store
+            .write(|t| insert_build(t, &nb(&["noarch"])))
+            .await
+            .unwrap();
+        assert_eq!((b3.batch, b3.waits_for.clone()), (None, vec![]));
+        assert_eq!(store.read(|c| get_build(c, 3)).await.unwrap(), Some(b3));
+        assert_eq!(
+            store
+                .read(move |c| batch_builds(c, batch))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[tokio::test]

@@ -133,6 +133,18 @@ const MIGRATIONS: &[&str] = &[
         cas  TEXT
     );
     "#,
+    // 5: batches; a build of a batch may wait for others (a JSON array of
+    // build ids) to be published before its jobs are queued
+    r#"
+    CREATE TABLE batches (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        target     TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE builds ADD COLUMN batch INTEGER NULL REFERENCES batches(id);
+    ALTER TABLE builds ADD COLUMN waits_for TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX builds_batch ON builds(batch);
+    "#,
 ];
 
 /// Bring the schema up to date.
@@ -146,4 +158,51 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made by an older master (schema 4, one build) is
+    /// migrated in place: the build is still there, in no batch and
+    /// waiting for nothing.
+    #[test]
+    fn an_existing_database_gains_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let mut conn = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(4).enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, \
+             channel, disttag, priority, scratch, ci, state, excluded, created_at) \
+             VALUES (3, 't', 'old', '1-1', 'old-1-1.src.rpm', 'ab', 1, 'default', '', 0, 0, 0, \
+             'succeeded', '[]', 5)",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let b = crate::get_build(&conn, 3).unwrap().unwrap();
+        assert_eq!((b.package.as_str(), b.batch), ("old", None));
+        assert!(b.waits_for.is_empty());
+        // And the new table takes batches.
+        let id = crate::insert_batch(&conn, "t", 9).unwrap();
+        assert_eq!(
+            crate::get_batch(&conn, id).unwrap(),
+            Some(crate::BatchRow {
+                id,
+                target: "t".into(),
+                created_at: 9
+            })
+        );
+        // Migrating again changes nothing.
+        migrate(&mut conn).unwrap();
+    }
 }

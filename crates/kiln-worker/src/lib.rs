@@ -5,6 +5,7 @@ pub mod backend;
 pub mod buildroot;
 pub mod conn;
 pub mod enroll;
+pub mod query;
 mod run;
 
 pub use run::{run, WorkerConfig};

@@ -110,6 +110,10 @@ struct Shared {
     fetching: tokio::sync::Mutex<()>,
     /// Base roots for the jobs of targets with a buildroot.
     roots: Arc<crate::buildroot::Roots>,
+    /// Queries evaluated at once ([`crate::query::MAX_AT_ONCE`]; they take
+    /// no build slot), and how many are waiting or running.
+    queries: tokio::sync::Semaphore,
+    queries_held: std::sync::atomic::AtomicUsize,
     /// Bumped when a build ends and when a job leaves `jobs`: what a drain
     /// and a stop wait on.
     changed: watch::Sender<u64>,
@@ -210,6 +214,8 @@ pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), W
         jobs: Mutex::new(HashMap::new()),
         fetching: tokio::sync::Mutex::new(()),
         roots,
+        queries: tokio::sync::Semaphore::new(crate::query::MAX_AT_ONCE),
+        queries_held: std::sync::atomic::AtomicUsize::new(0),
         changed,
     });
     recover(&shared);
@@ -611,6 +617,7 @@ async fn session_once(
                 };
                 match m.msg {
                     Some(In::Assign(a)) => start_job(shared, a),
+                    Some(In::Query(q)) => start_query(shared, q),
                     Some(In::Cancel(c)) => {
                         let jobs = shared.jobs();
                         if let Some(j) = jobs.get(&c.job_id).filter(|j| j.attempt == c.attempt) {
@@ -670,6 +677,71 @@ fn start_job(shared: &Arc<Shared>, a: pb::Assign) {
     });
 }
 
+/// Most queries waiting or running at once; past it a query is refused
+/// at once (the master asks another worker, or later).
+const MAX_QUERIES_HELD: usize = 64;
+
+/// Answer a query in a task of its own: fetch the SRPM (through the input
+/// cache) and evaluate its spec in the sandbox ([`crate::query`]). At most
+/// [`crate::query::MAX_AT_ONCE`] run at once, beside the builds. The answer
+/// goes to the session the query came on: a new session (the master has
+/// forgotten the query) ends it.
+fn start_query(shared: &Arc<Shared>, q: pb::Query) {
+    use std::sync::atomic::Ordering;
+    let gen = shared.session.borrow().gen;
+    let held = shared.queries_held.fetch_add(1, Ordering::SeqCst);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let answer = async {
+            if held >= MAX_QUERIES_HELD {
+                return crate::query::failed(
+                    q.id,
+                    format!("worker {} has {held} queries waiting already", shared.name),
+                );
+            }
+            let Ok(_permit) = shared.queries.acquire().await else {
+                return crate::query::failed(q.id, "the worker is stopping".into());
+            };
+            let srpm = match fetch_input(&shared, &q.srpm_sha256, q.srpm_size, &QueryLog).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return crate::query::failed(
+                        q.id,
+                        format!(
+                            "{}: fetching the SRPM: {e}",
+                            kiln_core::names::shown(&q.srpm_name)
+                        ),
+                    )
+                }
+            };
+            crate::query::answer(&q, &srpm, &shared.cfg.work).await
+        };
+        let answered = tokio::select! {
+            r = answer => Some(r),
+            _ = wait_new_session(&shared, gen) => None,
+        };
+        shared.queries_held.fetch_sub(1, Ordering::SeqCst);
+        match answered {
+            Some(r) => {
+                if !r.ok {
+                    tracing::info!("query {}: {}", r.id, r.error);
+                }
+                shared.send(Out::QueryResult(r));
+            }
+            None => tracing::info!("query {}: dropped with its session", q.id),
+        }
+    });
+}
+
+/// A query's download messages: the worker's own log only.
+struct QueryLog;
+
+impl LogSink for QueryLog {
+    fn write(&self, data: &[u8]) {
+        tracing::debug!("{}", String::from_utf8_lossy(data).trim_end());
+    }
+}
+
 /// A job is over (reported, or no longer wanted): forget it and remove its
 /// directory.
 fn end_job(shared: &Shared, job: u64, attempt: u32, dir: &Path) {
@@ -690,6 +762,11 @@ fn recover(shared: &Arc<Shared>) {
     let partial = shared.roots.remove_partial();
     if partial > 0 {
         tracing::info!("removed {partial} base roots a stop left half made");
+    }
+    // Scratch directories of queries a stop interrupted.
+    let queries = shared.cfg.work.join(crate::query::QUERIES_DIR);
+    if std::fs::symlink_metadata(&queries).is_ok() {
+        remove_job_dir(&queries);
     }
     let jobs_dir = shared.cfg.work.join("jobs");
     let Ok(rd) = std::fs::read_dir(&jobs_dir) else {
@@ -1608,7 +1685,7 @@ fn inspect_open(
 
 /// Remove a job directory. A build may have left directories it made
 /// unreadable: open them up (never through a link) and try again.
-fn remove_job_dir(dir: &Path) {
+pub(crate) fn remove_job_dir(dir: &Path) {
     fn open_up(d: &Path, depth: usize) {
         if let Ok(m) = std::fs::symlink_metadata(d) {
             if m.is_dir() && depth < 256 {
@@ -1637,7 +1714,7 @@ async fn fetch_input(
     shared: &Arc<Shared>,
     sha: &str,
     size: u64,
-    log: &JobLog,
+    log: &dyn LogSink,
 ) -> Result<PathBuf, WorkerError> {
     if !kiln_core::names::is_sha256(sha) {
         return Err(WorkerError::Other("malformed input sha256".into()));
@@ -1875,6 +1952,8 @@ mod tests {
             jobs: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
             roots: Arc::new(crate::buildroot::Roots::new(work, None, 1 << 30)),
+            queries: tokio::sync::Semaphore::new(crate::query::MAX_AT_ONCE),
+            queries_held: std::sync::atomic::AtomicUsize::new(0),
             changed,
         })
     }

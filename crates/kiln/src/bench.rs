@@ -480,6 +480,9 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
     // Upload the SRPM once; every build below reuses it by sha256.
     let args = crate::commands::SubmitArgs {
         file: srpm,
+        more: Vec::new(),
+        batch: false,
+        chain: false,
         target: None,
         arch: vec!["noarch".into()],
         channel: Some("warmup".into()),

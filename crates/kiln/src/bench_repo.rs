@@ -104,6 +104,8 @@ async fn land(store: &Store, layout: &Layout, rpms: &[PathBuf]) -> anyhow::Resul
         ci: true,
         excluded: vec![],
         arches: vec!["noarch".into()],
+        batch: None,
+        waits_for: vec![],
     };
     let (b, jobs) = store
         .write(move |t| kiln_store::insert_build(t, &nb))

@@ -321,6 +321,18 @@ pub fn show_duration(d: Duration) -> String {
 pub struct SubmitArgs {
     /// The source RPM.
     pub file: PathBuf,
+    /// More source RPMs, with --batch or --chain (with --chain, `:`
+    /// separates the groups).
+    #[arg(value_name = "MORE")]
+    pub more: Vec<PathBuf>,
+    /// Submit them as one batch, ordered by what each needs and makes: a
+    /// build waits until the builds it needs are published.
+    #[arg(long, conflicts_with = "chain")]
+    pub batch: bool,
+    /// Submit them as a chain: groups separated by `:`, each group starts
+    /// once the previous one is published.
+    #[arg(long)]
+    pub chain: bool,
     /// Target (default: the master's `default_target`, or its only target).
     #[arg(long)]
     pub target: Option<String>,
@@ -425,6 +437,12 @@ fn tokio_util_stream(
 pub async fn submit(cmd: SubmitCmd) -> anyhow::Result<i32> {
     let a = &cmd.args;
     let c = Client::from_env()?;
+    if a.batch || a.chain {
+        return submit_batch(&c, a).await;
+    }
+    if !a.more.is_empty() {
+        anyhow::bail!("several source RPMs are submitted with --batch or --chain");
+    }
     let (mut build, sent) = submit_build(&c, a).await?;
     let id = build.id;
     // The version gate answers at once with a build that is already final.
@@ -939,6 +957,106 @@ pub async fn repo_regen(target: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `kiln submit A B … --batch` / `--chain A : B C`: upload what the master
+/// lacks, then submit them as one batch.
+async fn submit_batch(c: &Client, a: &SubmitArgs) -> anyhow::Result<i32> {
+    if a.wait {
+        anyhow::bail!("--wait is not available for a batch yet: follow it with `kiln batch show`");
+    }
+    let mut files: Vec<&PathBuf> = Vec::new();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
+    for f in std::iter::once(&a.file).chain(&a.more) {
+        if f.as_os_str() == ":" {
+            if !a.chain {
+                anyhow::bail!("`:` separates the groups of a --chain");
+            }
+            groups.push(Vec::new());
+            continue;
+        }
+        if let Some(g) = groups.last_mut() {
+            g.push(files.len());
+        }
+        files.push(f);
+    }
+    let mut builds = Vec::new();
+    let mut sent = 0u64;
+    for f in &files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable file name", f.display()))?
+            .to_string();
+        let (sha, size) = hash_file(f)?;
+        let have: anyhow::Result<kiln_api::BlobInfo> = c.get(&format!("/api/v1/blobs/{sha}")).await;
+        if have.is_err() {
+            upload(c, f, &sha, size).await?;
+            sent += size;
+        }
+        builds.push(SubmitRequest {
+            srpm_sha256: sha,
+            srpm_name: name,
+            target: None,
+            arches: (!a.arch.is_empty()).then(|| a.arch.clone()),
+            channel: a.channel.clone(),
+            priority: a.priority,
+            now: a.now,
+            scratch: a.scratch,
+            ci: a.ci,
+        });
+    }
+    let req = kiln_api::BatchRequest {
+        target: a.target.clone(),
+        builds,
+        chain: a.chain.then_some(groups),
+    };
+    let done: kiln_api::BatchSubmitted = c.post("/api/v1/batches", &req).await?;
+    if a.json {
+        emit_value(&done)?;
+    } else {
+        say(&format!(
+            "batch {} accepted: {} builds ({} bytes sent)",
+            done.batch,
+            done.builds.len(),
+            sent
+        ));
+        emit(&format!("{}\n", done.batch))?;
+    }
+    Ok(0)
+}
+
+/// `kiln batch show ID`.
+pub async fn batch_show(id: i64, json: bool) -> anyhow::Result<i32> {
+    let c = Client::from_env()?;
+    let b: kiln_api::BatchView = c.get(&format!("/api/v1/batches/{id}")).await?;
+    if json {
+        emit_value(&b)?;
+        return Ok(0);
+    }
+    let mut out = format!("batch {}  target {}\n", b.id, term_safe(&b.target));
+    for m in &b.builds {
+        let waits: Vec<String> = m.waits_for.iter().map(|w| w.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  build {:>6}  {:<10} {}-{}{}{}",
+            m.id,
+            m.state.as_str(),
+            term_safe(&m.package),
+            term_safe(&m.evr),
+            if waits.is_empty() {
+                String::new()
+            } else {
+                format!("  waits for {}", waits.join(", "))
+            },
+            m.reason
+                .as_deref()
+                .map(|r| format!("  ({})", term_safe(r)))
+                .unwrap_or_default()
+        );
+    }
+    emit(&out)?;
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -997,6 +1115,8 @@ mod tests {
             publish: None,
             publish_error: None,
             buildroot: false,
+            batch: None,
+            waits_for: vec![],
             jobs: vec![JobView {
                 id: 3,
                 build: 15,
@@ -1036,7 +1156,7 @@ mod tests {
         let answer = r#"{"id":4,"target":"t","package":"p","evr":"1-1","srpm_name":"p-1-1.src.rpm",
             "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
             "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
-            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,
+            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,"batch":null,"waits_for":[],
             "jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
             "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
             "artifacts":[]}"#;

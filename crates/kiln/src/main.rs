@@ -39,6 +39,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BuildCmd,
     },
+    /// One batch (`kiln submit … --batch`).
+    Batch {
+        #[command(subcommand)]
+        cmd: BatchCmd,
+    },
     /// List jobs.
     Jobs(commands::ListArgs),
     /// Print a job's build log.
@@ -77,6 +82,16 @@ enum Cmd {
 #[derive(Subcommand)]
 enum BuildCmd {
     /// Show a build, its jobs (and why they wait) and its artifacts.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BatchCmd {
+    /// Show a batch: its builds and what each waits for.
     Show {
         id: i64,
         #[arg(long)]
@@ -242,6 +257,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Build {
             cmd: BuildCmd::Show { id, json },
         } => commands::build_show(id, json).await,
+        Cmd::Batch {
+            cmd: BatchCmd::Show { id, json },
+        } => commands::batch_show(id, json).await,
         Cmd::Jobs(a) => commands::jobs(a).await,
         Cmd::Logs(a) => commands::logs(a).await,
         Cmd::Cancel { id } => commands::cancel(id).await,

@@ -142,6 +142,9 @@ pub async fn up(a: UpArgs) -> anyhow::Result<i32> {
     for srpm in &srpms {
         let args = SubmitArgs {
             file: srpm.clone(),
+            more: Vec::new(),
+            batch: false,
+            chain: false,
             target: None,
             arch: vec![host_arch.clone()],
             channel: None,

@@ -89,6 +89,9 @@ impl From<crate::submit::SubmitError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, ErrorCode::BlobMissing, e.to_string())
             }
             E::Store(s) => s.into(),
+            E::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, m)
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `views` makes them from the store's rows.
 
 mod auth;
+mod batches;
 mod blobs;
 mod builds;
 mod error;
@@ -135,6 +136,8 @@ pub fn router(core: Arc<Core>) -> Router {
             "/api/v1/builds",
             get(builds::list_builds).post(builds::submit),
         )
+        .route("/api/v1/batches", post(batches::submit))
+        .route("/api/v1/batches/{id}", get(batches::show))
         .route("/api/v1/builds/{id}", get(builds::show_build))
         .route("/api/v1/builds/{id}/wait", get(builds::wait_build))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel_build))

@@ -18,6 +18,8 @@ pub(super) fn build_of(
     let buildroot = !s.host_build(&b.target);
     BuildView {
         buildroot,
+        batch: b.batch,
+        waits_for: b.waits_for,
         id: b.id,
         target: b.target,
         package: b.package,

@@ -84,6 +84,17 @@ impl Effects {
         });
     }
 
+    /// Nothing was decided: no write, message, ended build or job, or
+    /// event (applying it would only wake the lease timer).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.commits.is_empty()
+            && self.sends.is_empty()
+            && self.done_builds.is_empty()
+            && self.ended_jobs.is_empty()
+            && self.events.is_empty()
+    }
+
     /// Wait for the queued writes; then send the messages. Returns the
     /// builds that reached a final state, the (build, job) pairs that
     /// ended, and the events.

@@ -4,8 +4,17 @@
 //! failed when out of attempts), cancel; every job change is recorded by
 //! `save`, and `settle_build` derives a build's state from its jobs and drops
 //! it from memory once final.
+//!
+//! A build may wait for other builds (of its batch) to be published: it is
+//! `waiting`, its jobs are pending but in no queue, until the publication of
+//! the last one it waits for (`dependency_published`) queues them. A build
+//! waited for that fails, is canceled or is a succeeded scratch build (never
+//! published) fails the builds waiting for it at once, and theirs in turn
+//! (`dependency_failed`).
 
-use kiln_core::state::{build_state_from_jobs, BuildState, JobState};
+use std::collections::BTreeSet;
+
+use kiln_core::state::{build_state_from_jobs, BuildState, JobState, PublishState};
 use kiln_proto as pb;
 use kiln_store::{BuildRow, JobRow};
 
@@ -23,8 +32,13 @@ fn cancel_msg(job: i64, attempt: u32, reason: &str) -> pb::master_msg::Msg {
 impl Sched {
     /// A new build: its insert is decided first and the assignment of its
     /// jobs right behind it, so both usually share one group commit (and no
-    /// Assign is sent unless both are durable).
-    pub fn submit(&mut self, fx: &mut Effects, build: BuildRow, jobs: Vec<JobRow>) {
+    /// Assign is sent unless both are durable). A build that waits for
+    /// others (`waits_for`) is stored `waiting` and none of its jobs is
+    /// assigned.
+    pub fn submit(&mut self, fx: &mut Effects, mut build: BuildRow, jobs: Vec<JobRow>) {
+        if !build.waits_for.is_empty() {
+            build.state = BuildState::Waiting;
+        }
         let (channel, arches) = (
             build.channel.clone(),
             jobs.iter().map(|j| j.arch.clone()).collect::<Vec<_>>(),
@@ -37,9 +51,22 @@ impl Sched {
         self.dispatch_jobs(fx, &channel, &arches);
     }
 
-    /// Track a newly committed build and queue its pending jobs.
-    pub fn add_build(&mut self, b: BuildRow, jobs: Vec<JobRow>) {
+    /// Track a newly committed build and queue its pending jobs; a
+    /// `waiting` build's jobs are kept but not queued, until the builds it
+    /// waits for are published.
+    pub fn add_build(&mut self, mut b: BuildRow, jobs: Vec<JobRow>) {
         let ids = jobs.iter().map(|j| j.id).collect();
+        // Only a build still `waiting` waits: one already queued (or
+        // further) when it was stored was released before a restart.
+        let deps: BTreeSet<i64> = if b.state == BuildState::Waiting {
+            b.waits_for.iter().copied().filter(|&d| d != b.id).collect()
+        } else {
+            BTreeSet::new()
+        };
+        if b.state == BuildState::Waiting && deps.is_empty() {
+            b.state = BuildState::Queued;
+        }
+        let waiting = !deps.is_empty();
         // Final jobs are kept too: the build's state is derived from all
         // of its jobs (a restored build may already have a failed one).
         for j in jobs {
@@ -54,7 +81,9 @@ impl Sched {
                 continue;
             }
             if j.state == JobState::Pending {
-                self.enqueue(&b, j.id, &j.arch);
+                if !waiting {
+                    self.enqueue(&b, j.id, &j.arch);
+                }
             } else {
                 self.leased.insert(j.id);
             }
@@ -65,6 +94,18 @@ impl Sched {
                     lease_until: self.clock.now() + self.lease,
                 },
             );
+        }
+        if self.waited_by.contains_key(&b.id) {
+            self.waited_package.insert(b.id, b.package.clone());
+        }
+        if waiting {
+            for &d in &deps {
+                self.waited_by.entry(d).or_default().insert(b.id);
+                if let Some(dep) = self.builds.get(&d) {
+                    self.waited_package.insert(d, dep.row.package.clone());
+                }
+            }
+            self.waiting.insert(b.id, deps);
         }
         self.builds.insert(b.id, ActiveBuild { row: b, jobs: ids });
     }
@@ -83,6 +124,7 @@ impl Sched {
         let Some(b) = self.builds.remove(&build) else {
             return;
         };
+        self.unwait(build);
         let mut workers = Vec::new();
         for id in b.jobs {
             self.leased.remove(&id);
@@ -132,31 +174,35 @@ impl Sched {
         if b.row.state == BuildState::Canceled {
             new = BuildState::Canceled;
         }
+        if new == BuildState::Queued && self.waiting.contains_key(&build) {
+            new = BuildState::Waiting;
+        }
         let changed = new != b.row.state;
+        let scratch = b.row.scratch;
+        // A failed build says which job failed and why.
+        let reason = (changed && new == BuildState::Failed)
+            .then(|| {
+                b.jobs
+                    .iter()
+                    .filter_map(|id| self.jobs.get(id))
+                    .find(|j| j.row.state == JobState::Failed)
+                    .map(|j| {
+                        format!(
+                            "job {} ({}) failed: {}",
+                            j.row.id,
+                            j.row.arch,
+                            j.row.message.as_deref().unwrap_or("no reason given")
+                        )
+                    })
+            })
+            .flatten();
         if changed {
-            // A failed build says which job failed and why.
-            let reason = (new == BuildState::Failed)
-                .then(|| {
-                    b.jobs
-                        .iter()
-                        .filter_map(|id| self.jobs.get(id))
-                        .find(|j| j.row.state == JobState::Failed)
-                        .map(|j| {
-                            format!(
-                                "job {} ({}) failed: {}",
-                                j.row.id,
-                                j.row.arch,
-                                j.row.message.as_deref().unwrap_or("no reason given")
-                            )
-                        })
-                })
-                .flatten();
             fx.events.push(Event::Build { build, state: new });
             fx.writes.push(Write::SetBuildState {
                 build,
                 state: new,
-                reason,
-                publish: new.publication(b.row.scratch),
+                reason: reason.clone(),
+                publish: new.publication(scratch),
             });
         }
         if new.is_final() {
@@ -168,6 +214,20 @@ impl Sched {
                 }
             }
             fx.done_builds.push(build);
+            self.unwait(build);
+            // The builds waiting for one that will never be published fail
+            // with it. (A succeeded build's publication releases them.)
+            let why = match new {
+                BuildState::Failed => Some(reason.unwrap_or_else(|| "it failed".into())),
+                BuildState::Canceled => Some("canceled".to_string()),
+                BuildState::Succeeded if scratch => {
+                    Some("a scratch build is never published".to_string())
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                self.dependency_failed(fx, build, &why);
+            }
         } else if let Some(b) = self.builds.get_mut(&build) {
             b.row.state = new;
         }
@@ -341,5 +401,176 @@ impl Sched {
         }
         self.settle_build(fx, build);
         Ok(())
+    }
+
+    /// A build no longer waits (released, ended or forgotten): drop it from
+    /// the lists of the builds it waited for. What it still waited for.
+    fn unwait(&mut self, build: i64) -> Option<BTreeSet<i64>> {
+        let deps = self.waiting.remove(&build)?;
+        for d in &deps {
+            if let Some(w) = self.waited_by.get_mut(d) {
+                w.remove(&build);
+                if w.is_empty() {
+                    self.waited_by.remove(d);
+                    self.waited_package.remove(d);
+                }
+            }
+        }
+        Some(deps)
+    }
+
+    /// Build `dep` is published: the builds waiting for it wait for it no
+    /// more, and those that wait for nothing else are queued and their
+    /// jobs dispatched.
+    pub fn dependency_published(&mut self, fx: &mut Effects, dep: i64) {
+        let Some(waiters) = self.waited_by.remove(&dep) else {
+            return;
+        };
+        self.waited_package.remove(&dep);
+        for w in waiters {
+            let ready = self.waiting.get_mut(&w).is_some_and(|rest| {
+                rest.remove(&dep);
+                rest.is_empty()
+            });
+            if ready {
+                self.waiting.remove(&w);
+                self.release(fx, w);
+            }
+        }
+    }
+
+    /// A waiting build waits for nothing more: `queued`, its jobs queued and
+    /// offered to workers like a new build's.
+    fn release(&mut self, fx: &mut Effects, build: i64) {
+        let Some(b) = self.builds.get_mut(&build) else {
+            return;
+        };
+        b.row.state = BuildState::Queued;
+        let (row, ids) = (b.row.clone(), b.jobs.clone());
+        fx.events.push(Event::Build {
+            build,
+            state: BuildState::Queued,
+        });
+        fx.writes.push(Write::SetBuildState {
+            build,
+            state: BuildState::Queued,
+            reason: None,
+            publish: None,
+        });
+        let mut arches = Vec::new();
+        for id in ids {
+            let Some(arch) = self
+                .jobs
+                .get(&id)
+                .filter(|j| j.row.state == JobState::Pending)
+                .map(|j| j.row.arch.clone())
+            else {
+                continue;
+            };
+            self.enqueue(&row, id, &arch);
+            if !arches.contains(&arch) {
+                arches.push(arch);
+            }
+        }
+        self.dispatch_jobs(fx, &row.channel, &arches);
+    }
+
+    /// Build `dep` will never be published (`why`): every build waiting for
+    /// it fails at once (its jobs and itself, with the reason), and so,
+    /// in turn, do the builds waiting for those.
+    pub fn dependency_failed(&mut self, fx: &mut Effects, dep: i64, why: &str) {
+        let mut todo = vec![(dep, why.to_string())];
+        while let Some((dep, why)) = todo.pop() {
+            let Some(waiters) = self.waited_by.remove(&dep) else {
+                continue;
+            };
+            let name = self
+                .waited_package
+                .remove(&dep)
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            let job_message = format!("dependency build {dep} failed: {why}");
+            for w in waiters {
+                if self.unwait(w).is_none() {
+                    continue;
+                }
+                let reason = format!("dependency build {dep}{name} was not published: {why}");
+                self.fail_waiting(fx, w, &job_message, &reason);
+                todo.push((w, reason));
+            }
+        }
+    }
+
+    /// End a waiting build as failed: its jobs fail with `job_message`, the
+    /// build with `reason`; it is dropped from memory.
+    fn fail_waiting(&mut self, fx: &mut Effects, build: i64, job_message: &str, reason: &str) {
+        let Some(b) = self.builds.remove(&build) else {
+            return;
+        };
+        let now = self.clock.wall_ms();
+        for id in b.jobs {
+            // A waiting build's jobs are pending; should one be held
+            // anyway, its worker is told to stop.
+            let held = self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| matches!(j.row.state, JobState::Assigned | JobState::Running));
+            if held {
+                self.take_back(fx, id, job_message);
+            }
+            let Some(mut j) = self.jobs.remove(&id) else {
+                continue;
+            };
+            if j.row.state.is_final() {
+                continue;
+            }
+            j.row.state = JobState::Failed;
+            j.row.message = Some(job_message.to_string());
+            j.row.finished_at = Some(now);
+            fx.ended_jobs.push((build, id));
+            self.save(fx, &j.row);
+        }
+        fx.events.push(Event::Build {
+            build,
+            state: BuildState::Failed,
+        });
+        fx.writes.push(Write::SetBuildState {
+            build,
+            state: BuildState::Failed,
+            reason: Some(reason.to_string()),
+            publish: None,
+        });
+        fx.done_builds.push(build);
+    }
+
+    /// What the database records of `dep`, a build that waiting builds wait
+    /// for and that this scheduler does not track (see
+    /// [`Sched::waited_for_untracked`]): its state and publication, or None
+    /// if it has no row. Published releases them; failed, canceled,
+    /// skipped, a succeeded scratch build (never published) or no build at
+    /// all fails them; a publication pending (or failed, which the
+    /// repository builder retries) leaves them waiting.
+    pub fn dependency_recorded(
+        &mut self,
+        fx: &mut Effects,
+        dep: i64,
+        recorded: Option<(BuildState, Option<PublishState>)>,
+    ) {
+        if self.builds.contains_key(&dep) {
+            // Tracked: its own end decides.
+            return;
+        }
+        let why = match recorded {
+            None => "there is no such build",
+            Some((BuildState::Succeeded, Some(PublishState::Published))) => {
+                return self.dependency_published(fx, dep);
+            }
+            Some((BuildState::Succeeded, None)) => "a scratch build is never published",
+            Some((BuildState::Failed, _)) => "it failed",
+            Some((BuildState::Canceled, _)) => "it was canceled",
+            Some((BuildState::Skipped, _)) => "it was skipped",
+            Some(_) => return,
+        };
+        self.dependency_failed(fx, dep, why);
     }
 }

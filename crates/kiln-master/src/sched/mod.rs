@@ -9,12 +9,13 @@
 //! This file holds the scheduler's types, its constructor and its small
 //! queries; its decisions are split by concern: `jobs` (builds and jobs
 //! through their life: submit, restore, results, re-queue, cancel, a build's
-//! state), `queue` (the priority queues, dispatch and assignment), `workers`
-//! (sessions, heartbeats, drain, slots, the API's view) and `leases` (lapsed
-//! leases and timeouts).
+//! state, builds that wait for others to be published), `queue` (the
+//! priority queues, dispatch and assignment), `workers` (sessions,
+//! heartbeats, drain, slots, the API's view) and `leases` (lapsed leases and
+//! timeouts).
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -178,6 +179,13 @@ pub struct Sched {
     workers: HashMap<String, WorkerLive>,
     /// Jobs holding a lease (assigned or running): few, bounded by capacity.
     leased: HashSet<i64>,
+    /// Waiting builds: the builds each still waits for (to be published).
+    waiting: HashMap<i64, BTreeSet<i64>>,
+    /// The reverse: a build → the waiting builds that wait for it.
+    waited_by: HashMap<i64, BTreeSet<i64>>,
+    /// The package of each build that is waited for, when known (it was
+    /// tracked here), for the reasons given.
+    waited_package: HashMap<i64, String>,
     next_conn: u64,
     /// The ids the next build and job get (allocated here, under the
     /// scheduler lock, so a build can be dispatched in the same group
@@ -200,6 +208,9 @@ impl Sched {
             queues: HashMap::new(),
             workers: HashMap::new(),
             leased: HashSet::new(),
+            waiting: HashMap::new(),
+            waited_by: HashMap::new(),
+            waited_package: HashMap::new(),
             next_conn: 0,
             next_build: 1,
             next_job: 1,
@@ -225,6 +236,27 @@ impl Sched {
     /// Assign).
     pub fn set_buildroots(&mut self, b: HashMap<String, pb::Buildroot>) {
         self.buildroots = b;
+        // Jobs queued before (restored at start) move to the queues their
+        // target now implies: with a buildroot, or built on the host.
+        let mut moved = Vec::new();
+        for (_, heap) in std::mem::take(&mut self.queues) {
+            for e in heap {
+                let Some(j) = self
+                    .jobs
+                    .get(&e.job)
+                    .filter(|j| j.row.state == JobState::Pending)
+                else {
+                    continue;
+                };
+                if let Some(b) = self.builds.get(&j.row.build) {
+                    let host = self.host_build(&b.row.target);
+                    moved.push(((b.row.channel.clone(), j.row.arch.clone(), host), e));
+                }
+            }
+        }
+        for (key, e) in moved {
+            self.queues.entry(key).or_default().push(e);
+        }
     }
 
     /// Whether a target's jobs build on the worker's own system.
@@ -239,6 +271,30 @@ impl Sched {
 
     pub fn is_active_build(&self, id: i64) -> bool {
         self.builds.contains_key(&id)
+    }
+
+    /// The builds a waiting build still waits for (empty if it does not
+    /// wait).
+    pub fn waits_for(&self, build: i64) -> Vec<i64> {
+        self.waiting
+            .get(&build)
+            .map(|w| w.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The builds some waiting build waits for that this scheduler no
+    /// longer tracks (ended, perhaps published, maybe while the master was
+    /// down): their outcome is read from the database
+    /// ([`Sched::dependency_recorded`]).
+    pub fn waited_for_untracked(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .waited_by
+            .keys()
+            .filter(|id| !self.builds.contains_key(id))
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The job's current attempt and worker, if it is still active.

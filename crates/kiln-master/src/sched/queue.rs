@@ -2,7 +2,8 @@
 //! (channel, arch, host build); the best job among a worker's queues is
 //! popped (stale entries skipped) and assigned (memory, the job's write, the
 //! Assign message); a worker's free slots are filled, new jobs are offered to
-//! the least loaded workers first, and a pending job can say why it waits.
+//! the least loaded workers first, and a pending job can say why it waits
+//! (for the publication of other builds, or for a worker).
 
 use kiln_core::state::JobState;
 use kiln_proto as pb;
@@ -136,6 +137,20 @@ impl Sched {
         let j = self.jobs.get(&job)?;
         if j.row.state != JobState::Pending {
             return None;
+        }
+        if let Some(deps) = self.waiting.get(&j.row.build) {
+            let named: Vec<String> = deps
+                .iter()
+                .map(|d| match self.waited_package.get(d) {
+                    Some(p) => format!("{d} ({p})"),
+                    None => d.to_string(),
+                })
+                .collect();
+            let s = if named.len() == 1 { "" } else { "s" };
+            return Some(format!(
+                "waits for build{s} {} to be published",
+                named.join(", ")
+            ));
         }
         let b = self.builds.get(&j.row.build)?;
         let (channel, arch) = (&b.row.channel, &j.row.arch);

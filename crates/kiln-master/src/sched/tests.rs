@@ -92,7 +92,37 @@ impl T {
         priority: i64,
         scratch: bool,
     ) -> Vec<i64> {
-        let nb = kiln_store::NewBuild {
+        let mut nb = self.new_build(channel, arches, priority);
+        nb.scratch = scratch;
+        self.submit_nb(fx, nb).1
+    }
+
+    /// A build of `package` (one x86_64 job, channel default) that waits
+    /// for `waits_for`: its id and its job.
+    fn submit_after(
+        &mut self,
+        fx: &mut Effects,
+        package: &str,
+        waits_for: &[i64],
+        scratch: bool,
+    ) -> (i64, i64) {
+        let mut nb = self.new_build("default", &["x86_64"], 0);
+        nb.package = package.into();
+        nb.waits_for = waits_for.to_vec();
+        nb.scratch = scratch;
+        let (id, jobs) = self.submit_nb(fx, nb);
+        (id, jobs[0])
+    }
+
+    fn submit_nb(&mut self, fx: &mut Effects, nb: kiln_store::NewBuild) -> (i64, Vec<i64>) {
+        let (id, job_ids) = self.s.allocate_ids(nb.arches.len());
+        let (b, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
+        self.s.submit(fx, b, jobs);
+        (id, job_ids)
+    }
+
+    fn new_build(&self, channel: &str, arches: &[&str], priority: i64) -> kiln_store::NewBuild {
+        kiln_store::NewBuild {
             target: self.target.clone(),
             package: "p".into(),
             evr: "1-1".into(),
@@ -102,15 +132,13 @@ impl T {
             channel: channel.into(),
             disttag: String::new(),
             priority,
-            scratch,
+            scratch: false,
             ci: false,
             excluded: vec![],
             arches: arches.iter().map(|a| a.to_string()).collect(),
-        };
-        let (id, job_ids) = self.s.allocate_ids(arches.len());
-        let (b, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
-        self.s.submit(fx, b, jobs);
-        job_ids
+            batch: None,
+            waits_for: vec![],
+        }
     }
 
     fn connect(
@@ -611,4 +639,372 @@ fn a_worker_without_host_builds_takes_only_buildroot_jobs() {
         panic!("not an Assign")
     };
     assert!(a.buildroot.is_none(), "a host job has no buildroot");
+}
+
+// ---- builds that wait for others to be published ----
+
+/// The last state written for a build, with its reason.
+fn build_write(f: &Effects, build: i64) -> Option<(BuildState, Option<String>)> {
+    f.writes.iter().rev().find_map(|w| match w {
+        Write::SetBuildState {
+            build: b,
+            state,
+            reason,
+            ..
+        } if *b == build => Some((*state, reason.clone())),
+        _ => None,
+    })
+}
+
+/// The last row written for a job.
+fn job_write(f: &Effects, job: i64) -> Option<JobRow> {
+    f.writes.iter().rev().find_map(|w| match w {
+        Write::SaveJob(r) if r.id == job => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// Every build a submit wrote (as the database would hold them).
+fn inserted_all(f: &Effects) -> Vec<(BuildRow, Vec<JobRow>)> {
+    f.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::InsertBuild { build, jobs } => Some((build.clone(), jobs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_waiting_build_is_assigned_only_once_what_it_waits_for_is_published() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+    let mut f = fx();
+    let (a, a_job) = t.submit_after(&mut f, "a", &[], false);
+    let (b, b_job) = t.submit_after(&mut f, "b", &[a], false);
+    let (c, c_job) = t.submit_after(&mut f, "c", &[a, b], false);
+    // Only the build that waits for nothing goes to the worker; the others
+    // are stored `waiting`, their jobs pending.
+    assert_eq!(assigns(&f), vec![("w".to_string(), a_job)]);
+    let rows = inserted_all(&f);
+    assert_eq!(rows[1].0.state, BuildState::Waiting);
+    assert_eq!(rows[2].0.waits_for, vec![a, b]);
+    assert_eq!(t.state(b_job), JobState::Pending);
+    assert_eq!(
+        t.s.waiting_reason(b_job).unwrap(),
+        format!("waits for build {a} (a) to be published")
+    );
+    assert_eq!(
+        t.s.waiting_reason(c_job).unwrap(),
+        format!("waits for builds {a} (a), {b} (b) to be published")
+    );
+    // `a` succeeds: that is not enough, it must be published.
+    let mut f = fx();
+    t.ok(&mut f, "w", a_job).unwrap();
+    assert!(assigns(&f).is_empty());
+    assert!(build_write(&f, b).is_none());
+    assert_eq!(
+        t.s.waiting_reason(b_job).unwrap(),
+        format!("waits for build {a} (a) to be published"),
+        "a build no longer tracked is still named"
+    );
+    // Published: `b` is queued and dispatched, `c` still waits for `b`.
+    let mut f = fx();
+    t.s.dependency_published(&mut f, a);
+    // Queued (then building, once its job is assigned).
+    assert!(f.writes.contains(&Write::SetBuildState {
+        build: b,
+        state: BuildState::Queued,
+        reason: None,
+        publish: None
+    }));
+    assert_eq!(build_write(&f, b), Some((BuildState::Building, None)));
+    assert!(f.events.contains(&Event::Build {
+        build: b,
+        state: BuildState::Queued
+    }));
+    assert_eq!(assigns(&f), vec![("w".to_string(), b_job)]);
+    assert_eq!(t.s.waits_for(c), vec![b]);
+    assert_eq!(
+        t.s.waiting_reason(c_job).unwrap(),
+        format!("waits for build {b} (b) to be published")
+    );
+    // Announced twice: nothing more happens.
+    let mut f = fx();
+    t.s.dependency_published(&mut f, a);
+    assert!(f.is_empty());
+    // `b` succeeds, then is published: `c` goes.
+    let mut f = fx();
+    t.ok(&mut f, "w", b_job).unwrap();
+    assert!(assigns(&f).is_empty());
+    let mut f = fx();
+    t.s.dependency_published(&mut f, b);
+    assert_eq!(assigns(&f), vec![("w".to_string(), c_job)]);
+    assert!(t.s.waits_for(c).is_empty());
+    assert!(t.s.waited_for_untracked().is_empty());
+}
+
+#[test]
+fn a_failed_dependency_fails_its_dependents_down_the_chain() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+    let mut f = fx();
+    let (a, a_job) = t.submit_after(&mut f, "a", &[], false);
+    let (b, b_job) = t.submit_after(&mut f, "b", &[a], false);
+    let (c, c_job) = t.submit_after(&mut f, "c", &[b], false);
+    let (d, _) = t.submit_after(&mut f, "d", &[], false);
+    let mut f = fx();
+    let attempt = t.attempt(a_job);
+    t.result(&mut f, "w", a_job, attempt, false).unwrap();
+    let a_why = format!("job {a_job} (x86_64) failed: no reason given");
+    assert_eq!(
+        build_write(&f, a),
+        Some((BuildState::Failed, Some(a_why.clone())))
+    );
+    // `b` fails at once, with why; its job too.
+    let b_reason = format!("dependency build {a} (a) was not published: {a_why}");
+    assert_eq!(
+        build_write(&f, b),
+        Some((BuildState::Failed, Some(b_reason.clone())))
+    );
+    let row = job_write(&f, b_job).expect("b's job is saved");
+    assert_eq!(row.state, JobState::Failed);
+    assert_eq!(
+        row.message.as_deref(),
+        Some(format!("dependency build {a} failed: {a_why}").as_str())
+    );
+    // And `c`, which waited for `b`.
+    let c_reason = format!("dependency build {b} (b) was not published: {b_reason}");
+    assert_eq!(
+        build_write(&f, c),
+        Some((BuildState::Failed, Some(c_reason)))
+    );
+    assert_eq!(
+        job_write(&f, c_job).unwrap().message,
+        Some(format!("dependency build {b} failed: {b_reason}"))
+    );
+    // All three ended (jobs and builds); nothing was assigned; the build
+    // that waited for nothing is untouched.
+    for build in [a, b, c] {
+        assert!(f.done_builds.contains(&build), "{build}");
+        assert!(!t.s.is_active_build(build), "{build}");
+    }
+    assert!(f.ended_jobs.contains(&(b, b_job)) && f.ended_jobs.contains(&(c, c_job)));
+    assert!(t.s.job_current(c_job).is_none());
+    assert!(build_write(&f, d).is_none() && t.s.is_active_build(d));
+    assert!(assigns(&f).is_empty());
+    assert!(t.s.waited_for_untracked().is_empty());
+}
+
+#[test]
+fn a_canceled_waiting_build_ends_and_fails_what_waits_for_it() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+    let mut f = fx();
+    let (a, a_job) = t.submit_after(&mut f, "a", &[], false);
+    let (b, b_job) = t.submit_after(&mut f, "b", &[a], false);
+    let (c, c_job) = t.submit_after(&mut f, "c", &[b], false);
+    let mut f = fx();
+    t.s.cancel(&mut f, b).unwrap();
+    assert_eq!(
+        build_write(&f, b),
+        Some((BuildState::Canceled, Some("canceled".into())))
+    );
+    assert_eq!(job_write(&f, b_job).unwrap().state, JobState::Canceled);
+    assert!(cancels(&f).is_empty(), "no worker held its job");
+    assert_eq!(
+        build_write(&f, c),
+        Some((
+            BuildState::Failed,
+            Some(format!(
+                "dependency build {b} (b) was not published: canceled"
+            ))
+        ))
+    );
+    assert_eq!(job_write(&f, c_job).unwrap().state, JobState::Failed);
+    assert!(f.done_builds.contains(&b) && f.done_builds.contains(&c));
+    // The build it waited for goes on; its publication releases nothing.
+    assert_eq!(t.state(a_job), JobState::Assigned);
+    let mut f = fx();
+    t.ok(&mut f, "w", a_job).unwrap();
+    let mut f = fx();
+    t.s.dependency_published(&mut f, a);
+    assert!(f.is_empty());
+    // Canceling the build waited for fails the waiting one.
+    let mut f = fx();
+    let (x, _) = t.submit_after(&mut f, "x", &[], false);
+    let (y, _) = t.submit_after(&mut f, "y", &[x], false);
+    let mut f = fx();
+    t.s.cancel(&mut f, x).unwrap();
+    assert_eq!(
+        build_write(&f, y),
+        Some((
+            BuildState::Failed,
+            Some(format!(
+                "dependency build {x} (x) was not published: canceled"
+            ))
+        ))
+    );
+}
+
+#[test]
+fn a_scratch_build_is_never_published_so_what_waits_for_it_fails() {
+    let mut t = T::new();
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+    let mut f = fx();
+    let (a, a_job) = t.submit_after(&mut f, "a", &[], true);
+    let (b, b_job) = t.submit_after(&mut f, "b", &[a], false);
+    let mut f = fx();
+    t.ok(&mut f, "w", a_job).unwrap();
+    assert_eq!(build_write(&f, a), Some((BuildState::Succeeded, None)));
+    assert_eq!(
+        build_write(&f, b),
+        Some((
+            BuildState::Failed,
+            Some(format!(
+                "dependency build {a} (a) was not published: a scratch build is never published"
+            ))
+        ))
+    );
+    assert_eq!(
+        job_write(&f, b_job).unwrap().message,
+        Some(format!(
+            "dependency build {a} failed: a scratch build is never published"
+        ))
+    );
+    assert!(assigns(&f).is_empty());
+}
+
+#[test]
+fn a_restored_waiting_build_waits_and_what_ended_meanwhile_is_read_back() {
+    // The rows as the database holds them: `a` queued, `b` waiting for it,
+    // `c` waiting for `b`, `d` released before the restart (queued, with
+    // what it waited for still recorded).
+    let mut t = T::new();
+    let mut f = fx();
+    let (a, a_job) = t.submit_after(&mut f, "a", &[], false);
+    let (b, b_job) = t.submit_after(&mut f, "b", &[a], false);
+    let (c, c_job) = t.submit_after(&mut f, "c", &[b], false);
+    let (_, d_job) = t.submit_after(&mut f, "d", &[a], false);
+    let mut rows = inserted_all(&f);
+    rows[3].0.state = BuildState::Queued;
+
+    // All of them active: the waiting ones wait, the others are queued.
+    let mut t = T::new();
+    t.s.restore(rows.clone());
+    assert!(t.s.waited_for_untracked().is_empty());
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+    let mut got: Vec<i64> = assigns(&f).into_iter().map(|(_, j)| j).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![a_job, d_job]);
+    assert_eq!(
+        t.s.waiting_reason(b_job).unwrap(),
+        format!("waits for build {a} (a) to be published")
+    );
+    let mut f = fx();
+    t.ok(&mut f, "w", a_job).unwrap();
+    let mut f = fx();
+    t.s.dependency_published(&mut f, a);
+    assert_eq!(assigns(&f), vec![("w".to_string(), b_job)]);
+
+    // `a` ended while the master was down: only `b` and `c` are restored,
+    // and `a` is read back from the database.
+    let restore = || {
+        let mut t = T::new();
+        t.s.restore(vec![rows[1].clone(), rows[2].clone()]);
+        let mut f = fx();
+        t.connect(&mut f, "w", &["x86_64"], &["default"], 4, &[]);
+        assert!(assigns(&f).is_empty());
+        assert_eq!(t.s.waited_for_untracked(), vec![a]);
+        t
+    };
+    let mut t = restore();
+    assert_eq!(
+        t.s.waiting_reason(b_job).unwrap(),
+        format!("waits for build {a} to be published"),
+        "its package is not known here"
+    );
+    // Its publication still pending (or failed, to be retried): it waits.
+    let mut f = fx();
+    t.s.dependency_recorded(
+        &mut f,
+        a,
+        Some((BuildState::Succeeded, Some(PublishState::Pending))),
+    );
+    t.s.dependency_recorded(
+        &mut f,
+        a,
+        Some((BuildState::Succeeded, Some(PublishState::Failed))),
+    );
+    assert!(f.is_empty());
+    let mut f = fx();
+    t.s.dependency_recorded(
+        &mut f,
+        a,
+        Some((BuildState::Succeeded, Some(PublishState::Published))),
+    );
+    // Queued (then building, once its job is assigned).
+    assert!(f.writes.contains(&Write::SetBuildState {
+        build: b,
+        state: BuildState::Queued,
+        reason: None,
+        publish: None
+    }));
+    assert_eq!(build_write(&f, b), Some((BuildState::Building, None)));
+    assert_eq!(assigns(&f), vec![("w".to_string(), b_job)]);
+    assert_eq!(t.state(c_job), JobState::Pending);
+
+    for (recorded, why) in [
+        (Some((BuildState::Failed, None)), "it failed"),
+        (Some((BuildState::Canceled, None)), "it was canceled"),
+        (
+            Some((BuildState::Succeeded, None)),
+            "a scratch build is never published",
+        ),
+        (None, "there is no such build"),
+    ] {
+        let mut t = restore();
+        let mut f = fx();
+        t.s.dependency_recorded(&mut f, a, recorded);
+        let b_reason = format!("dependency build {a} was not published: {why}");
+        assert_eq!(
+            build_write(&f, b),
+            Some((BuildState::Failed, Some(b_reason.clone())))
+        );
+        assert_eq!(
+            build_write(&f, c),
+            Some((
+                BuildState::Failed,
+                Some(format!(
+                    "dependency build {b} (b) was not published: {b_reason}"
+                ))
+            ))
+        );
+        assert!(assigns(&f).is_empty());
+        assert!(t.s.waited_for_untracked().is_empty());
+    }
+}
+
+#[test]
+fn jobs_restored_before_the_buildroots_are_known_go_to_their_queues() {
+    // At start the builds are restored before the targets' buildroots are
+    // set (they need the API's address).
+    let mut t = T::new();
+    t.target = "el9".into();
+    let mut f = fx();
+    let job = t.submit(&mut f, "default", &["x86_64"], 0)[0];
+    let (b, rows) = inserted(&f);
+    let mut t = T::new();
+    t.s.restore(vec![(b, rows)]);
+    t.s.set_buildroots([("el9".to_string(), pb::Buildroot::default())].into());
+    // A worker that builds only in buildroots gets it.
+    t.host_builds = false;
+    let mut f = fx();
+    t.connect(&mut f, "picky", &["x86_64"], &["default"], 1, &[]);
+    assert_eq!(assigns(&f), vec![("picky".to_string(), job)]);
 }

@@ -190,4 +190,20 @@ impl Sched {
     pub fn worker_serial(&self, name: &str) -> Option<u64> {
         self.workers.get(name).map(|w| w.serial)
     }
+
+    /// The worker to put a query to (what an SRPM makes) for `(channel,
+    /// arch)`: a connected, non-draining one serving them, the one with
+    /// the most free slots first (then by name). Its name, session and
+    /// sender. A query takes no slot.
+    pub fn query_target(
+        &self,
+        channel: &str,
+        arch: &str,
+    ) -> Option<(String, u64, mpsc::UnboundedSender<pb::MasterMsg>)> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| !w.draining && w.serves(channel, arch) && !w.tx.is_closed())
+            .max_by(|(an, a), (bn, b)| a.free().cmp(&b.free()).then_with(|| bn.cmp(an)))
+            .map(|(n, w)| (n.clone(), w.conn, w.tx.clone()))
+    }
 }

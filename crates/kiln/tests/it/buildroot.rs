@@ -62,6 +62,18 @@ fn el9(url: &str, packages: &[&str]) -> String {
     )
 }
 
+/// A master with target `el9` (a buildroot from the test base) and one
+/// worker `name` with 2 slots.
+pub fn el9_farm(name: &str) -> (Master, Worker) {
+    require_repo_tools();
+    let b = base();
+    let m = Master::start_with(
+        MasterOpts::default().config(&config_toml(&[], &[el9(&b.server.url, BASE)])),
+    );
+    let w = m.start_worker(name, "x86_64,noarch", "default", 2);
+    (m, w)
+}
+
 fn roots(m: &Master, w: &Worker) -> Vec<Value> {
     let work = w.work_dir();
     let out = m

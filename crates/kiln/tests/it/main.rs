@@ -16,6 +16,7 @@
 mod common;
 
 mod bad_input;
+mod batch;
 mod build_basic;
 mod buildroot;
 mod cancel;

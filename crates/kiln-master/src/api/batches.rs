@@ -1,0 +1,62 @@
+//! Batches: submit several SRPMs as one ordered batch, and show its graph.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use kiln_api::{BatchMember, BatchRequest, BatchSubmitted, BatchView};
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::views::build_of;
+use super::S;
+
+pub(super) async fn submit(
+    State(core): S,
+    _: Admin,
+    Json(req): Json<BatchRequest>,
+) -> ApiResult<(StatusCode, Json<BatchSubmitted>)> {
+    let done = crate::batch::submit_batch(&core, &req).await?;
+    let s = core.sched();
+    let builds = done
+        .builds
+        .into_iter()
+        .map(|(b, jobs)| build_of(&s, b, jobs, vec![]))
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchSubmitted {
+            batch: done.batch,
+            builds,
+        }),
+    ))
+}
+
+pub(super) async fn show(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BatchView>> {
+    let (batch, builds) = core
+        .store
+        .read(move |c| {
+            Ok(match kiln_store::get_batch(c, id)? {
+                Some(b) => Some((b, kiln_store::batch_builds(c, id)?)),
+                None => None,
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no batch {id}")))?;
+    Ok(Json(BatchView {
+        id: batch.id,
+        target: batch.target,
+        created_at: batch.created_at,
+        builds: builds
+            .into_iter()
+            .map(|b| BatchMember {
+                id: b.id,
+                package: b.package,
+                evr: b.evr,
+                state: b.state,
+                reason: b.reason,
+                waits_for: b.waits_for,
+                publish: b.publish,
+            })
+            .collect(),
+    }))
+}

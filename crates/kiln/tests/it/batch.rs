@@ -1,0 +1,184 @@
+//! Batches (`kiln submit A B … --batch`, `--chain A : B`): the master
+//! learns what each SRPM makes from a worker (its spec read in the
+//! sandbox), orders the builds by BuildRequires, and holds a build
+//! (`waiting`) until the builds it needs are published; a cycle is refused
+//! at submit, a failed dependency fails its dependents with the reason.
+//! Builds run in a buildroot, so a dependent really compiles against what
+//! its dependency published.
+
+use crate::buildroot::el9_farm;
+use crate::common::*;
+use serde_json::Value;
+
+fn member<'a>(batch: &'a Value, package: &str) -> &'a Value {
+    jarr(batch, "builds")
+        .iter()
+        .find(|b| jstr(b, "package") == package)
+        .unwrap_or_else(|| panic!("no {package} in {batch}"))
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_batch_builds_what_is_needed_first_and_the_rest_once_it_is_published() {
+    let (m, _w) = el9_farm("bt1");
+    let greeter = Pkg::noarch("kbt-greeter")
+        .build_requires("libgreet-devel >= 2")
+        .build_script("grep -q 'GREET 2' /usr/include/libgreet-devel.h")
+        .build_srpm(&m.scratch);
+    let lib = Pkg::noarch("kbt-libgreet")
+        .version("2.0")
+        .devel("libgreet-devel")
+        .build_srpm(&m.scratch);
+    let other = Pkg::noarch("kbt-other").build_srpm(&m.scratch);
+    let out = m
+        .cli(&[
+            "submit",
+            greeter.to_str().unwrap(),
+            lib.to_str().unwrap(),
+            other.to_str().unwrap(),
+            "--batch",
+            "--target",
+            "el9",
+            "--json",
+        ])
+        .assert_ok();
+    let sub = out.json();
+    let batch = ju64(&sub, "batch");
+    let g = member(&sub, "kbt-greeter");
+    let l = member(&sub, "kbt-libgreet");
+    assert_eq!(jstr(g, "state"), "waiting", "{sub}");
+    assert_eq!(ids(&g["waits_for"]), [ju64(l, "id")], "{sub}");
+    assert!(ids(&l["waits_for"]).is_empty(), "{sub}");
+    assert!(ids(&member(&sub, "kbt-other")["waits_for"]).is_empty());
+
+    let shown = m.cli_json(&["batch", "show", &batch.to_string(), "--json"]);
+    assert_eq!(ju64(&shown, "id"), batch);
+    assert_eq!(
+        ids(&member(&shown, "kbt-greeter")["waits_for"]),
+        [ju64(l, "id")],
+        "{shown}"
+    );
+
+    // The greeter waits for libgreet's publication, then builds against it.
+    let gid = ju64(g, "id");
+    let done = m.wait_build_succeeded(gid);
+    let log = m.job_log(&done);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("libgreet-devel") && l.contains("kiln-el9")),
+        "{log}"
+    );
+    let lib_done = wait_published(&m, ju64(l, "id"), PUBLISH_TIMEOUT);
+    assert_eq!(jstr(&lib_done, "state"), "succeeded");
+    let text = m
+        .cli(&["batch", "show", &batch.to_string()])
+        .assert_ok()
+        .stdout;
+    assert!(
+        text.contains("kbt-greeter") && text.contains("succeeded"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_cycle_is_refused_at_submit_and_nothing_is_kept() {
+    let (m, _w) = el9_farm("bt2");
+    let a = Pkg::noarch("kbt-cyc-a")
+        .devel("liba-devel")
+        .build_requires("libb-devel")
+        .build_srpm(&m.scratch);
+    let b = Pkg::noarch("kbt-cyc-b")
+        .devel("libb-devel")
+        .build_requires("liba-devel")
+        .build_srpm(&m.scratch);
+    let before = m.builds().len();
+    let out = m.cli(&[
+        "submit",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--batch",
+        "--target",
+        "el9",
+    ]);
+    let line = out.assert_error_line(&["cycle"]);
+    assert!(
+        line.contains("kbt-cyc-a (needs libb-devel from kbt-cyc-b)")
+            && line.contains("kbt-cyc-b (needs liba-devel from kbt-cyc-a)"),
+        "{line}"
+    );
+    assert_eq!(
+        m.builds().len(),
+        before,
+        "a build of the refused batch was kept"
+    );
+}
+
+#[test]
+fn a_failed_dependency_fails_its_dependents_and_a_chain_goes_group_by_group() {
+    let (m, _w) = el9_farm("bt3");
+    let broken = Pkg::noarch("kbt-broken")
+        .devel("libbroken-devel")
+        .build_script("echo this library does not build; exit 1")
+        .build_srpm(&m.scratch);
+    let user = Pkg::noarch("kbt-user")
+        .build_requires("libbroken-devel")
+        .build_srpm(&m.scratch);
+    let sub = m
+        .cli(&[
+            "submit",
+            broken.to_str().unwrap(),
+            user.to_str().unwrap(),
+            "--batch",
+            "--target",
+            "el9",
+            "--json",
+        ])
+        .assert_ok()
+        .json();
+    let bid = ju64(member(&sub, "kbt-broken"), "id");
+    let uid = ju64(member(&sub, "kbt-user"), "id");
+    let u = m.wait_build_done(uid, BUILD_TIMEOUT);
+    assert_eq!(jstr(&u, "state"), "failed", "{u}");
+    let reason = jstr(&u, "reason");
+    assert!(
+        reason.contains(&format!(
+            "dependency build {bid} (kbt-broken) was not published"
+        )),
+        "{reason}"
+    );
+    // It never ran.
+    assert!(job_worker(&only_job(&u)).is_none(), "{u}");
+
+    // A chain: the second group waits for the first to be published.
+    let first = Pkg::noarch("kbt-first").build_srpm(&m.scratch);
+    let second = Pkg::noarch("kbt-second").build_srpm(&m.scratch);
+    let sub = m
+        .cli(&[
+            "submit",
+            first.to_str().unwrap(),
+            ":",
+            second.to_str().unwrap(),
+            "--chain",
+            "--target",
+            "el9",
+            "--json",
+        ])
+        .assert_ok()
+        .json();
+    let f = member(&sub, "kbt-first");
+    let s = member(&sub, "kbt-second");
+    assert_eq!(ids(&s["waits_for"]), [ju64(f, "id")], "{sub}");
+    let s_done = m.wait_build_succeeded(ju64(s, "id"));
+    let f_done = wait_published(&m, ju64(f, "id"), PUBLISH_TIMEOUT);
+    let started = only_job(&s_done)["started_at"].as_i64().unwrap();
+    let first_ended = f_done["finished_at"].as_i64().unwrap();
+    assert!(
+        started >= first_ended,
+        "the chain did not wait: {s_done} {f_done}"
+    );
+}
