@@ -58,6 +58,8 @@ pub struct Roots {
     /// removed, oldest first.
     cache_max: u64,
     state: Mutex<State>,
+    /// Jobs starting at once make the shared directories one at a time.
+    prep: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +219,7 @@ impl Roots {
             ca,
             cache_max,
             state: Mutex::new(State::default()),
+            prep: Mutex::new(()),
         }
     }
 
@@ -280,6 +283,7 @@ impl Roots {
     }
 
     fn prepare_dirs(&self) -> Result<(), kiln_core::error::IoError> {
+        let _one = self.prep.lock().unwrap_or_else(|p| p.into_inner());
         for d in [&self.dir, &self.cache, &self.home] {
             make_private_dir(d).map_err(io_err(format!("creating {}", d.display())))?;
             // The overlay's options are a comma-separated list.
@@ -341,8 +345,20 @@ impl Roots {
             *st.in_use.entry(meta.id.clone()).or_default() += 1;
         }
         let mut meta = meta;
-        meta.uses += 1;
-        let _ = write_meta(&self.dir.join(&meta.id), &meta);
+        {
+            // Counted under one lock: jobs sharing a base write its meta.json
+            // one at a time, from what is on disk now.
+            let _one = self.prep.lock().unwrap_or_else(|p| p.into_inner());
+            let dir = self.dir.join(&meta.id);
+            if let Some(now) = std::fs::read(dir.join("meta.json"))
+                .ok()
+                .and_then(|d| serde_json::from_slice::<RootMeta>(&d).ok())
+            {
+                meta.uses = now.uses;
+            }
+            meta.uses += 1;
+            let _ = write_meta(&dir, &meta);
+        }
         if made_now {
             self.prune(&spec.target, &spec.arch);
         }

@@ -1,6 +1,7 @@
 //! `kiln`: the one binary. Master, worker and CLI.
 
 mod bench;
+mod bench_batch;
 mod bench_repo;
 mod client;
 mod commands;
@@ -72,6 +73,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Measure the repository builder (see BENCHMARKS.md).
     BenchRepo(bench_repo::BenchRepoArgs),
+    /// Measure a batch of SRPMs in a dependency chain (see BENCHMARKS.md).
+    BenchBatch(bench_batch::BenchBatchArgs),
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -247,6 +250,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Bench(a) => bench::bench(a).await,
         Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
+        Cmd::BenchBatch(a) => bench_batch::bench_batch(a).await,
         Cmd::Vercmp { a, b } => commands::vercmp(&a, &b),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,

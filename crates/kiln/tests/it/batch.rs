@@ -26,10 +26,17 @@ fn ids(v: &Value) -> Vec<u64> {
 #[test]
 fn a_batch_builds_what_is_needed_first_and_the_rest_once_it_is_published() {
     let (m, _w) = el9_farm("bt1");
-    let greeter = Pkg::noarch("kbt-greeter")
+    // The greeter compiles against libgreet's header, which only the
+    // publication of the batch's own libgreet provides.
+    let greeter_pkg = Pkg::c("kbt-greeter")
+        .release("1%{?dist}")
+        .build_requires("gcc")
         .build_requires("libgreet-devel >= 2")
-        .build_script("grep -q 'GREET 2' /usr/include/libgreet-devel.h")
-        .build_srpm(&m.scratch);
+        .build_script(
+            "printf '#include <libgreet-devel.h>\\n#include <stdio.h>\\nint main(void) { puts(GREET_VERSION); return 0; }\\n' > v.c\n\
+             gcc -o v v.c && ./v | grep -qx 2.0",
+        );
+    let greeter = greeter_pkg.build_srpm(&m.scratch);
     let lib = Pkg::noarch("kbt-libgreet")
         .version("2.0")
         .devel("libgreet-devel")
@@ -73,6 +80,21 @@ fn a_batch_builds_what_is_needed_first_and_the_rest_once_it_is_published() {
             .any(|l| l.contains("libgreet-devel") && l.contains("kiln-el9")),
         "{log}"
     );
+    // Its program runs.
+    let rpm = check_artifacts_on_disk(&m, &done)
+        .into_iter()
+        .find(|a| jstr(a, "kind") == "rpm")
+        .expect("an rpm");
+    let path = incoming_dir(&m, gid, "x86_64").join(jstr(&rpm, "name"));
+    let dest = m.scratch.join("extract-kbt-greeter");
+    rpm_extract(&path, &dest);
+    let out = run_timeout(
+        std::process::Command::new(dest.join("usr/bin/kbt-greeter")),
+        CLI_TIMEOUT,
+        "kbt-greeter",
+    )
+    .assert_ok();
+    assert_eq!(out.stdout.trim(), greeter_pkg.greeting());
     let lib_done = wait_published(&m, ju64(l, "id"), PUBLISH_TIMEOUT);
     assert_eq!(jstr(&lib_done, "state"), "succeeded");
     let text = m

@@ -236,7 +236,7 @@ fn an_unresolvable_build_requires_fails_at_once_then_builds_once_published() {
         Pkg::noarch("kbr-greeter")
             .release(release)
             .build_requires("libgreet-devel >= 2")
-            .build_script("grep -q 'GREET 2' /usr/include/libgreet-devel.h")
+            .build_script("grep -q 'GREET_VERSION \"2' /usr/include/libgreet-devel.h")
             .build_srpm(&m.scratch)
     };
 

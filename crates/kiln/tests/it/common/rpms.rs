@@ -107,7 +107,8 @@ impl Pkg {
     }
 
     /// Adds a subpackage `name` that installs `/usr/include/<name>.h`
-    /// (holding `GREET <version>`) and provides `name = version`.
+    /// (a C header: `#define GREET_VERSION "<version>"`) and provides
+    /// `name = version`.
     pub fn devel(mut self, name: &str) -> Pkg {
         self.devel = Some((name.to_string(), self.version.clone()));
         self
@@ -241,7 +242,7 @@ impl Pkg {
         }
         if let Some((d, v)) = &self.devel {
             s += &format!(
-                "mkdir -p %{{buildroot}}/usr/include\necho 'GREET {v}' > %{{buildroot}}/usr/include/{d}.h\n"
+                "mkdir -p %{{buildroot}}/usr/include\necho '#define GREET_VERSION \"{v}\"' > %{{buildroot}}/usr/include/{d}.h\n"
             );
         }
         s += &format!("\n%files\n{}\n", files.join("\n"));
