@@ -385,10 +385,29 @@ pub async fn bench_batch(a: BenchBatchArgs) -> anyhow::Result<i32> {
     let r = run(&a, &tmp).await;
     if a.keep {
         println!("data kept in {}", tmp.display());
-    } else if let Err(e) = std::fs::remove_dir_all(&tmp) {
-        eprintln!("bench-batch: cannot remove {}: {e}", tmp.display());
+    } else {
+        remove(&tmp).await;
     }
     r
+}
+
+/// Deletes the bench's directory. The master's tasks still run in this
+/// process (the store is closed, but a publication or the syncer may be
+/// finishing), so a file can appear while it is deleted: tried again a few
+/// times.
+async fn remove(dir: &Path) {
+    let mut last = None;
+    for _ in 0..10 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(e) = last {
+        eprintln!("bench-batch: cannot remove {}: {e}", dir.display());
+    }
 }
 
 async fn run(a: &BenchBatchArgs, tmp: &Path) -> anyhow::Result<i32> {
@@ -710,12 +729,13 @@ fn report(
         sum / wall,
         spread(&dur.values().copied().collect::<Vec<_>>())
     );
+    let submit = since(t0, answered);
+    let rest = wall - submit - critical;
     println!(
         "critical path (longest chain of build durations): {critical:.2} s over {critical_n} \
-         builds; wall time - critical path = {:.2} s ({:.2} s per level: submit, publication, \
-         release, start)",
-        wall - critical,
-        (wall - critical) / levels.max(1) as f64
+         builds; wall time = submit {submit:.2} s + critical path {critical:.2} s + the rest \
+         {rest:.2} s ({:.2} s per level: publication, release, start)",
+        rest / levels.max(1) as f64
     );
     println!(
         "job ended -> build published ({} builds): {}",
