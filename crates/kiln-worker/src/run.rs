@@ -751,8 +751,35 @@ fn end_job(shared: &Shared, job: u64, attempt: u32, dir: &Path) {
             jobs.remove(&job);
         }
     }
-    remove_job_dir(dir);
+    remove_job_dir_later(dir);
     shared.bump();
+}
+
+/// The prefix of a job directory on its way out.
+const GONE: &str = ".gone-";
+
+/// Remove a job directory off the caller's path: renamed at once (a new
+/// attempt of the job never meets it), deleted on a blocking thread (a
+/// buildroot job's upper layer can hold thousands of files: seconds on a
+/// slow disk). What a stop leaves is removed at the next start.
+fn remove_job_dir_later(dir: &Path) {
+    let Some(name) = dir.file_name() else {
+        return remove_job_dir(dir);
+    };
+    let mut gone_name = std::ffi::OsString::from(GONE);
+    gone_name.push(name);
+    let gone = dir.with_file_name(gone_name);
+    match (
+        std::fs::rename(dir, &gone),
+        tokio::runtime::Handle::try_current(),
+    ) {
+        (Ok(()), Ok(rt)) => {
+            rt.spawn_blocking(move || remove_job_dir(&gone));
+        }
+        (Ok(()), Err(_)) => remove_job_dir(&gone),
+        (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => {}
+        (Err(_), _) => remove_job_dir(dir),
+    }
 }
 
 /// At start: the results a previous run kept are reported again (their
@@ -775,6 +802,12 @@ fn recover(shared: &Arc<Shared>) {
     let mut removed = 0usize;
     let mut found: BTreeMap<u64, (u32, PathBuf, Held)> = BTreeMap::new();
     for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(GONE) {
+            // Left by a stop while it was being removed.
+            removed += 1;
+            remove_job_dir(&e.path());
+            continue;
+        }
         let Some((job, attempt)) = e.file_name().to_str().and_then(parse_job_dir) else {
             continue;
         };
@@ -1916,6 +1949,30 @@ mod tests {
         let len = t.mem.len();
         t.append(b"and more");
         assert_eq!(t.mem.len(), len, "nothing is kept past the marker");
+    }
+
+    /// A finished job's directory is out of the way at once and gone soon
+    /// after, deleted on a blocking thread.
+    #[tokio::test]
+    async fn a_job_directory_is_renamed_at_once_and_removed_off_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("7-1");
+        std::fs::create_dir_all(dir.join("root/upper/usr/bin")).unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.join(format!("root/upper/usr/bin/f{i}")), b"x").unwrap();
+        }
+        remove_job_dir_later(&dir);
+        assert!(!dir.exists(), "still under its own name");
+        let gone = tmp.path().join(".gone-7-1");
+        for _ in 0..500 {
+            if !gone.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!gone.exists(), "never removed");
+        // A directory that is already gone is nothing to do.
+        remove_job_dir_later(&dir);
     }
 
     #[test]

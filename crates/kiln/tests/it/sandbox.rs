@@ -747,13 +747,17 @@ fn job_directories_left_by_a_stopped_worker_are_removed_at_start() {
     let broken = jobs.join("8-2");
     fs::create_dir_all(&broken).unwrap();
     fs::write(broken.join("result.json"), "{ not json").unwrap();
+    // A directory a stop caught on its way out.
+    let going = jobs.join(".gone-9-1");
+    fs::create_dir_all(going.join("root/upper/usr")).unwrap();
 
     let w = enrolled.spawn_with(WorkerOpts::new("x86_64,noarch", "default", 1), &[], &[]);
     w.wait_connected(1);
     assert!(!killed.exists(), "{} is left", killed.display());
     assert!(!broken.exists(), "{} is left", broken.display());
+    assert!(!going.exists(), "{} is left", going.display());
     let err = w.stderr_text();
-    assert!(err.contains("removed 1 job directories"), "{err}");
+    assert!(err.contains("removed 2 job directories"), "{err}");
     assert!(err.contains("kept result is unusable"), "{err}");
     // And it builds.
     let srpm = Pkg::noarch("sbx-after-stale").build_srpm(&m.scratch);
