@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what Kiln needs on Debian 12: the build tools it drives (rpm,
 # rpmbuild, createrepo_c, dnf, bubblewrap, gpg), protoc for the wire format,
-# a C compiler, and Rust when it is missing.
+# a C compiler, the tools the tests' base repository packs, and Rust when it
+# is missing.
 set -euo pipefail
-pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git)
+# patch, file, bzip2, xz-utils, unzip, zstd: packed (with rpm, bash, coreutils…) into the base
+# repository the buildroot tests make from this machine's own files.
+pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git
+  patch file bzip2 xz-utils unzip zstd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
