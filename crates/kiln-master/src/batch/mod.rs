@@ -127,6 +127,11 @@ pub async fn submit_batch(
                 build.state = BuildState::Waiting;
             }
             s.submit(fx, build.clone(), jobs.clone());
+            for e in edges.iter().filter(|e| e.from == i) {
+                if let Some((to, _)) = &ids[e.to] {
+                    s.note_waits_what(*id, *to, &e.what);
+                }
+            }
             rows.push((i, build, jobs));
         }
         rows

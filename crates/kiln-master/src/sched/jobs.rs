@@ -408,6 +408,7 @@ impl Sched {
     fn unwait(&mut self, build: i64) -> Option<BTreeSet<i64>> {
         let deps = self.waiting.remove(&build)?;
         for d in &deps {
+            self.waits_what.remove(&(build, *d));
             if let Some(w) = self.waited_by.get_mut(d) {
                 w.remove(&build);
                 if w.is_empty() {
@@ -428,6 +429,7 @@ impl Sched {
         };
         self.waited_package.remove(&dep);
         for w in waiters {
+            self.waits_what.remove(&(w, dep));
             let ready = self.waiting.get_mut(&w).is_some_and(|rest| {
                 rest.remove(&dep);
                 rest.is_empty()

@@ -181,6 +181,9 @@ pub struct Sched {
     leased: HashSet<i64>,
     /// Waiting builds: the builds each still waits for (to be published).
     waiting: HashMap<i64, BTreeSet<i64>>,
+    /// What a waiting build needs of a build it waits for (a batch's
+    /// BuildRequires), when known: for its waiting reason only.
+    waits_what: HashMap<(i64, i64), String>,
     /// The reverse: a build → the waiting builds that wait for it.
     waited_by: HashMap<i64, BTreeSet<i64>>,
     /// The package of each build that is waited for, when known (it was
@@ -209,6 +212,7 @@ impl Sched {
             workers: HashMap::new(),
             leased: HashSet::new(),
             waiting: HashMap::new(),
+            waits_what: HashMap::new(),
             waited_by: HashMap::new(),
             waited_package: HashMap::new(),
             next_conn: 0,
@@ -275,6 +279,14 @@ impl Sched {
 
     /// The builds a waiting build still waits for (empty if it does not
     /// wait).
+    /// Note what waiting build `build` needs of `dep` (for its waiting
+    /// reason; kept in memory only).
+    pub fn note_waits_what(&mut self, build: i64, dep: i64, what: &str) {
+        if self.waiting.get(&build).is_some_and(|d| d.contains(&dep)) {
+            self.waits_what.insert((build, dep), what.to_string());
+        }
+    }
+
     pub fn waits_for(&self, build: i64) -> Vec<i64> {
         self.waiting
             .get(&build)

@@ -141,9 +141,13 @@ impl Sched {
         if let Some(deps) = self.waiting.get(&j.row.build) {
             let named: Vec<String> = deps
                 .iter()
-                .map(|d| match self.waited_package.get(d) {
-                    Some(p) => format!("{d} ({p})"),
-                    None => d.to_string(),
+                .map(|d| {
+                    let what = self.waits_what.get(&(j.row.build, *d));
+                    match (self.waited_package.get(d), what) {
+                        (Some(p), Some(w)) => format!("{d} ({p}: {w})"),
+                        (Some(p), None) => format!("{d} ({p})"),
+                        (None, _) => d.to_string(),
+                    }
                 })
                 .collect();
             let s = if named.len() == 1 { "" } else { "s" };

@@ -60,6 +60,15 @@ fn a_batch_builds_what_is_needed_first_and_the_rest_once_it_is_published() {
     let l = member(&sub, "kbt-libgreet");
     assert_eq!(jstr(g, "state"), "waiting", "{sub}");
     assert_eq!(ids(&g["waits_for"]), [ju64(l, "id")], "{sub}");
+    let why = jstr(&only_job(g), "waiting");
+    assert_eq!(
+        why,
+        format!(
+            "waits for build {} (kbt-libgreet: libgreet-devel) to be published",
+            ju64(l, "id")
+        ),
+        "{sub}"
+    );
     assert!(ids(&l["waits_for"]).is_empty(), "{sub}");
     assert!(ids(&member(&sub, "kbt-other")["waits_for"]).is_empty());
 
