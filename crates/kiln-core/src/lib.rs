@@ -5,6 +5,7 @@
 pub mod child;
 pub mod error;
 pub mod fsutil;
+pub mod git;
 pub mod header;
 pub mod layout;
 pub mod listing;
