@@ -32,6 +32,8 @@ pub struct QueryRequest {
     pub arch: String,
     /// The target's `%{dist}` (empty: none).
     pub disttag: String,
+    /// The target (its buildroot, if it has one, is where the spec is read).
+    pub target: String,
 }
 
 /// What an SRPM makes.
@@ -108,6 +110,8 @@ pub async fn provides(
             srpm_name: req.srpm_name.clone(),
             arch: req.arch.clone(),
             disttag: req.disttag.clone(),
+            target: req.target.clone(),
+            buildroot: s.buildroot_of(&req.target),
         };
         if wtx
             .send(pb::MasterMsg {

@@ -96,7 +96,64 @@ pub enum QueryError {
 /// Answer `q` about `srpm` (the SRPM, already fetched and checked against
 /// its sha256), with a scratch directory under `work`.
 pub async fn answer(q: &pb::Query, srpm: &Path, work: &Path) -> pb::QueryResult {
-    match evaluate(work, srpm, &q.arch, &q.disttag, TIMEOUT).await {
+    reply(q, evaluate(work, srpm, &q.arch, &q.disttag, TIMEOUT).await)
+}
+
+/// The same, inside the target's base root when the query names a
+/// buildroot (its rpm, its macros), through an overlay of the query's own
+/// (the base is never written). A worker that cannot mount one (not root)
+/// reads the spec on its own system.
+pub async fn answer_in_root(
+    q: &pb::Query,
+    srpm: &Path,
+    work: &Path,
+    roots: &std::sync::Arc<crate::buildroot::Roots>,
+) -> pb::QueryResult {
+    let Some(b) = &q.buildroot else {
+        return answer(q, srpm, work).await;
+    };
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return answer(q, srpm, work).await;
+    }
+    let spec = crate::buildroot::RootSpec::new(&q.target, &q.arch, b);
+    let (_tx, rx) = watch::channel(false);
+    let held = match roots.base(&spec, &Discard, rx).await {
+        Ok(h) => h,
+        Err(e) => {
+            return failed(
+                q.id,
+                format!(
+                    "{}: the target's base root: {e}",
+                    kiln_core::names::shown(&q.srpm_name)
+                ),
+            )
+        }
+    };
+    let dir = work
+        .join(QUERIES_DIR)
+        .join(format!("root-{:016x}", rand::random::<u64>()));
+    let jr = match crate::buildroot::JobRoot::new(&dir, &held) {
+        Ok(j) => j,
+        Err(e) => return failed(q.id, e.to_string()),
+    };
+    let r = evaluate_in(work, srpm, &q.arch, &q.disttag, TIMEOUT, Some(&jr.overlay)).await;
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+    reply(q, r)
+}
+
+/// A sink for what making a base root prints during a query.
+struct Discard;
+
+impl LogSink for Discard {
+    fn write(&self, data: &[u8]) {
+        tracing::debug!("{}", String::from_utf8_lossy(data).trim_end());
+    }
+}
+
+fn reply(q: &pb::Query, r: Result<Makes, QueryError>) -> pb::QueryResult {
+    match r {
         Ok(m) => pb::QueryResult {
             id: q.id,
             ok: true,
@@ -134,6 +191,19 @@ pub async fn evaluate(
     disttag: &str,
     timeout: Duration,
 ) -> Result<Makes, QueryError> {
+    evaluate_in(work, srpm, arch, disttag, timeout, None).await
+}
+
+/// The same, with the sandbox's root made of `root` (a target's base
+/// root through an overlay) instead of the host's `/usr`.
+pub async fn evaluate_in(
+    work: &Path,
+    srpm: &Path,
+    arch: &str,
+    disttag: &str,
+    timeout: Duration,
+    root: Option<&backend::OverlayMount>,
+) -> Result<Makes, QueryError> {
     if !arch.is_empty() {
         kiln_core::names::check_arch(arch).map_err(|e| QueryError::BadQuery(e.to_string()))?;
     }
@@ -160,6 +230,7 @@ pub async fn evaluate(
         unpack_argv(),
         deadline,
         "unpacking the SRPM",
+        root,
     )
     .await?;
     if unpack.end != Some(0) {
@@ -176,6 +247,7 @@ pub async fn evaluate(
         rpmspec_argv(&spec, arch, disttag, &mark),
         deadline,
         "rpmspec",
+        root,
     )
     .await?;
     if out.end != Some(0) {
@@ -448,8 +520,13 @@ async fn run(
     argv: Vec<OsString>,
     deadline: Instant,
     what: &'static str,
+    root: Option<&backend::OverlayMount>,
 ) -> Result<Ran, QueryError> {
-    let mut full = backend::sandbox_argv(bwrap, build, srpm, SandboxFs::Host { rpmdb: false });
+    let fs = match root {
+        Some(o) => SandboxFs::Root(&o.target),
+        None => SandboxFs::Host { rpmdb: false },
+    };
+    let mut full = backend::sandbox_argv(bwrap, build, srpm, fs);
     full.extend(argv);
     let inv = Invocation {
         argv: full,
@@ -457,7 +534,7 @@ async fn run(
         env: Vec::new(),
         clear_env: true,
         pid_namespace: true,
-        overlay: None,
+        overlay: root.cloned(),
     };
     let (over, over_rx) = watch::channel(false);
     let cap = Capture {
@@ -716,6 +793,7 @@ echo hi > %{buildroot}/usr/share/greet/a
             srpm_name: "kf-libgreet-2.0-1.src.rpm".into(),
             arch: "x86_64".into(),
             disttag: String::new(),
+            ..Default::default()
         };
         let r = answer(&q, &s, &work).await;
         assert!(r.ok, "{}", r.error);
@@ -817,6 +895,7 @@ x
             srpm_name: "garbage.src.rpm".into(),
             arch: "noarch".into(),
             disttag: String::new(),
+            ..Default::default()
         };
         let r = answer(&q, &garbage, &tmp.path().join("work")).await;
         assert!(!r.ok);

@@ -714,7 +714,7 @@ fn start_query(shared: &Arc<Shared>, q: pb::Query) {
                     )
                 }
             };
-            crate::query::answer(&q, &srpm, &shared.cfg.work).await
+            crate::query::answer_in_root(&q, &srpm, &shared.cfg.work, &shared.roots).await
         };
         let answered = tokio::select! {
             r = answer => Some(r),

@@ -195,6 +195,7 @@ async fn what_they_make(
             channel: p.nb.channel.clone(),
             arch: p.nb.arches.first().cloned().unwrap_or_default(),
             disttag: p.nb.disttag.clone(),
+            target: p.nb.target.clone(),
         };
         let skipped = p.skip.is_some();
         async move {

@@ -279,6 +279,11 @@ impl Sched {
 
     /// The builds a waiting build still waits for (empty if it does not
     /// wait).
+    /// The buildroot a target's jobs build in, if it has one.
+    pub fn buildroot_of(&self, target: &str) -> Option<pb::Buildroot> {
+        self.buildroots.get(target).cloned()
+    }
+
     /// Note what waiting build `build` needs of `dep` (for its waiting
     /// reason; kept in memory only).
     pub fn note_waits_what(&mut self, build: i64, dep: i64, what: &str) {

@@ -213,3 +213,37 @@ fn a_failed_dependency_fails_its_dependents_and_a_chain_goes_group_by_group() {
         "the chain did not wait: {s_done} {f_done}"
     );
 }
+
+/// What a build makes is read inside the target's base root: a Provides
+/// that only the root can produce (its marker file) orders the batch.
+#[test]
+fn what_a_build_makes_is_read_inside_the_target_root() {
+    let (m, _w) = el9_farm("bt4");
+    let maker = Pkg::noarch("kbt-where")
+        .devel("kbt-where-dev")
+        .provides("kbt-made-%(test -f /etc/kiln-buildroot && echo inroot || echo onhost)")
+        .build_srpm(&m.scratch);
+    let user = Pkg::noarch("kbt-where-user")
+        .build_requires("kbt-made-inroot")
+        .build_srpm(&m.scratch);
+    let sub = m
+        .cli(&[
+            "submit",
+            user.to_str().unwrap(),
+            maker.to_str().unwrap(),
+            "--batch",
+            "--target",
+            "el9",
+            "--json",
+        ])
+        .assert_ok()
+        .json();
+    let maker_id = ju64(member(&sub, "kbt-where"), "id");
+    assert_eq!(
+        ids(&member(&sub, "kbt-where-user")["waits_for"]),
+        [maker_id],
+        "the spec was not read in the root: {sub}"
+    );
+    let done = m.wait_build_succeeded(ju64(member(&sub, "kbt-where-user"), "id"));
+    assert_eq!(jstr(&done, "state"), "succeeded");
+}

@@ -39,6 +39,8 @@ pub struct Pkg {
     requires: Vec<String>,
     /// A noarch subpackage (name, version) installing `/usr/include/<name>.h`.
     devel: Option<(String, String)>,
+    /// `Provides:` lines of the main package.
+    provides: Vec<String>,
 }
 
 /// Where `big_source` and `big_payload` install their bytes.
@@ -60,6 +62,7 @@ impl Pkg {
             big_payload: 0,
             requires: Vec::new(),
             devel: None,
+            provides: Vec::new(),
         }
     }
 
@@ -100,6 +103,13 @@ impl Pkg {
     }
 
     /// `%build` runs `script` (a build's own attack, probe or trick).
+    /// Adds a `Provides:` line to the main package (spec text: macros are
+    /// expanded where the spec is read).
+    pub fn provides(mut self, what: &str) -> Pkg {
+        self.provides.push(what.to_string());
+        self
+    }
+
     /// Adds a `BuildRequires:` line.
     pub fn build_requires(mut self, req: &str) -> Pkg {
         self.requires.push(req.to_string());
@@ -190,6 +200,9 @@ impl Pkg {
         }
         for r in &self.requires {
             s += &format!("BuildRequires: {r}\n");
+        }
+        for p in &self.provides {
+            s += &format!("Provides: {p}\n");
         }
         s += "\n%description\nA package made by the Kiln integration tests.\n";
         if let Some((d, _)) = &self.devel {
