@@ -180,23 +180,21 @@ pub async fn record_skipped(
     reason: String,
 ) -> Result<Submitted, SubmitError> {
     let Prepared { nb, info, .. } = p;
-    {
-        let (id, _) = core.decide(|s, _| s.allocate_ids(0).0);
-        let b = core
-            .store
-            .write(move |t| kiln_store::insert_skipped(t, &nb, id, &reason))
-            .await?;
-        tracing::info!("build {} of {} skipped", b.id, info.nevra());
-        let _ = core.events.send(crate::sched::Event::Build {
-            build: b.id,
-            state: kiln_core::state::BuildState::Skipped,
-        });
-        let _ = core.build_done.send(b.id);
-        Ok(Submitted {
-            build: b,
-            jobs: vec![],
-        })
-    }
+    let (id, _) = core.decide(|s, _| s.allocate_ids(0).0);
+    let b = core
+        .store
+        .write(move |t| kiln_store::insert_skipped(t, &nb, id, &reason))
+        .await?;
+    tracing::info!("build {} of {} skipped", b.id, info.nevra());
+    let _ = core.events.send(crate::sched::Event::Build {
+        build: b.id,
+        state: kiln_core::state::BuildState::Skipped,
+    });
+    let _ = core.build_done.send(b.id);
+    Ok(Submitted {
+        build: b,
+        jobs: vec![],
+    })
 }
 
 /// Commit a prepared build and dispatch its jobs.

@@ -57,6 +57,28 @@ pub struct Outcome {
     pub packages: Vec<PathBuf>,
 }
 
+impl Outcome {
+    /// A build that ended without packages, and why.
+    pub fn failed(message: String) -> Outcome {
+        Outcome {
+            success: false,
+            canceled: false,
+            message,
+            packages: vec![],
+        }
+    }
+
+    /// A build stopped by a cancel.
+    pub fn canceled() -> Outcome {
+        Outcome {
+            success: false,
+            canceled: true,
+            message: "canceled".into(),
+            packages: vec![],
+        }
+    }
+}
+
 /// Receives a build's output as it happens.
 pub trait LogSink: Send + Sync {
     fn write(&self, data: &[u8]);
@@ -528,21 +550,13 @@ impl Rpmbuild {
         cancel: watch::Receiver<bool>,
     ) -> Result<Outcome, BackendError> {
         use crate::buildroot::{self as br, Installed, RootError};
-        let fail = |message: String| {
-            Ok(Outcome {
-                success: false,
-                canceled: false,
-                message,
-                packages: vec![],
-            })
-        };
-        let canceled = || {
-            Ok(Outcome {
-                success: false,
-                canceled: true,
-                message: "canceled".into(),
-                packages: vec![],
-            })
+        let fail = |message: String| Ok(Outcome::failed(message));
+        // How a root that could not be had ends the build.
+        let ended = |e: RootError| match e {
+            RootError::Canceled => Ok(Outcome::canceled()),
+            RootError::Init(m) => Ok(Outcome::failed(m)),
+            RootError::Io(e) => Err(e.into()),
+            RootError::Backend(e) => Err(e),
         };
         let Some(bwrap) = Bwrap::find() else {
             return fail("a buildroot needs bubblewrap (bwrap) on the worker".into());
@@ -557,10 +571,7 @@ impl Rpmbuild {
         let tee = br::Tee::new(log, &dir.join(br::ROOT_LOG))?;
         let held = match roots.base(rs, &tee, cancel.clone()).await {
             Ok(h) => h,
-            Err(RootError::Canceled) => return canceled(),
-            Err(RootError::Init(m)) => return fail(m),
-            Err(RootError::Io(e)) => return Err(e.into()),
-            Err(RootError::Backend(e)) => return Err(e),
+            Err(e) => return ended(e),
         };
         tee.write(br::describe_base(&held).as_bytes());
         let jr = br::JobRoot::new(dir, &held)?;
@@ -570,14 +581,12 @@ impl Rpmbuild {
         };
         match br::install_requires(roots, rs, spec, &jr, &requires, &tee, cancel.clone()).await {
             Ok(Installed::Ok) => {}
-            Ok(Installed::Canceled) | Err(RootError::Canceled) => return canceled(),
+            Ok(Installed::Canceled) => return ended(RootError::Canceled),
             Ok(Installed::Unresolvable(m)) | Ok(Installed::Failed(m)) => {
                 tee.write(format!("kiln: {m}\n").as_bytes());
                 return fail(m);
             }
-            Err(RootError::Init(m)) => return fail(m),
-            Err(RootError::Io(e)) => return Err(e.into()),
-            Err(RootError::Backend(e)) => return Err(e),
+            Err(e) => return ended(e),
         }
         drop(tee);
         let build = dir.join(BUILD_SUBDIR);
@@ -785,14 +794,7 @@ impl Backend for Rpmbuild {
                     log.write(unsandboxed_line(&why).as_bytes());
                     None
                 }
-                SandboxPlan::Refused(e) => {
-                    return Ok(Outcome {
-                        success: false,
-                        canceled: false,
-                        message: e,
-                        packages: vec![],
-                    })
-                }
+                SandboxPlan::Refused(e) => return Ok(Outcome::failed(e)),
             };
             let inv = self.invocation(spec, dir, bwrap.as_ref());
             log.write(format!("kiln: running {}\n", inv.display()).as_bytes());

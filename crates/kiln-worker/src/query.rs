@@ -143,8 +143,9 @@ pub async fn answer_in_root(
     reply(q, r)
 }
 
-/// A sink for what making a base root prints during a query.
-struct Discard;
+/// What a query's download and base root print: the worker's own debug
+/// log only.
+pub(crate) struct Discard;
 
 impl LogSink for Discard {
     fn write(&self, data: &[u8]) {

@@ -702,18 +702,21 @@ fn start_query(shared: &Arc<Shared>, q: pb::Query) {
             let Ok(_permit) = shared.queries.acquire().await else {
                 return crate::query::failed(q.id, "the worker is stopping".into());
             };
-            let srpm = match fetch_input(&shared, &q.srpm_sha256, q.srpm_size, &QueryLog).await {
-                Ok(p) => p,
-                Err(e) => {
-                    return crate::query::failed(
-                        q.id,
-                        format!(
-                            "{}: fetching the SRPM: {e}",
-                            kiln_core::names::shown(&q.srpm_name)
-                        ),
-                    )
-                }
-            };
+            let srpm =
+                match fetch_input(&shared, &q.srpm_sha256, q.srpm_size, &crate::query::Discard)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return crate::query::failed(
+                            q.id,
+                            format!(
+                                "{}: fetching the SRPM: {e}",
+                                kiln_core::names::shown(&q.srpm_name)
+                            ),
+                        )
+                    }
+                };
             crate::query::answer_in_root(&q, &srpm, &shared.cfg.work, &shared.roots).await
         };
         let answered = tokio::select! {
@@ -731,15 +734,6 @@ fn start_query(shared: &Arc<Shared>, q: pb::Query) {
             None => tracing::info!("query {}: dropped with its session", q.id),
         }
     });
-}
-
-/// A query's download messages: the worker's own log only.
-struct QueryLog;
-
-impl LogSink for QueryLog {
-    fn write(&self, data: &[u8]) {
-        tracing::debug!("{}", String::from_utf8_lossy(data).trim_end());
-    }
 }
 
 /// A job is over (reported, or no longer wanted): forget it and remove its
@@ -1522,6 +1516,32 @@ fn take_packages(
     Ok(())
 }
 
+/// List the worker's own log file `name` in the job directory (never
+/// inside what the build wrote) as an artifact, if it is there.
+fn list_log_file(
+    dir: &Path,
+    name: &str,
+    files: &mut HashMap<String, PathBuf>,
+    entries: &mut Vec<ListingEntry>,
+) -> Result<bool, WorkerError> {
+    let path = dir.join(name);
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Ok(false);
+    }
+    let mut f = open_regular(&path).map_err(io_err(format!("opening {name}")))?;
+    let (sha256, size) =
+        kiln_core::fsutil::sha256_open(&mut f).map_err(io_err(format!("reading {name}")))?;
+    files.insert(name.into(), path);
+    entries.push(ListingEntry {
+        name: name.into(),
+        kind: ArtifactKind::Log,
+        size,
+        sha256,
+        nevra: None,
+    });
+    Ok(true)
+}
+
 /// The result of a build that ran: the packages taken (`files`, `entries`),
 /// the log, the listing; small files inline.
 #[allow(clippy::too_many_arguments)]
@@ -1536,21 +1556,8 @@ fn list_result(
     srpm: Option<PathBuf>,
 ) -> Result<(pb::Finished, HashMap<String, PathBuf>), WorkerError> {
     let mut inline: HashMap<String, Vec<u8>> = HashMap::new();
-    // The worker's own log file, beside (never inside) what the build wrote.
-    let log_path = dir.join("build.log");
-    if std::fs::symlink_metadata(&log_path).is_ok_and(|m| m.is_file()) {
-        let mut f = open_regular(&log_path).map_err(io_err("opening build.log"))?;
-        let (sha256, size) =
-            kiln_core::fsutil::sha256_open(&mut f).map_err(io_err("reading build.log"))?;
-        files.insert("build.log".into(), log_path);
-        entries.push(ListingEntry {
-            name: "build.log".into(),
-            kind: ArtifactKind::Log,
-            size,
-            sha256,
-            nevra: None,
-        });
-    } else {
+    // The worker's own log: the file once it grew, else the text in memory.
+    if !list_log_file(dir, "build.log", &mut files, &mut entries)? {
         entries.push(ListingEntry {
             name: "build.log".into(),
             kind: ArtifactKind::Log,
@@ -1562,20 +1569,7 @@ fn list_result(
     }
     // What dnf did for a buildroot job, written by the worker beside the
     // build's directory.
-    let root_log = dir.join(crate::buildroot::ROOT_LOG);
-    if std::fs::symlink_metadata(&root_log).is_ok_and(|m| m.is_file()) {
-        let mut f = open_regular(&root_log).map_err(io_err("opening root.log"))?;
-        let (sha256, size) =
-            kiln_core::fsutil::sha256_open(&mut f).map_err(io_err("reading root.log"))?;
-        files.insert(crate::buildroot::ROOT_LOG.into(), root_log);
-        entries.push(ListingEntry {
-            name: crate::buildroot::ROOT_LOG.into(),
-            kind: ArtifactKind::Log,
-            size,
-            sha256,
-            nevra: None,
-        });
-    }
+    list_log_file(dir, crate::buildroot::ROOT_LOG, &mut files, &mut entries)?;
     let listing = Listing {
         job: a.job_id,
         attempt: a.attempt,

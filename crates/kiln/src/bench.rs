@@ -225,13 +225,15 @@ impl Events {
     }
 }
 
-async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
+/// Reads the master's event stream in a task until it ends, handing every
+/// event and the time it arrived to `on`; returns once the master has said
+/// `subscribed` (every later event is seen). A line this program does not
+/// know (a newer master) is skipped.
+pub(crate) async fn follow_stream(
+    c: &Client,
+    mut on: impl FnMut(Event, Instant) + Send + 'static,
+) -> anyhow::Result<()> {
     let resp = c.send(c.http.get(c.url("/api/v1/events"))).await?;
-    let ev = Arc::new(Events {
-        seen: Mutex::new(Seen::default()),
-        notify: Notify::new(),
-    });
-    let ev2 = ev.clone();
     let (ready_tx, mut ready_rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut body = resp.bytes_stream();
@@ -241,40 +243,51 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                // A line this program does not know (a newer master) is skipped.
-                let Ok(e) = serde_json::from_slice::<Event>(&line) else {
-                    continue;
-                };
-                let (job, state) = match e {
-                    Event::Subscribed => {
+                match serde_json::from_slice::<Event>(&line) {
+                    Ok(Event::Subscribed) => {
                         let _ = ready_tx.send(true);
-                        continue;
                     }
-                    Event::Lagged { .. } => {
-                        eprintln!("bench: event stream lagged");
-                        continue;
-                    }
-                    Event::Job { job, state, .. } => (job, state),
-                    Event::Build { .. } | Event::Publish { .. } => continue,
-                };
-                let mut s = ev2.get();
-                match state {
-                    JobState::Running => {
-                        s.running.entry(job).or_insert(now);
-                    }
-                    JobState::Succeeded => {
-                        s.succeeded.entry(job).or_insert(now);
-                    }
-                    _ => {}
+                    Ok(e) => on(e, now),
+                    Err(_) => {}
                 }
-                drop(s);
-                ev2.notify.notify_waiters();
             }
         }
     });
     while !*ready_rx.borrow_and_update() {
         ready_rx.changed().await.context("event stream ended")?;
     }
+    Ok(())
+}
+
+async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
+    let ev = Arc::new(Events {
+        seen: Mutex::new(Seen::default()),
+        notify: Notify::new(),
+    });
+    let ev2 = ev.clone();
+    follow_stream(c, move |e, now| {
+        let (job, state) = match e {
+            Event::Lagged { .. } => {
+                eprintln!("bench: event stream lagged");
+                return;
+            }
+            Event::Job { job, state, .. } => (job, state),
+            _ => return,
+        };
+        let mut s = ev2.get();
+        match state {
+            JobState::Running => {
+                s.running.entry(job).or_insert(now);
+            }
+            JobState::Succeeded => {
+                s.succeeded.entry(job).or_insert(now);
+            }
+            _ => {}
+        }
+        drop(s);
+        ev2.notify.notify_waiters();
+    })
+    .await?;
     Ok(ev)
 }
 

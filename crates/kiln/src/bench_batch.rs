@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures_util::StreamExt;
 use kiln_api::{
     BatchRequest, BatchSubmitted, BlobInfo, BuildState, Event, JobState, PublishState,
     SubmitRequest, TokenRequest, TokenResponse, WorkerView,
@@ -127,30 +126,18 @@ fn make_srpms(dir: &Path, levels: usize, width: usize, build_ms: u64) -> anyhow:
             let spec = specs.join(format!("kbb-{k}-{j}.spec"));
             std::fs::write(&spec, spec_text(k, j, &needs, build_ms))
                 .with_context(|| format!("writing {}", spec.display()))?;
-            let o = std::process::Command::new("rpmbuild")
-                .arg("-bs")
-                .arg("--nodeps")
-                .arg("--define")
-                .arg(format!("_topdir {}", top.display()))
-                .arg(&spec)
-                .output()
-                .context("running rpmbuild -bs (is rpm installed?)")?;
-            if !o.status.success() {
-                bail!(
-                    "rpmbuild -bs {} failed: {}",
-                    spec.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-            }
-            let text = String::from_utf8_lossy(&o.stdout);
-            let wrote = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Wrote:"))
-                .context("rpmbuild -bs did not say what it wrote")?;
+            let path = crate::up::rpmbuild_bs(
+                &spec,
+                &[
+                    "--nodeps".into(),
+                    "--define".into(),
+                    format!("_topdir {}", top.display()).into(),
+                ],
+            )?;
             out.push(Pkg {
                 level: k,
                 index: j,
-                path: PathBuf::from(wrote.trim()),
+                path,
                 needs,
             });
         }
@@ -221,83 +208,64 @@ impl Events {
 /// Reads the master's event stream in a task until the stream ends; returns
 /// once the master has said `subscribed` (every later event is seen).
 async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
-    let resp = c.send(c.http.get(c.url("/api/v1/events"))).await?;
     let ev = Arc::new(Events {
         seen: Mutex::new(Seen::default()),
         notify: Notify::new(),
     });
     let ev2 = ev.clone();
-    let (ready_tx, mut ready_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut body = resp.bytes_stream();
-        let mut buf = Vec::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            let now = Instant::now();
-            buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                // A line this program does not know (a newer master) is skipped.
-                let Ok(e) = serde_json::from_slice::<Event>(&line) else {
-                    continue;
-                };
-                let mut s = ev2.get();
-                match e {
-                    Event::Subscribed => {
-                        let _ = ready_tx.send(true);
+    crate::bench::follow_stream(c, move |e, now| {
+        let mut s = ev2.get();
+        match e {
+            Event::Subscribed => {}
+            Event::Lagged { missed } => s.lagged += missed,
+            Event::Job { build, state, .. } => {
+                let t = s.builds.entry(build).or_default();
+                match state {
+                    JobState::Assigned => {
+                        t.assigned.get_or_insert(now);
                     }
-                    Event::Lagged { missed } => s.lagged += missed,
-                    Event::Job { build, state, .. } => {
-                        let t = s.builds.entry(build).or_default();
-                        match state {
-                            JobState::Assigned => {
-                                t.assigned.get_or_insert(now);
-                            }
-                            JobState::Running => {
-                                t.running.get_or_insert(now);
-                            }
-                            JobState::Succeeded => {
-                                t.ended.get_or_insert(now);
-                            }
-                            JobState::Failed | JobState::Canceled => {
-                                t.ended.get_or_insert(now);
-                                t.failed.get_or_insert(format!("its job {state}"));
-                            }
-                            JobState::Pending => {}
-                        }
+                    JobState::Running => {
+                        t.running.get_or_insert(now);
                     }
-                    Event::Build { build, state } => {
-                        if matches!(
-                            state,
-                            BuildState::Failed | BuildState::Canceled | BuildState::Skipped
-                        ) {
-                            s.builds
-                                .entry(build)
-                                .or_default()
-                                .failed
-                                .get_or_insert(format!("build {state}"));
-                        }
+                    JobState::Succeeded => {
+                        t.ended.get_or_insert(now);
                     }
-                    Event::Publish { build, state } => {
-                        let t = s.builds.entry(build).or_default();
-                        match state {
-                            PublishState::Published => {
-                                t.published.get_or_insert(now);
-                            }
-                            PublishState::Failed => {
-                                t.failed.get_or_insert("publication failed".into());
-                            }
-                            PublishState::Pending => {}
-                        }
+                    JobState::Failed | JobState::Canceled => {
+                        t.ended.get_or_insert(now);
+                        t.failed.get_or_insert(format!("its job {state}"));
                     }
+                    JobState::Pending => {}
                 }
-                drop(s);
-                ev2.notify.notify_waiters();
+            }
+            Event::Build { build, state } => {
+                if matches!(
+                    state,
+                    BuildState::Failed | BuildState::Canceled | BuildState::Skipped
+                ) {
+                    s.builds
+                        .entry(build)
+                        .or_default()
+                        .failed
+                        .get_or_insert(format!("build {state}"));
+                }
+            }
+            Event::Publish { build, state } => {
+                let t = s.builds.entry(build).or_default();
+                match state {
+                    PublishState::Published => {
+                        t.published.get_or_insert(now);
+                    }
+                    PublishState::Failed => {
+                        t.failed.get_or_insert("publication failed".into());
+                    }
+                    PublishState::Pending => {}
+                }
             }
         }
-    });
-    while !*ready_rx.borrow_and_update() {
-        ready_rx.changed().await.context("event stream ended")?;
-    }
+        drop(s);
+        ev2.notify.notify_waiters();
+    })
+    .await?;
     Ok(ev)
 }
 

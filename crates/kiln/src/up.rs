@@ -65,30 +65,44 @@ pub fn make_srpms(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 .with_context(|| format!("writing {}", src.join(f).display()))?;
         }
         let spec = src.join(format!("{name}.spec"));
-        let o = std::process::Command::new("rpmbuild")
-            .arg("-bs")
-            .arg("--define")
-            .arg(format!("_topdir {}", top.display()))
-            .arg("--define")
-            .arg(format!("_sourcedir {}", src.display()))
-            .arg(&spec)
-            .output()
-            .context("running rpmbuild -bs (is rpm installed?)")?;
-        if !o.status.success() {
-            bail!(
-                "rpmbuild -bs {} failed: {}",
-                spec.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&o.stdout);
-        let wrote = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Wrote: "))
-            .context("rpmbuild -bs did not say what it wrote")?;
-        out.push(PathBuf::from(wrote.trim()));
+        out.push(rpmbuild_bs(
+            &spec,
+            &[
+                "--define".into(),
+                format!("_topdir {}", top.display()).into(),
+                "--define".into(),
+                format!("_sourcedir {}", src.display()).into(),
+            ],
+        )?);
     }
     Ok(out)
+}
+
+/// `rpmbuild -bs SPEC` with `extra` arguments before the spec: the SRPM it
+/// wrote.
+pub(crate) fn rpmbuild_bs(
+    spec: &std::path::Path,
+    extra: &[std::ffi::OsString],
+) -> anyhow::Result<PathBuf> {
+    let o = std::process::Command::new("rpmbuild")
+        .arg("-bs")
+        .args(extra)
+        .arg(spec)
+        .output()
+        .context("running rpmbuild -bs (is rpm installed?)")?;
+    if !o.status.success() {
+        bail!(
+            "rpmbuild -bs {} failed: {}",
+            spec.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let wrote = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Wrote:"))
+        .context("rpmbuild -bs did not say what it wrote")?;
+    Ok(PathBuf::from(wrote.trim()))
 }
 
 pub async fn up(a: UpArgs) -> anyhow::Result<i32> {

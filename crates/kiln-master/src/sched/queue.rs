@@ -108,26 +108,44 @@ impl Sched {
         }
     }
 
+    /// The worker with the most free slots serving (channel, arch), the
+    /// first by name among equals (only those taking host builds when
+    /// `host_only`), and whether it takes host builds.
+    fn least_loaded(&self, channel: &str, arch: &str, host_only: bool) -> Option<(String, bool)> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| {
+                !w.draining
+                    && w.free() > 0
+                    && w.serves(channel, arch)
+                    && (w.host_builds || !host_only)
+            })
+            .max_by(|a, b| a.1.free().cmp(&b.1.free()).then_with(|| b.0.cmp(a.0)))
+            .map(|(n, w)| (n.clone(), w.host_builds))
+    }
+
     /// Offer new pending jobs to the workers that can take them, least
     /// loaded first.
     pub fn dispatch_jobs(&mut self, fx: &mut Effects, channel: &str, arches: &[String]) {
         for arch in arches {
-            'jobs: loop {
-                let mut ready: Vec<(u32, String, Vec<QKey>)> = self
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| !w.draining && w.free() > 0 && w.serves(channel, arch))
-                    .map(|(n, w)| (w.free(), n.clone(), w.keys(channel, arch)))
-                    .collect();
-                // Least loaded first; the first that can take a job does.
-                ready.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-                for (_, worker, keys) in ready {
-                    if let Some(job) = self.pop_best(&keys) {
-                        self.assign(fx, job, &worker);
-                        continue 'jobs;
-                    }
+            // The least loaded worker takes the best job it takes; when it
+            // refuses host builds and only those are left, the least loaded
+            // worker that takes them does.
+            while let Some((worker, host)) = self.least_loaded(channel, arch, false) {
+                if let Some(job) = self.pop_best(&self.workers[&worker].keys(channel, arch)) {
+                    self.assign(fx, job, &worker);
+                    continue;
                 }
-                break;
+                if host {
+                    break;
+                }
+                let Some((worker, _)) = self.least_loaded(channel, arch, true) else {
+                    break;
+                };
+                let Some(job) = self.pop_best(&[(channel.to_string(), arch.clone(), true)]) else {
+                    break;
+                };
+                self.assign(fx, job, &worker);
             }
         }
     }
