@@ -1272,6 +1272,7 @@ fn bare_failure(job: u64, attempt: u32, arch: &str, message: String) -> pb::Fini
         message,
         artifacts,
         canceled: false,
+        source: None,
     }
 }
 
@@ -1374,6 +1375,7 @@ async fn build(
                 message: o.message,
                 artifacts: vec![],
                 canceled: true,
+                source: None,
             };
             return (finished, HashMap::new());
         }
@@ -1624,6 +1626,7 @@ fn list_result(
             message,
             artifacts,
             canceled: false,
+            source: None,
         },
         files,
     ))

@@ -54,6 +54,7 @@ impl Sched {
             timeout_secs: self.job_timeout_secs,
             log_cap: self.log_cap,
             buildroot: self.buildroots.get(&b.row.target).cloned(),
+            source: None,
         });
         fx.send(worker, &w.tx, msg);
         let row = j.row.clone();

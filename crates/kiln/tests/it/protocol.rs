@@ -214,6 +214,7 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
         // with a clear message and nothing is filed.
         let finished = pb::Finished {
             canceled: false,
+            source: None,
             job_id: a.job_id,
             attempt: a.attempt,
             success: true,
@@ -372,6 +373,7 @@ fn a_late_result_from_an_old_attempt_is_refused() {
         // …and so is its result.
         let late = pb::Finished {
             canceled: false,
+            source: None,
             job_id: first.job_id,
             attempt: 1,
             success: true,
@@ -432,6 +434,7 @@ fn the_result_log_completes_a_live_log_that_missed_chunks() {
         };
         let finished = pb::Finished {
             canceled: false,
+            source: None,
             job_id: a.job_id,
             attempt: a.attempt,
             success: false,
