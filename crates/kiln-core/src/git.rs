@@ -183,6 +183,112 @@ pub fn split_source(s: &str) -> Result<(RepoUrl, Option<String>), GitNameError> 
     }
 }
 
+/// How a build from git picks its version and gates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GitMode {
+    /// A snapshot version of a commit (`VERSION^YYYYMMDD.HHMMSS.N.gSHA7`);
+    /// built when `>=` the newest in the target.
+    #[default]
+    Ci,
+    /// A tag is the version; built only when `>` the newest.
+    Release,
+}
+
+impl GitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitMode::Ci => "ci",
+            GitMode::Release => "release",
+        }
+    }
+}
+
+impl std::str::FromStr for GitMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ci" => Ok(GitMode::Ci),
+            "release" => Ok(GitMode::Release),
+            _ => Err(format!("unknown mode {s:?} (ci or release)")),
+        }
+    }
+}
+
+/// What started a build from git.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerKind {
+    #[default]
+    Cli,
+    Web,
+    Webhook,
+    Mqtt,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Cli => "cli",
+            TriggerKind::Web => "web",
+            TriggerKind::Webhook => "webhook",
+            TriggerKind::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// Where a build from git takes its sources, and what it found there: its
+/// request (project, URLs, ref, mode, trigger) when queued, completed with
+/// the commit ids and the version once its srpm job has made the SRPM.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct BuildSource {
+    pub project: String,
+    pub mode: GitMode,
+    /// The upstream repository's URL.
+    pub upstream: String,
+    /// The upstream ref built (a branch, a tag or a commit id).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The upstream commit (full id): asked for (a webhook's), or the one
+    /// the srpm job found at the ref.
+    #[serde(default)]
+    pub upstream_commit: Option<String>,
+    /// The packaging repository (none: the spec is in upstream).
+    #[serde(default)]
+    pub packaging: Option<String>,
+    #[serde(default)]
+    pub packaging_ref: Option<String>,
+    #[serde(default)]
+    pub packaging_commit: Option<String>,
+    /// The spec's path in its repository (none: the one `*.spec` at the top).
+    #[serde(default)]
+    pub spec: Option<String>,
+    #[serde(default)]
+    pub submodules: bool,
+    #[serde(default)]
+    pub tag_wins: bool,
+    /// The version (and, for an rpm without `^`, release) the srpm job gave
+    /// the spec.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub release: Option<String>,
+    /// cli, web, webhook or mqtt.
+    pub trigger: TriggerKind,
+    /// The webhook's or MQTT message's delivery id.
+    #[serde(default)]
+    pub delivery: Option<String>,
+    /// Who sent it (the token's user, the pusher).
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+/// Whether `s` is a full commit id (40 or, for SHA-256 repositories, 64
+/// lower-case hex digits).
+pub fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

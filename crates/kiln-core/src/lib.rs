@@ -12,5 +12,6 @@ pub mod listing;
 pub mod logcap;
 pub mod names;
 pub mod pki;
+pub mod sig;
 pub mod srpm;
 pub mod state;
