@@ -1,0 +1,2 @@
+//! The MQTT remote trigger (Reimzul's): signed build requests on
+//! `PREFIX/trigger`.
