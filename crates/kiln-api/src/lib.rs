@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use kiln_core::git::{BuildSource, GitMode, Project, TriggerKind};
 pub use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
 
 /// Priority given by `now: true` (`kiln submit --now`): ahead of everything
@@ -46,6 +47,8 @@ pub enum ErrorCode {
     BlobMissing,
     /// 409 on cancel: the build has already ended.
     NotActive,
+    /// 409 on `POST /api/v1/projects`: a project of that name exists.
+    Exists,
     /// 413: past a size limit (`max_upload`).
     TooLarge,
     /// 503: the database could not commit; nothing was kept, retry later.
@@ -69,6 +72,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::BlobMissing => "blob_missing",
             Self::NotActive => "not_active",
+            Self::Exists => "exists",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
             Self::NoSpace => "no_space",
@@ -240,7 +244,11 @@ pub struct BuildView {
     /// The builds of its batch it waits for (to be published).
     #[serde(default)]
     pub waits_for: Vec<i64>,
-    /// One job per arch.
+    /// A build from git: its project, ref, commits, version and trigger
+    /// (`null` for an uploaded SRPM).
+    #[serde(default)]
+    pub source: Option<BuildSource>,
+    /// One job per arch (a build from git: its srpm job, arch `src`, first).
     pub jobs: Vec<JobView>,
     /// The files its jobs produced.
     pub artifacts: Vec<ArtifactView>,
@@ -620,6 +628,7 @@ mod tests {
             buildroot: true,
             batch: None,
             waits_for: vec![],
+            source: None,
             jobs: vec![],
             artifacts: vec![],
         };
@@ -631,9 +640,142 @@ mod tests {
                 r#""scratch":false,"ci":false,"state":"queued","reason":null,"#,
                 r#""excluded_arches":[{"arch":"s390x","reason":"ExcludeArch"}],"created_at":7,"#,
                 r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"batch":null,"#,
-                r#""waits_for":[],"jobs":[],"#,
+                r#""waits_for":[],"source":null,"jobs":[],"#,
                 r#""artifacts":[]}"#
             )
         );
     }
+}
+
+// ---------------------------------------------------------------- projects
+
+/// A project as `GET /api/v1/projects[/NAME]` shows it: its secret is
+/// never shown (`has_secret` says whether it has one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectView {
+    /// The project's name.
+    pub name: String,
+    /// One build per target.
+    pub targets: Vec<String>,
+    /// The upstream repository.
+    pub upstream: String,
+    /// The ref built when a trigger names none (`null`: the remote's HEAD).
+    pub upstream_ref: Option<String>,
+    /// The packaging repository (`null`: the spec is in upstream).
+    pub packaging: Option<String>,
+    /// Its ref (`null`: its HEAD).
+    pub packaging_ref: Option<String>,
+    /// The spec's path (`null`: the one `*.spec` at the top).
+    pub spec: Option<String>,
+    /// `ci` or `release`.
+    pub mode: GitMode,
+    /// Upstream's submodules go in the tarball.
+    pub submodules: bool,
+    /// Release mode: the tag's version wins over the spec's.
+    pub tag_wins: bool,
+    /// A new push cancels running builds of the same ref too.
+    pub cancel_superseded: bool,
+    /// It has a secret (it takes signed webhooks and MQTT triggers).
+    pub has_secret: bool,
+}
+
+impl ProjectView {
+    /// The view of a project (its secret left out).
+    pub fn of(p: &Project) -> ProjectView {
+        ProjectView {
+            name: p.name.clone(),
+            targets: p.targets.clone(),
+            upstream: p.upstream.clone(),
+            upstream_ref: p.upstream_ref.clone(),
+            packaging: p.packaging.clone(),
+            packaging_ref: p.packaging_ref.clone(),
+            spec: p.spec.clone(),
+            mode: p.mode,
+            submodules: p.submodules,
+            tag_wins: p.tag_wins,
+            cancel_superseded: p.cancel_superseded,
+            has_secret: p.secret.is_some(),
+        }
+    }
+
+    /// The project this view shows, without its secret.
+    pub fn project(&self) -> Project {
+        Project {
+            name: self.name.clone(),
+            targets: self.targets.clone(),
+            upstream: self.upstream.clone(),
+            upstream_ref: self.upstream_ref.clone(),
+            packaging: self.packaging.clone(),
+            packaging_ref: self.packaging_ref.clone(),
+            spec: self.spec.clone(),
+            mode: self.mode,
+            submodules: self.submodules,
+            tag_wins: self.tag_wins,
+            cancel_superseded: self.cancel_superseded,
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+/// Query of `PUT /api/v1/projects/NAME`: a body without a secret keeps the
+/// stored one unless `clear_secret`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditQuery {
+    /// Remove the project's secret (it then takes no webhook or MQTT trigger).
+    #[serde(default)]
+    pub clear_secret: bool,
+}
+
+/// Body of `POST /api/v1/projects/NAME/build`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectBuildRequest {
+    /// A branch, a tag (`refs/tags/v1.2` or, with mode release, `v1.2`) or
+    /// a commit id; `null`: the project's ref.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// `null`: release for a `refs/tags/` ref, else the project's mode.
+    #[serde(default)]
+    pub mode: Option<GitMode>,
+}
+
+/// Answer of `POST /api/v1/projects/NAME/build` and of a webhook that
+/// started builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectBuilt {
+    /// One build per target, each starting with its srpm job.
+    pub builds: Vec<BuildView>,
+    /// Queued builds of the same ref these replaced (canceled).
+    pub superseded: Vec<i64>,
+}
+
+/// Answer of `GET /api/v1/projects/NAME/hooks`: what to paste into a
+/// forge's webhook settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HooksInfo {
+    /// The project.
+    pub project: String,
+    /// `POST` URLs by forge (github, gitlab, gitea; Forgejo takes gitea's).
+    pub urls: Vec<(String, String)>,
+    /// The secret (`null`: none set; the project takes no webhook).
+    pub secret: Option<String>,
+    /// The content type to choose.
+    pub content_type: String,
+    /// The events to send.
+    pub events: Vec<String>,
+    /// The MQTT topic that takes signed triggers, when MQTT is configured.
+    pub mqtt_topic: Option<String>,
+}
+
+/// What a webhook delivery did (`POST /hooks/FORGE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookAnswer {
+    /// `queued`, `duplicate`, `ignored` or `ping`.
+    pub status: String,
+    /// In words: what was started, or why nothing was.
+    pub message: String,
+    /// The builds started (for a duplicate: the first delivery's).
+    pub builds: Vec<i64>,
+    /// The delivery id, as received.
+    pub delivery: Option<String>,
 }

@@ -194,6 +194,14 @@ pub struct MasterConfig {
     /// `https://kiln.example.org:8080`: buildroots read the published
     /// repositories from `<public_url>/repos/`. Default: from `api_listen`.
     pub public_url: Option<String>,
+    /// Projects (builds from git), stored at start: `[[project]]` tables.
+    #[serde(rename = "project")]
+    pub projects: Vec<kiln_core::git::Project>,
+    /// The MQTT remote trigger (`[mqtt]`): subscribe to `PREFIX/trigger`.
+    #[serde(skip_serializing)]
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// The largest webhook body taken, in bytes.
+    pub hook_max_bytes: u64,
 }
 
 impl Default for MasterConfig {
@@ -221,6 +229,9 @@ impl Default for MasterConfig {
             durability: Durability::Full,
             createrepo: PathBuf::from("createrepo_c"),
             public_url: None,
+            projects: Vec::new(),
+            mqtt: None,
+            hook_max_bytes: 2 << 20,
         }
     }
 }
@@ -299,6 +310,45 @@ impl MasterConfig {
                 )));
             }
         }
+        if let Some(m) = &self.mqtt {
+            m.validate()
+                .map_err(|e| ConfigError::Bad(format!("[mqtt]: {e}")))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &mut self.projects {
+            if let Some(f) = p.secret_file.take() {
+                if p.secret.is_some() {
+                    return Err(ConfigError::Bad(format!(
+                        "[[project]] {}: secret and secret_file are both set",
+                        p.name
+                    )));
+                }
+                let s = std::fs::read_to_string(&f).map_err(|e| {
+                    ConfigError::Bad(format!(
+                        "[[project]] {}: reading secret_file {}: {e}",
+                        p.name,
+                        f.display()
+                    ))
+                })?;
+                p.secret = Some(s.trim().to_string());
+            }
+        }
+        for p in &self.projects {
+            p.validate()
+                .map_err(|e| ConfigError::Bad(format!("[[project]] {}: {e}", p.name)))?;
+            if !names.insert(p.name.clone()) {
+                return Err(ConfigError::Bad(format!(
+                    "[[project]] {} is declared twice",
+                    p.name
+                )));
+            }
+            if let Some(t) = p.targets.iter().find(|t| self.target(t).is_none()) {
+                return Err(ConfigError::Bad(format!(
+                    "[[project]] {}: target {t:?} is not declared",
+                    p.name
+                )));
+            }
+        }
         if self.lease_secs == 0 || self.max_attempts == 0 {
             return Err(ConfigError::Bad(
                 "lease_secs and max_attempts must be at least 1".into(),
@@ -352,7 +402,9 @@ mod tests {
         };
         for (k, v) in keys {
             let ok = match &v {
-                serde_json::Value::Array(a) => k == "target" || a.iter().all(|x| x.is_string()),
+                serde_json::Value::Array(a) => {
+                    k == "target" || k == "project" || a.iter().all(|x| x.is_string())
+                }
                 serde_json::Value::Object(_) => false,
                 _ => true,
             };

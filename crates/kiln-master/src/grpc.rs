@@ -487,5 +487,13 @@ fn report(f: pb::Finished) -> crate::result::Report {
                 inline: a.inline,
             })
             .collect(),
+        made: f.source.and_then(|s| {
+            (!s.upstream_commit.is_empty()).then(|| crate::sched::Made {
+                upstream_commit: s.upstream_commit,
+                packaging_commit: (!s.packaging_commit.is_empty()).then_some(s.packaging_commit),
+                version: s.version,
+                release: (!s.release.is_empty()).then_some(s.release),
+            })
+        }),
     }
 }

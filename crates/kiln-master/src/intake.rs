@@ -257,7 +257,16 @@ fn check_package(
             a.name
         )));
     }
-    if kind == ArtifactKind::Srpm && info.name != package {
+    // An srpm job (a build from git) makes the SRPM that names the package,
+    // and nothing else.
+    let srpm_job = j.arch == crate::sched::SRC_ARCH;
+    if srpm_job && kind == ArtifactKind::Rpm {
+        return Err(refused(format!(
+            "artifact {:?}: an srpm job returns its SRPM, not binary packages",
+            a.name
+        )));
+    }
+    if kind == ArtifactKind::Srpm && info.name != package && !srpm_job {
         return Err(refused(format!(
             "artifact {:?} is a source rpm of {}, not of this build's package {package}",
             a.name, info.name

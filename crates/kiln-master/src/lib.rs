@@ -184,6 +184,7 @@ impl Master {
             repo.request_regen(&t)?;
         }
         tokio::spawn(repo.clone().run());
+        let (srpms_made, made_rx) = tokio::sync::mpsc::unbounded_channel();
         let core = Arc::new(Core {
             logs: Logs::new(paths.clone(), store.clone(), cfg.log_cap),
             syncer,
@@ -202,6 +203,9 @@ impl Master {
             verified: Mutex::new(std::collections::HashMap::new()),
             staging: Mutex::new(std::collections::HashMap::new()),
             queries: Default::default(),
+            srpms_made,
+            triggers: Default::default(),
+            api_bound: Default::default(),
             _lock: lock,
             cfg,
         });
@@ -211,6 +215,7 @@ impl Master {
         // The API first: its address is where buildroot jobs find the
         // published repositories, which every Assign must say.
         let api_addr = api::serve(core.clone()).await?;
+        let _ = core.api_bound.set(api_addr);
         let roots = buildroots(&core.cfg, api_addr);
         let ((), fx) = core.decide(|s, _| s.set_buildroots(roots));
         core.apply(fx).await;
@@ -219,6 +224,13 @@ impl Master {
         // known, before any worker can connect.
         check_waits(&core).await?;
         tokio::spawn(publication_task(core.clone(), publications));
+        project::load_config_projects(&core).await?;
+        tokio::spawn(project::expand_task(core.clone(), made_rx));
+        if let Some(m) = core.cfg.mqtt.clone() {
+            // Never waits for the broker: it connects (and reconnects) on
+            // its own.
+            mqtt::spawn(core.clone(), m);
+        }
         let worker_addr = tls::serve_workers(core.clone()).await?;
         tokio::spawn(lease_task(core.clone()));
         Ok(Master {

@@ -18,6 +18,8 @@ pub struct Report {
     pub success: bool,
     pub message: String,
     pub artifacts: Vec<Reported>,
+    /// An srpm job's: what it made the SRPM from.
+    pub made: Option<crate::sched::Made>,
 }
 
 /// What the worker is told about its report.
@@ -50,6 +52,7 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
         success,
         message,
         artifacts,
+        made: f.made.clone(),
     };
     let (outcome, fx) = match cur {
         None => core.decide(|s, fx| {

@@ -60,6 +60,24 @@ pub struct Core {
     /// Queries put to workers (what an SRPM makes), waiting for their
     /// answers (see [`crate::query`]).
     pub queries: Queries,
+    /// Builds from git whose srpm job made their SRPM, for the task that
+    /// adds their jobs (`crate::project::expand_task`).
+    pub(crate) srpms_made: tokio::sync::mpsc::UnboundedSender<i64>,
+    /// Serializes triggers of builds from git (a delivery id is checked and
+    /// recorded as one step).
+    pub(crate) triggers: tokio::sync::Mutex<()>,
+    /// Where the API listens, once it does.
+    pub(crate) api_bound: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl Core {
+    /// The API's address (the configured one until it is bound).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.api_bound
+            .get()
+            .copied()
+            .unwrap_or(self.cfg.api_listen)
+    }
 }
 
 /// The queries put to workers and not answered yet, by id. An answer is
@@ -235,6 +253,18 @@ impl Core {
                 } => Box::pin(self.store.write(move |t| {
                     kiln_store::set_build_state(t, build, state, reason.as_deref(), publish)
                 })),
+                Write::SetSource { build, source } => Box::pin(
+                    self.store
+                        .write(move |t| kiln_store::set_build_source(t, build, &source)),
+                ),
+                Write::Expand { build, jobs } => Box::pin(
+                    self.store
+                        .write(move |t| kiln_store::expand_build(t, &build, &jobs)),
+                ),
+                Write::Delivery { id, builds } => Box::pin(
+                    self.store
+                        .write(move |t| kiln_store::put_delivery(t, &id, &builds)),
+                ),
             };
             fx.commits.push(c);
         }
@@ -269,12 +299,16 @@ impl Core {
         self.apply_inner(fx).await
     }
 
-    async fn apply_inner(&self, fx: Effects) -> Result<(), kiln_store::StoreError> {
+    async fn apply_inner(&self, mut fx: Effects) -> Result<(), kiln_store::StoreError> {
         // The logs of ended jobs are queued behind the state changes that
         // end them, so both usually go in one commit.
         let logs_saved = self.logs.save(&fx.ended_jobs);
+        let made = std::mem::take(&mut fx.srpms_made);
         match fx.finish().await {
             Ok((done, ended, events)) => {
+                for b in made {
+                    let _ = self.srpms_made.send(b);
+                }
                 if !done.is_empty() {
                     // Succeeded builds were queued for publication in the
                     // same commit.

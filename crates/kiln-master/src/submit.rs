@@ -169,6 +169,7 @@ pub async fn prepare(core: &Core, req: &SubmitRequest) -> Result<Prepared, Submi
         arches: plan.build.clone(),
         batch: None,
         waits_for: Vec::new(),
+        source: None,
     };
     Ok(Prepared { nb, info, skip })
 }
@@ -225,7 +226,7 @@ pub async fn commit(core: &Core, p: Prepared) -> Result<Submitted, SubmitError> 
 /// The seed's rule: a release build must be newer than the newest
 /// succeeded build of the package in the target; a CI build may be equal.
 /// Returns why the build is skipped, if it is.
-async fn version_gate(
+pub(crate) async fn version_gate(
     core: &Core,
     target: &str,
     info: &kiln_core::srpm::PackageInfo,

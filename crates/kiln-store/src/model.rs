@@ -2,6 +2,7 @@
 //! code serves reads (pooled connection) and writes (inside a group commit;
 //! a `Transaction` derefs to a `Connection`).
 
+use kiln_core::git::{BuildSource, Project};
 use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,17 @@ pub struct BuildRow {
     /// The builds (of its batch) that must be published before its jobs
     /// are queued; it is `waiting` until they are.
     pub waits_for: Vec<i64>,
+    /// A build from git: where its SRPM comes from (its srpm job makes it;
+    /// until then the `srpm_*` fields are empty and `evr` too).
+    pub source: Option<BuildSource>,
+}
+
+impl BuildRow {
+    /// A build from git whose SRPM is not made yet: its only job is the
+    /// srpm job.
+    pub fn awaits_srpm(&self) -> bool {
+        self.source.is_some() && self.srpm_sha256.is_empty()
+    }
 }
 
 /// A batch: builds submitted together, some waiting for others.
@@ -114,6 +126,8 @@ pub struct NewBuild {
     pub batch: Option<i64>,
     /// Builds that must be published first (it starts `waiting` if any).
     pub waits_for: Vec<i64>,
+    /// A build from git (its one job the srpm job).
+    pub source: Option<BuildSource>,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
@@ -128,7 +142,7 @@ fn list(s: String) -> Vec<String> {
 
 const BUILD_COLS: &str = "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
      disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at, publish, \
-     publish_error, batch, waits_for";
+     publish_error, batch, waits_for, source";
 
 fn json_col<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
     serde_json::from_str(s).map_err(|e| {
@@ -139,6 +153,14 @@ fn json_col<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Re
 fn ids_json(ids: &[i64]) -> String {
     // A list of integers always encodes.
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+fn source_json(s: Option<&BuildSource>) -> Result<Option<String>> {
+    s.map(|s| {
+        serde_json::to_string(s)
+            .map_err(|e| StoreError::Invalid(format!("cannot encode a build's source: {e}")))
+    })
+    .transpose()
 }
 
 fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
@@ -165,6 +187,10 @@ fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
         publish_error: r.get(18)?,
         batch: r.get(19)?,
         waits_for: json_col(20, &r.get::<_, String>(20)?)?,
+        source: r
+            .get::<_, Option<String>>(21)?
+            .map(|s| json_col(21, &s))
+            .transpose()?,
     })
 }
 
@@ -260,6 +286,7 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
         publish_error: None,
         batch: b.batch,
         waits_for: b.waits_for.clone(),
+        source: b.source.clone(),
     };
     let jobs = b
         .arches
@@ -287,8 +314,8 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
     c.prepare_cached(
         "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
-         disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for, source) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         b.id,
@@ -307,8 +334,13 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         excluded,
         b.created_at,
         b.batch,
-        ids_json(&b.waits_for)
+        ids_json(&b.waits_for),
+        source_json(b.source.as_ref())?
     ])?;
+    insert_jobs(c, jobs)
+}
+
+fn insert_jobs(c: &Connection, jobs: &[JobRow]) -> Result<()> {
     let mut stmt = c.prepare_cached(
         "INSERT INTO jobs (id, build_id, arch, state, attempt, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -512,6 +544,104 @@ pub fn set_build_state(
             }
         }
     }
+    Ok(())
+}
+
+/// A build from git whose srpm job made its SRPM: its row now names the
+/// SRPM and the package (and its source the commits), and its new jobs
+/// are stored (none when it was skipped).
+pub fn expand_build(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> {
+    let excluded = serde_json::to_string(&b.excluded_arches)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
+    c.prepare_cached(
+        "UPDATE builds SET package = ?2, evr = ?3, srpm_name = ?4, srpm_sha256 = ?5, \
+         srpm_size = ?6, excluded = ?7, source = ?8 WHERE id = ?1",
+    )?
+    .execute(params![
+        b.id,
+        b.package,
+        b.evr,
+        b.srpm_name,
+        b.srpm_sha256,
+        b.srpm_size as i64,
+        excluded,
+        source_json(b.source.as_ref())?
+    ])?;
+    insert_jobs(c, jobs)
+}
+
+/// Record what a build's srpm job found (commit ids, version).
+pub fn set_build_source(c: &Connection, build: i64, source: &BuildSource) -> Result<()> {
+    c.prepare_cached("UPDATE builds SET source = ?2 WHERE id = ?1")?
+        .execute(params![build, source_json(Some(source))?])?;
+    Ok(())
+}
+
+// ---- projects and deliveries ----
+
+fn project_json(p: &Project) -> Result<String> {
+    serde_json::to_string(p)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode project {}: {e}", p.name)))
+}
+
+/// Add a project, or replace the one of the same name. Returns whether it
+/// was new.
+pub fn put_project(c: &Connection, p: &Project) -> Result<bool> {
+    let now = now_ms();
+    let n = c
+        .prepare_cached(
+            "UPDATE projects SET spec = ?2, updated_at = ?3 WHERE name = ?1",
+        )?
+        .execute(params![p.name, project_json(p)?, now])?;
+    if n == 0 {
+        c.prepare_cached(
+            "INSERT INTO projects (name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+        )?
+        .execute(params![p.name, project_json(p)?, now])?;
+    }
+    Ok(n == 0)
+}
+
+fn project_row(r: &Row<'_>) -> rusqlite::Result<Project> {
+    json_col(0, &r.get::<_, String>(0)?)
+}
+
+pub fn get_project(c: &Connection, name: &str) -> Result<Option<Project>> {
+    Ok(c
+        .prepare_cached("SELECT spec FROM projects WHERE name = ?1")?
+        .query_row([name], project_row)
+        .optional()?)
+}
+
+pub fn list_projects(c: &Connection) -> Result<Vec<Project>> {
+    let mut stmt = c.prepare_cached("SELECT spec FROM projects ORDER BY name")?;
+    let rows = stmt.query_map([], project_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Remove a project (its builds stay). Whether it existed.
+pub fn delete_project(c: &Connection, name: &str) -> Result<bool> {
+    Ok(c
+        .prepare_cached("DELETE FROM projects WHERE name = ?1")?
+        .execute([name])?
+        > 0)
+}
+
+/// The builds a delivery (webhook or MQTT) started, if it was seen before.
+pub fn get_delivery(c: &Connection, id: &str) -> Result<Option<Vec<i64>>> {
+    c.prepare_cached("SELECT builds FROM deliveries WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|s| json_col(0, &s).map_err(StoreError::from))
+        .transpose()
+}
+
+/// Record a delivery and the builds it started.
+pub fn put_delivery(c: &Connection, id: &str, builds: &[i64]) -> Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries (id, received_at, builds) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![id, now_ms(), ids_json(builds)])?;
     Ok(())
 }
 
@@ -921,6 +1051,7 @@ mod tests {
             arches: arches.iter().map(|s| s.to_string()).collect(),
             batch: None,
             waits_for: vec![],
+            source: None,
         }
     }
 

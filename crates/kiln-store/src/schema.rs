@@ -145,6 +145,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN waits_for TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX builds_batch ON builds(batch);
     "#,
+    // 6: builds from git: a build's source (JSON `BuildSource`, NULL for an
+    // uploaded SRPM), projects (JSON `Project`), and the webhook and MQTT
+    // deliveries seen (a redelivery starts nothing new)
+    r#"
+    ALTER TABLE builds ADD COLUMN source TEXT;
+    CREATE TABLE projects (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id          TEXT PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        builds      TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the schema up to date.

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use crate::client::Client;
 
 /// The target the batch goes to (host builds: no buildroot).
-const TARGET: &str = "bench";
+pub(crate) const TARGET: &str = "bench";
 
 #[derive(Args)]
 pub struct BenchBatchArgs {
@@ -363,7 +363,7 @@ pub async fn bench_batch(a: BenchBatchArgs) -> anyhow::Result<i32> {
 /// process (the store is closed, but a publication or the syncer may be
 /// finishing), so a file can appear while it is deleted: tried again a few
 /// times.
-async fn remove(dir: &Path) {
+pub(crate) async fn remove(dir: &Path) {
     let mut last = None;
     for _ in 0..10 {
         match std::fs::remove_dir_all(dir) {
@@ -395,66 +395,92 @@ async fn run(a: &BenchBatchArgs, tmp: &Path) -> anyhow::Result<i32> {
         t.elapsed().as_secs_f64()
     );
 
-    // The master, in this process: one target, host builds.
-    let host_arch = kiln_core::names::host_arch().to_string();
-    let mut cfg = MasterConfig {
-        data: tmp.join("master"),
-        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        worker_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        targets: vec![Target {
-            name: TARGET.into(),
-            disttag: String::new(),
-            arches: vec![host_arch.clone()],
-            channel: "default".into(),
-            keep: 1,
-            sign_key: None,
-            tosign_dir: None,
-            buildroot: None,
-            implicit: false,
-        }],
-        ..Default::default()
-    };
-    cfg.validate().context("the bench's master settings")?;
-    let m = crate::settings::start_master(cfg).await?;
-    let c = Client::new(
-        &format!("http://{}", m.api_addr),
-        Some(m.core.admin_token.clone()),
-    )?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let worker = start_worker(
-        a,
-        &c,
-        &format!("https://{}", m.worker_addr),
-        tmp,
-        &host_arch,
-        stop_rx,
-    )
-    .await;
-    let r = match worker {
-        Ok(w) => {
-            let r = measure(a, &c, &pkgs).await;
-            // Let the worker close its session before the master goes.
-            let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-            r
-        }
-        Err(e) => Err(e),
-    };
-    crate::settings::stop_store(&m.core.store).await;
+    let farm = Farm::start(tmp, a.slots, "bench-batch").await?;
+    let r = measure(a, &farm.c, &pkgs).await;
+    farm.stop().await;
     r
+}
+
+/// A master (one target, host builds) and one real worker (the rpmbuild
+/// backend in bubblewrap) in this process.
+pub(crate) struct Farm {
+    pub m: kiln_master::Master,
+    pub c: Client,
+    stop_tx: watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<Result<(), kiln_worker::WorkerError>>,
+}
+
+impl Farm {
+    pub(crate) async fn start(tmp: &Path, slots: u32, name: &str) -> anyhow::Result<Farm> {
+        let host_arch = kiln_core::names::host_arch().to_string();
+        let mut cfg = MasterConfig {
+            data: tmp.join("master"),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            worker_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            targets: vec![Target {
+                name: TARGET.into(),
+                disttag: String::new(),
+                arches: vec![host_arch.clone()],
+                channel: "default".into(),
+                keep: 1,
+                sign_key: None,
+                tosign_dir: None,
+                buildroot: None,
+                implicit: false,
+            }],
+            ..Default::default()
+        };
+        cfg.validate().context("the bench's master settings")?;
+        let m = crate::settings::start_master(cfg).await?;
+        let c = Client::new(
+            &format!("http://{}", m.api_addr),
+            Some(m.core.admin_token.clone()),
+        )?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker = start_worker(
+            slots,
+            name,
+            &c,
+            &format!("https://{}", m.worker_addr),
+            tmp,
+            &host_arch,
+            stop_rx,
+        )
+        .await;
+        match worker {
+            Ok(worker) => Ok(Farm {
+                m,
+                c,
+                stop_tx,
+                worker,
+            }),
+            Err(e) => {
+                crate::settings::stop_store(&m.core.store).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Let the worker close its session, then close the master's store.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.worker).await;
+        crate::settings::stop_store(&self.m.core.store).await;
+    }
 }
 
 /// Enrolls and starts the one worker (real rpmbuild backend in bubblewrap)
 /// and waits until the master sees it.
 async fn start_worker(
-    a: &BenchBatchArgs,
+    slots: u32,
+    name: &str,
     c: &Client,
     worker_url: &str,
     tmp: &Path,
     host_arch: &str,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), kiln_worker::WorkerError>>> {
-    let name = "bench-batch".to_string();
+    let name = name.to_string();
     let t: TokenResponse = c
         .post(
             "/api/v1/tokens",
@@ -474,7 +500,7 @@ async fn start_worker(
         master: None,
         arches: vec![host_arch.to_string()],
         channels: vec!["default".into()],
-        capacity: a.slots,
+        capacity: slots,
         // What a default worker runs on this host: its rpm database cannot
         // resolve /bin/sh (Debian), so --nodeps; the sandbox is on.
         backend: Arc::new(Rpmbuild {
@@ -488,8 +514,7 @@ async fn start_worker(
     let h = tokio::spawn(kiln_worker::run(cfg, stop));
     wait_connected(c, 1).await?;
     println!(
-        "master and 1 worker in this process: rpmbuild backend (--nodeps, bubblewrap), {} slots",
-        a.slots
+        "master and 1 worker in this process: rpmbuild backend (--nodeps, bubblewrap), {slots} slots"
     );
     Ok(h)
 }

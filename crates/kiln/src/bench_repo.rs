@@ -106,6 +106,7 @@ async fn land(store: &Store, layout: &Layout, rpms: &[PathBuf]) -> anyhow::Resul
         arches: vec!["noarch".into()],
         batch: None,
         waits_for: vec![],
+        source: None,
     };
     let (b, jobs) = store
         .write(move |t| kiln_store::insert_build(t, &nb))

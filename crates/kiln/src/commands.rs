@@ -162,7 +162,7 @@ fn emit_json(v: &Value) -> anyhow::Result<()> {
 
 /// `--json` output of a `kiln_api` answer, printed through a [`Value`]: keys
 /// sorted, the same text as the master's answer printed as it came.
-fn emit_value<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub fn emit_value<T: Serialize>(v: &T) -> anyhow::Result<()> {
     emit_json(&serde_json::to_value(v)?)
 }
 
@@ -627,6 +627,12 @@ fn opt(v: Option<&str>) -> Cow<'_, str> {
     v.map_or(Cow::Borrowed("-"), term_safe)
 }
 
+/// `prefix` and the value made safe, or nothing.
+fn opt_prefix(prefix: &str, v: Option<&str>) -> String {
+    v.map(|v| format!("{prefix}{}", term_safe(v)))
+        .unwrap_or_default()
+}
+
 /// A build, its jobs (and why they wait) and its artifacts, for people.
 pub fn format_build(b: &BuildView) -> String {
     let mut out = String::new();
@@ -643,6 +649,40 @@ pub fn format_build(b: &BuildView) -> String {
     );
     if let Some(r) = &b.reason {
         let _ = writeln!(out, "  reason: {}", term_safe(r));
+    }
+    if let Some(s) = &b.source {
+        let _ = writeln!(
+            out,
+            "  from git: project {} ({} build of {}), triggered by {}{}{}",
+            term_safe(&s.project),
+            s.mode.as_str(),
+            term_safe(&s.git_ref),
+            s.trigger.as_str(),
+            opt_prefix(" ", s.sender.as_deref()),
+            opt_prefix(", delivery ", s.delivery.as_deref()),
+        );
+        let _ = writeln!(
+            out,
+            "    upstream  {} at {}",
+            term_safe(&s.upstream),
+            opt(s.upstream_commit.as_deref())
+        );
+        if let Some(p) = &s.packaging {
+            let _ = writeln!(
+                out,
+                "    packaging {} at {}",
+                term_safe(p),
+                opt(s.packaging_commit.as_deref())
+            );
+        }
+        if let Some(v) = &s.version {
+            let _ = writeln!(
+                out,
+                "    version   {}{}",
+                term_safe(v),
+                opt_prefix(", release ", s.release.as_deref())
+            );
+        }
     }
     if !b.buildroot {
         let _ = writeln!(out, "  built on the worker's host, not in a buildroot");
@@ -1117,6 +1157,7 @@ mod tests {
             buildroot: false,
             batch: None,
             waits_for: vec![],
+            source: None,
             jobs: vec![JobView {
                 id: 3,
                 build: 15,

@@ -2,9 +2,11 @@
 
 mod bench;
 mod bench_batch;
+mod bench_hook;
 mod bench_repo;
 mod client;
 mod commands;
+mod projects;
 mod settings;
 mod up;
 
@@ -75,6 +77,13 @@ enum Cmd {
     BenchRepo(bench_repo::BenchRepoArgs),
     /// Measure a batch of SRPMs in a dependency chain (see BENCHMARKS.md).
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// Measure webhook → srpm job latency (see BENCHMARKS.md).
+    BenchHook(bench_hook::BenchHookArgs),
+    /// Projects: builds from git (an upstream and a packaging repository).
+    Project {
+        #[command(subcommand)]
+        cmd: projects::ProjectCmd,
+    },
     /// Enrollment tokens.
     Token {
         #[command(subcommand)]
@@ -251,6 +260,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Bench(a) => bench::bench(a).await,
         Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
         Cmd::BenchBatch(a) => bench_batch::bench_batch(a).await,
+        Cmd::BenchHook(a) => bench_hook::bench_hook(a).await,
         Cmd::Vercmp { a, b } => commands::vercmp(&a, &b),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,
@@ -265,6 +275,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cmd: BatchCmd::Show { id, json },
         } => commands::batch_show(id, json).await,
         Cmd::Jobs(a) => commands::jobs(a).await,
+        Cmd::Project { cmd } => projects::run(cmd).await,
         Cmd::Logs(a) => commands::logs(a).await,
         Cmd::Cancel { id } => commands::cancel(id).await,
         Cmd::Workers(a) => commands::workers(a.json).await,

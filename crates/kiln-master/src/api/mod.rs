@@ -9,7 +9,9 @@ mod batches;
 mod blobs;
 mod builds;
 mod error;
+mod hooks;
 mod logs;
+mod projects;
 mod repos;
 mod tokens;
 mod views;
@@ -156,6 +158,19 @@ pub fn router(core: Arc<Core>) -> Router {
             post(workers::revoke_worker),
         )
         .route("/api/v1/tokens", post(tokens::create_token))
+        .route("/api/v1/projects", get(projects::list).post(projects::add))
+        .route(
+            "/api/v1/projects/{name}",
+            get(projects::show)
+                .put(projects::edit)
+                .delete(projects::remove),
+        )
+        .route("/api/v1/projects/{name}/build", post(projects::build))
+        .route("/api/v1/projects/{name}/hooks", get(projects::hooks))
+        .route(
+            "/hooks/{forge}",
+            post(hooks::receive).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/targets/{target}/repo", get(repos::repo_file))
         .route(
             "/api/v1/targets/{target}/packages",

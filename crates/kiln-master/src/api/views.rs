@@ -20,6 +20,7 @@ pub(super) fn build_of(
         buildroot,
         batch: b.batch,
         waits_for: b.waits_for,
+        source: b.source,
         id: b.id,
         target: b.target,
         package: b.package,

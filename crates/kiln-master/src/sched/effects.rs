@@ -34,6 +34,16 @@ pub enum Write {
         reason: Option<String>,
         publish: Option<PublishState>,
     },
+    /// What a build's srpm job found (commit ids, version).
+    SetSource {
+        build: i64,
+        source: kiln_core::git::BuildSource,
+    },
+    /// A build from git now names the SRPM its srpm job made, and has jobs
+    /// to build it (none when skipped).
+    Expand { build: BuildRow, jobs: Vec<JobRow> },
+    /// A webhook's or MQTT message's delivery id and the builds it started.
+    Delivery { id: String, builds: Vec<i64> },
 }
 
 /// A message for a worker's session, sent only after the writes.
@@ -64,6 +74,9 @@ pub struct Effects {
     pub sends: Vec<Outbox>,
     pub done_builds: Vec<i64>,
     pub ended_jobs: Vec<(i64, i64)>,
+    /// Builds from git whose srpm job made their SRPM: what follows is
+    /// decided once that is durable (`Sched::expand`).
+    pub srpms_made: Vec<i64>,
     /// State changes to announce once durable.
     pub events: Vec<Event>,
     /// The writes once queued (by `Core::decide`, under the lock).
@@ -92,6 +105,7 @@ impl Effects {
             && self.sends.is_empty()
             && self.done_builds.is_empty()
             && self.ended_jobs.is_empty()
+            && self.srpms_made.is_empty()
             && self.events.is_empty()
     }
 

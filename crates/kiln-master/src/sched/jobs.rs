@@ -143,14 +143,7 @@ impl Sched {
     }
 
     pub(super) fn save(&self, fx: &mut Effects, row: &JobRow) {
-        fx.events.push(Event::Job {
-            build: row.build,
-            job: row.id,
-            arch: row.arch.clone(),
-            state: row.state,
-            worker: row.worker.clone(),
-            attempt: row.attempt,
-        });
+        self.save_event(fx, row);
         fx.writes.push(Write::SaveJob(row.clone()));
     }
 
@@ -171,6 +164,11 @@ impl Sched {
             })
             .collect();
         let mut new = build_state_from_jobs(&states);
+        // A build from git whose srpm job made the SRPM goes on: its jobs
+        // are added once that SRPM is read (`expand`).
+        if new == BuildState::Succeeded && b.row.awaits_srpm() {
+            new = BuildState::Building;
+        }
         if b.row.state == BuildState::Canceled {
             new = BuildState::Canceled;
         }
@@ -251,6 +249,7 @@ impl Sched {
             success,
             message,
             artifacts,
+            made,
         } = r;
         let newer_here = self
             .jobs
@@ -288,14 +287,24 @@ impl Sched {
         j.row.finished_at = Some(self.clock.wall_ms());
         let row = j.row.clone();
         let build = row.build;
-        fx.events.push(Event::Job {
-            build,
-            job,
-            arch: row.arch.clone(),
-            state: row.state,
-            worker: row.worker.clone(),
-            attempt: row.attempt,
-        });
+        self.save_event(fx, &row);
+        let srpm_made = success
+            && self
+                .builds
+                .get(&build)
+                .is_some_and(|b| b.row.awaits_srpm() && row.arch == super::SRC_ARCH);
+        if let (Some(m), Some(b)) = (made, self.builds.get_mut(&build)) {
+            if let Some(src) = b.row.source.as_mut().filter(|_| row.arch == super::SRC_ARCH) {
+                src.upstream_commit = Some(m.upstream_commit);
+                src.packaging_commit = m.packaging_commit;
+                src.version = Some(m.version);
+                src.release = m.release;
+                fx.writes.push(Write::SetSource {
+                    build,
+                    source: src.clone(),
+                });
+            }
+        }
         fx.writes.push(Write::FinishJob {
             build,
             artifacts,
@@ -303,6 +312,9 @@ impl Sched {
         });
         fx.ended_jobs.push((build, job));
         self.settle_build(fx, build);
+        if srpm_made {
+            fx.srpms_made.push(build);
+        }
         Ok(())
     }
 
@@ -359,6 +371,11 @@ impl Sched {
     /// Cancel a build: pending jobs end at once, running ones are told to
     /// stop (their slot frees when the worker confirms).
     pub fn cancel(&mut self, fx: &mut Effects, build: i64) -> Result<(), Refused> {
+        self.cancel_with(fx, build, "canceled")
+    }
+
+    /// Cancel a build, saying why (the build's reason and its jobs').
+    pub fn cancel_with(&mut self, fx: &mut Effects, build: i64, why: &str) -> Result<(), Refused> {
         let Some(b) = self.builds.get_mut(&build) else {
             return Err(Refused::BuildNotActive(build));
         };
@@ -371,7 +388,7 @@ impl Sched {
         fx.writes.push(Write::SetBuildState {
             build,
             state: BuildState::Canceled,
-            reason: Some("canceled".into()),
+            reason: Some(why.to_string()),
             publish: None,
         });
         for id in ids {
@@ -394,13 +411,122 @@ impl Sched {
             self.leased.remove(&id);
             j.row.state = JobState::Canceled;
             j.row.finished_at = Some(self.clock.wall_ms());
-            j.row.message = Some("canceled".into());
+            j.row.message = Some(why.to_string());
             let row = j.row.clone();
             fx.ended_jobs.push((build, id));
             self.save(fx, &row);
         }
         self.settle_build(fx, build);
         Ok(())
+    }
+
+    /// What follows from the SRPM a build's srpm job made (read and gated
+    /// by the caller, `crate::project::expand`): its jobs are added and
+    /// dispatched, or it ends skipped or failed. A build no longer active,
+    /// canceled, or already expanded is left as it is.
+    pub fn expand(&mut self, fx: &mut Effects, build: i64, e: super::Expansion) {
+        use super::Expansion;
+        let Some(b) = self.builds.get(&build) else {
+            return;
+        };
+        if !b.row.awaits_srpm() || b.row.state == BuildState::Canceled {
+            return;
+        }
+        let (srpm, reason) = match &e {
+            Expansion::Build { srpm, .. } => (Some(srpm.clone()), None),
+            Expansion::Skip { srpm, reason } => (Some(srpm.clone()), Some(reason.clone())),
+            Expansion::Fail { reason } => (None, Some(reason.clone())),
+        };
+        let (excluded, arches) = match e {
+            Expansion::Build {
+                excluded, arches, ..
+            } => (excluded, arches),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let ids = self.allocate_jobs(arches.len());
+        let now = self.clock.wall_ms();
+        let Some(b) = self.builds.get_mut(&build) else {
+            return;
+        };
+        if let Some(s) = &srpm {
+            b.row.package = s.package.clone();
+            b.row.evr = s.evr.clone();
+            b.row.srpm_name = s.name.clone();
+            b.row.srpm_sha256 = s.sha256.clone();
+            b.row.srpm_size = s.size;
+            b.row.excluded_arches = excluded;
+        }
+        let jobs: Vec<JobRow> = arches
+            .iter()
+            .zip(&ids)
+            .map(|(arch, &id)| JobRow {
+                id,
+                build,
+                arch: arch.clone(),
+                state: JobState::Pending,
+                worker: None,
+                attempt: 1,
+                message: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect();
+        if srpm.is_some() {
+            fx.writes.push(Write::Expand {
+                build: b.row.clone(),
+                jobs: jobs.clone(),
+            });
+        }
+        if let Some(reason) = reason {
+            let state = if srpm.is_some() {
+                BuildState::Skipped
+            } else {
+                BuildState::Failed
+            };
+            fx.events.push(Event::Build { build, state });
+            fx.writes.push(Write::SetBuildState {
+                build,
+                state,
+                reason: Some(reason),
+                publish: None,
+            });
+            if let Some(b) = self.builds.remove(&build) {
+                for id in b.jobs {
+                    self.jobs.remove(&id);
+                }
+            }
+            fx.done_builds.push(build);
+            return;
+        }
+        let row = b.row.clone();
+        b.jobs.extend(&ids);
+        for j in jobs {
+            let (id, arch) = (j.id, j.arch.clone());
+            self.save_event(fx, &j);
+            self.jobs.insert(
+                id,
+                ActiveJob {
+                    row: j,
+                    lease_until: self.clock.now() + self.lease,
+                },
+            );
+            self.enqueue(&row, id, &arch);
+        }
+        self.dispatch_jobs(fx, &row.channel, &arches);
+        self.settle_build(fx, build);
+    }
+
+    /// Announce a job's row as it is now (its write is made elsewhere).
+    fn save_event(&self, fx: &mut Effects, row: &JobRow) {
+        fx.events.push(Event::Job {
+            build: row.build,
+            job: row.id,
+            arch: row.arch.clone(),
+            state: row.state,
+            worker: row.worker.clone(),
+            attempt: row.attempt,
+        });
     }
 
     /// A build no longer waits (released, ended or forgotten): drop it from

@@ -164,6 +164,46 @@ pub struct JobResult {
     pub success: bool,
     pub message: String,
     pub artifacts: Vec<ArtifactRow>,
+    /// An srpm job's: what it made the SRPM from.
+    pub made: Option<Made>,
+}
+
+/// The arch of an srpm job (a build from git makes its SRPM first); every
+/// worker serves it.
+pub const SRC_ARCH: &str = "src";
+
+/// What an srpm job made its SRPM from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    pub upstream_commit: String,
+    pub packaging_commit: Option<String>,
+    pub version: String,
+    pub release: Option<String>,
+}
+
+/// What follows from the SRPM an srpm job made (see `Sched::expand`).
+#[derive(Debug, Clone)]
+pub enum Expansion {
+    /// Build it: the build's row now names the SRPM; one job per arch.
+    Build {
+        srpm: SrpmFacts,
+        excluded: Vec<kiln_store::Excluded>,
+        arches: Vec<String>,
+    },
+    /// The version gate skips it (why, with both versions).
+    Skip { srpm: SrpmFacts, reason: String },
+    /// The SRPM cannot be built (why).
+    Fail { reason: String },
+}
+
+/// An SRPM a build now names.
+#[derive(Debug, Clone)]
+pub struct SrpmFacts {
+    pub package: String,
+    pub evr: String,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 pub struct Sched {
@@ -227,6 +267,13 @@ impl Sched {
         self.next_job = job;
     }
 
+    /// Ids for `n` new jobs of an existing build.
+    fn allocate_jobs(&mut self, n: usize) -> Vec<i64> {
+        let ids = (self.next_job..).take(n).collect();
+        self.next_job += n as i64;
+        ids
+    }
+
     /// Ids for a new build and its `jobs` jobs.
     pub fn allocate_ids(&mut self, jobs: usize) -> (i64, Vec<i64>) {
         let id = self.next_build;
@@ -271,6 +318,56 @@ impl Sched {
     /// The package an active build builds.
     pub fn package_of(&self, build: i64) -> Option<String> {
         self.builds.get(&build).map(|b| b.row.package.clone())
+    }
+
+    /// Active builds from git whose srpm job made their SRPM but whose
+    /// jobs are not added yet (`Sched::expand`): after a restart, or when
+    /// their expansion could not be decided.
+    pub fn unexpanded(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .builds
+            .values()
+            .filter(|b| {
+                b.row.awaits_srpm()
+                    && b.row.state != kiln_core::state::BuildState::Canceled
+                    && b.jobs.iter().all(|j| {
+                        self.jobs
+                            .get(j)
+                            .is_some_and(|j| j.row.state == JobState::Succeeded)
+                    })
+            })
+            .map(|b| b.row.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Active builds from git of `project` for `target` at `git_ref` that a
+    /// new one replaces: those whose srpm job has not started (and, with
+    /// `running`, the ones building too), oldest first.
+    pub fn superseded(&self, project: &str, target: &str, git_ref: &str, running: bool) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .builds
+            .values()
+            .filter(|b| {
+                b.row.target == target
+                    && b.row.state != kiln_core::state::BuildState::Canceled
+                    && b.row
+                        .source
+                        .as_ref()
+                        .is_some_and(|s| s.project == project && s.git_ref == git_ref)
+                    && (running
+                        || (b.row.awaits_srpm()
+                            && b.jobs.iter().all(|j| {
+                                self.jobs
+                                    .get(j)
+                                    .is_some_and(|j| j.row.state == JobState::Pending)
+                            })))
+            })
+            .map(|b| b.row.id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn is_active_build(&self, id: i64) -> bool {

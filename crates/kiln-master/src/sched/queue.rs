@@ -9,7 +9,23 @@ use kiln_core::state::JobState;
 use kiln_proto as pb;
 use kiln_store::BuildRow;
 
-use super::{Effects, QEntry, QKey, Sched, WorkerLive};
+use super::{Effects, QEntry, QKey, Sched, WorkerLive, SRC_ARCH};
+
+/// What an srpm job fetches and how (the build's source as requested).
+fn git_source(s: &kiln_core::git::BuildSource) -> pb::GitSource {
+    pb::GitSource {
+        project: s.project.clone(),
+        mode: s.mode.as_str().to_string(),
+        upstream_url: s.upstream.clone(),
+        upstream_ref: s.git_ref.clone(),
+        upstream_commit: s.upstream_commit.clone().unwrap_or_default(),
+        packaging_url: s.packaging.clone().unwrap_or_default(),
+        packaging_ref: s.packaging_ref.clone().unwrap_or_default(),
+        spec: s.spec.clone().unwrap_or_default(),
+        submodules: s.submodules,
+        tag_wins: s.tag_wins,
+    }
+}
 
 impl Sched {
     pub(super) fn enqueue(&mut self, b: &BuildRow, job: i64, arch: &str) {
@@ -54,7 +70,9 @@ impl Sched {
             timeout_secs: self.job_timeout_secs,
             log_cap: self.log_cap,
             buildroot: self.buildroots.get(&b.row.target).cloned(),
-            source: None,
+            source: (j.row.arch == SRC_ARCH)
+                .then(|| b.row.source.as_ref().map(git_source))
+                .flatten(),
         });
         fx.send(worker, &w.tx, msg);
         let row = j.row.clone();

@@ -138,6 +138,7 @@ impl T {
             arches: arches.iter().map(|a| a.to_string()).collect(),
             batch: None,
             waits_for: vec![],
+            source: None,
         }
     }
 

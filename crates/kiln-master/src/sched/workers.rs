@@ -13,14 +13,18 @@ use tokio::sync::mpsc;
 
 use super::{Effects, Hello, Sched, WorkerLive, WorkerView};
 
-/// Expand declared arches with the ones each can also build.
+/// Expand declared arches with the ones each can also build, and `src`
+/// (every worker makes SRPMs from git).
 fn expand_arches(arches: &[String]) -> HashSet<String> {
     let mut s: HashSet<String> = arches.iter().cloned().collect();
+    s.insert(SRC_ARCH.to_string());
     for a in arches {
         s.extend(compatible_arches(a).iter().map(|x| x.to_string()));
     }
     s
 }
+
+use super::SRC_ARCH;
 
 impl Sched {
     /// A worker's session began. Adopts the jobs it reports (after a master

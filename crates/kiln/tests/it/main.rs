@@ -24,6 +24,7 @@ mod cli_misc;
 mod config;
 mod disk_full;
 mod failures;
+mod git_builds;
 mod master_safety;
 mod protocol;
 mod repo_gate;

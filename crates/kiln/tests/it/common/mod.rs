@@ -32,8 +32,10 @@
 //! | `http.rs` | `curl` |
 //! | `dnf.rs` | dnf in an installroot |
 //! | `gpg.rs` | OpenPGP keys and signatures with gpg |
+//! | `git.rs` | git repositories made by a test, and `git daemon` |
 
 mod dnf;
+mod git;
 mod gpg;
 pub mod hostbase;
 mod http;
@@ -47,6 +49,7 @@ mod tmpfs;
 mod worker;
 
 pub use dnf::*;
+pub use git::*;
 pub use gpg::*;
 pub use http::*;
 pub use json::*;
