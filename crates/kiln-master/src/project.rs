@@ -277,8 +277,7 @@ pub async fn trigger(core: &Arc<Core>, req: TriggerRequest) -> Result<Triggered,
         for nb in &news {
             let (id, job_ids) = s.allocate_ids(1);
             for old in s.superseded(&p.name, &nb.target, &git_ref, p.cancel_superseded) {
-                if s
-                    .cancel_with(fx, old, &format!("superseded by build {id} ({at})"))
+                if s.cancel_with(fx, old, &format!("superseded by build {id} ({at})"))
                     .is_ok()
                 {
                     superseded.push(old);
@@ -347,7 +346,9 @@ pub async fn expand_task(core: Arc<Core>, mut rx: tokio::sync::mpsc::UnboundedRe
 async fn expand_until_done(core: &Arc<Core>, build: i64) {
     let mut pause = std::time::Duration::from_secs(1);
     while let Err(e) = expand(core, build).await {
-        tracing::error!("build {build}: cannot add the jobs of its SRPM now: {e}; again in {pause:?}");
+        tracing::error!(
+            "build {build}: cannot add the jobs of its SRPM now: {e}; again in {pause:?}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(60));
     }
@@ -426,8 +427,12 @@ async fn gate(
     let cas_dir = core.paths.cas_dir();
     let info = tokio::task::spawn_blocking(move || {
         if !cas.is_file() {
+            // The filed SRPM is durable already (intake); the new name
+            // is, once its directory is synced.
             kiln_core::fsutil::link_or_copy(&filed, &cas).map_err(io_at(&cas))?;
-            kiln_core::fsutil::syncfs(&cas_dir).map_err(io_at(&cas_dir))?;
+            std::fs::File::open(&cas_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_at(&cas_dir))?;
         }
         Ok::<_, ExpandError>(kiln_core::srpm::inspect_srpm(&cas))
     })

@@ -63,8 +63,18 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Kiln Bench", "-c", "user.email=bench@kiln.invalid"])
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Kiln Bench",
+            "-c",
+            "user.email=bench@kiln.invalid",
+        ])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .output()
@@ -156,7 +166,7 @@ async fn measure(a: &BenchHookArgs, farm: &Farm, repo: &Path, url: &str) -> anyh
     let mut first_build_s = None;
     // One warm-up push (its srpm job clones the repository) and the samples.
     for i in 0..=a.samples {
-        std::fs::write(repo.join("n.txt"), format!("{i}\n"))?;
+        std::fs::write(repo.join("n.txt"), format!("{}\n", i + 1))?;
         git(repo, &["commit", "-q", "-am", &i.to_string()])?;
         let after = git(repo, &["rev-parse", "HEAD"])?;
         let body = serde_json::json!({

@@ -294,10 +294,15 @@ impl Sched {
                 .get(&build)
                 .is_some_and(|b| b.row.awaits_srpm() && row.arch == super::SRC_ARCH);
         if let (Some(m), Some(b)) = (made, self.builds.get_mut(&build)) {
-            if let Some(src) = b.row.source.as_mut().filter(|_| row.arch == super::SRC_ARCH) {
+            if let Some(src) = b
+                .row
+                .source
+                .as_mut()
+                .filter(|_| row.arch == super::SRC_ARCH)
+            {
                 src.upstream_commit = Some(m.upstream_commit);
                 src.packaging_commit = m.packaging_commit;
-                src.version = Some(m.version);
+                src.version = (!m.version.is_empty()).then_some(m.version);
                 src.release = m.release;
                 fx.writes.push(Write::SetSource {
                     build,

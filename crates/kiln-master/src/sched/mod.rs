@@ -29,6 +29,8 @@ use tokio::sync::mpsc;
 
 mod clock;
 pub(crate) mod effects;
+#[cfg(test)]
+mod git_tests;
 mod jobs;
 mod leases;
 mod queue;
@@ -345,7 +347,13 @@ impl Sched {
     /// Active builds from git of `project` for `target` at `git_ref` that a
     /// new one replaces: those whose srpm job has not started (and, with
     /// `running`, the ones building too), oldest first.
-    pub fn superseded(&self, project: &str, target: &str, git_ref: &str, running: bool) -> Vec<i64> {
+    pub fn superseded(
+        &self,
+        project: &str,
+        target: &str,
+        git_ref: &str,
+        running: bool,
+    ) -> Vec<i64> {
         let mut ids: Vec<i64> = self
             .builds
             .values()
@@ -422,6 +430,15 @@ impl Sched {
                 j.row.state,
             )
         })
+    }
+
+    /// The first job of a build (tests).
+    #[cfg(test)]
+    pub(crate) fn job_current_of(&self, build: i64) -> i64 {
+        self.builds
+            .get(&build)
+            .and_then(|b| b.jobs.first().copied())
+            .unwrap_or(0)
     }
 
     pub fn queued_jobs(&self) -> usize {

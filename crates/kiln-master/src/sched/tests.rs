@@ -32,8 +32,8 @@ impl Clock for TestClock {
 
 const LEASE: Duration = Duration::from_secs(60);
 
-struct T {
-    s: Sched,
+pub(super) struct T {
+    pub(super) s: Sched,
     clock: Arc<TestClock>,
     /// Each connected worker's session, as the worker would read it.
     inbox: HashMap<String, mpsc::UnboundedReceiver<pb::MasterMsg>>,
@@ -44,7 +44,7 @@ struct T {
 }
 
 impl T {
-    fn new() -> T {
+    pub(super) fn new() -> T {
         T::with(3, 0)
     }
 
@@ -114,14 +114,23 @@ impl T {
         (id, jobs[0])
     }
 
-    fn submit_nb(&mut self, fx: &mut Effects, nb: kiln_store::NewBuild) -> (i64, Vec<i64>) {
+    pub(super) fn submit_nb(
+        &mut self,
+        fx: &mut Effects,
+        nb: kiln_store::NewBuild,
+    ) -> (i64, Vec<i64>) {
         let (id, job_ids) = self.s.allocate_ids(nb.arches.len());
         let (b, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
         self.s.submit(fx, b, jobs);
         (id, job_ids)
     }
 
-    fn new_build(&self, channel: &str, arches: &[&str], priority: i64) -> kiln_store::NewBuild {
+    pub(super) fn new_build(
+        &self,
+        channel: &str,
+        arches: &[&str],
+        priority: i64,
+    ) -> kiln_store::NewBuild {
         kiln_store::NewBuild {
             target: self.target.clone(),
             package: "p".into(),
@@ -142,7 +151,7 @@ impl T {
         }
     }
 
-    fn connect(
+    pub(super) fn connect(
         &mut self,
         fx: &mut Effects,
         name: &str,
@@ -167,7 +176,7 @@ impl T {
         r
     }
 
-    fn state(&self, job: i64) -> JobState {
+    pub(super) fn state(&self, job: i64) -> JobState {
         self.s.job_current(job).expect("an active job").4
     }
 
@@ -175,7 +184,7 @@ impl T {
         self.s.job_current(job).and_then(|j| j.2)
     }
 
-    fn attempt(&self, job: i64) -> u32 {
+    pub(super) fn attempt(&self, job: i64) -> u32 {
         self.s.job_current(job).expect("an active job").1
     }
 
@@ -201,6 +210,7 @@ impl T {
                 success,
                 message: String::new(),
                 artifacts: vec![],
+                made: None,
             },
         );
         self.s.fill_worker(fx, worker);
@@ -209,7 +219,7 @@ impl T {
 }
 
 /// The (worker, job) of every Assign, in decision order.
-fn assigns(fx: &Effects) -> Vec<(String, i64)> {
+pub(super) fn assigns(fx: &Effects) -> Vec<(String, i64)> {
     fx.sends
         .iter()
         .filter_map(|o| match &o.msg.msg {
@@ -230,7 +240,7 @@ fn cancels(fx: &Effects) -> Vec<(String, i64, String)> {
         .collect()
 }
 
-fn fx() -> Effects {
+pub(super) fn fx() -> Effects {
     Effects::default()
 }
 

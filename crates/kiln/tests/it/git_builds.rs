@@ -6,7 +6,6 @@
 use crate::common::*;
 use serde_json::Value;
 
-
 /// A noarch spec whose tarball comes from upstream (`hello.txt`) and whose
 /// second source from the packaging repository.
 fn spec(name: &str, version: &str) -> String {
@@ -99,8 +98,12 @@ fn a_ci_build_from_upstream_and_packaging_then_again_from_the_mirror() {
         format!("kg-hello-0:{version}-1.noarch"),
         "{b}"
     );
-    let srpm = only_artifact(&b, "srpm");
-    assert_eq!(jstr(&srpm, "arch"), "src", "the SRPM is the srpm job's: {b}");
+    let made: Vec<Value> = artifacts_of_kind(&b, "srpm")
+        .into_iter()
+        .filter(|a| jstr(a, "arch") == "src")
+        .collect();
+    assert_eq!(made.len(), 1, "the srpm job made one SRPM: {b}");
+    assert_eq!(jstr(&made[0], "sha256"), jstr(&b, "srpm_sha256"), "{b}");
     // It sorts after the release and before the next one.
     let vercmp = |a: &str, b: &str| m.cli(&["vercmp", a, b]).status.code();
     assert_eq!(vercmp("1.0-1", &format!("{version}-1")), Some(12));
@@ -214,18 +217,31 @@ fn bad_projects_are_refused_and_a_repository_without_a_spec_fails_clearly() {
     up.commit(&[("hello.txt", "no spec here\n")], "only code");
     let url = up.url();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--upstream".into(), "ftp://example.org/x.git".into()], "is not an https://"),
+        (
+            vec!["--upstream".into(), "ftp://example.org/x.git".into()],
+            "is not an https://",
+        ),
         (
             vec!["--upstream".into(), format!("{url}#--upload-pack=touch")],
             "git would read it as an option",
         ),
         (vec!["--upstream".into(), format!("{url}#a..b")], "`..`"),
         (
-            vec!["--upstream".into(), url.clone(), "--spec".into(), "../x.spec".into()],
+            vec![
+                "--upstream".into(),
+                url.clone(),
+                "--spec".into(),
+                "../x.spec".into(),
+            ],
             "`..`",
         ),
         (
-            vec!["--upstream".into(), url.clone(), "--target".into(), "nope".into()],
+            vec![
+                "--upstream".into(),
+                url.clone(),
+                "--target".into(),
+                "nope".into(),
+            ],
             "not configured",
         ),
     ];
@@ -234,7 +250,11 @@ fn bad_projects_are_refused_and_a_repository_without_a_spec_fails_clearly() {
         args.extend(extra.iter().map(String::as_str));
         let out = m.cli(&args);
         assert!(!out.success(), "accepted: {args:?}");
-        assert!(out.stderr.contains(want), "{args:?}: want {want:?} in {}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: want {want:?} in {}",
+            out.stderr
+        );
     }
     // The API checks too, whatever the client.
     let body = format!(
@@ -261,8 +281,16 @@ fn bad_projects_are_refused_and_a_repository_without_a_spec_fails_clearly() {
 
     // A repository without a spec: the build fails, saying so, and nothing
     // is queued after its srpm job.
-    m.cli(&["project", "add", "kg-nospec", "--target", "default", "--upstream", &url])
-        .assert_ok();
+    m.cli(&[
+        "project",
+        "add",
+        "kg-nospec",
+        "--target",
+        "default",
+        "--upstream",
+        &url,
+    ])
+    .assert_ok();
     let b = project_build(&m, "kg-nospec", &[]);
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
     assert!(jstr(&b, "reason").contains("spec"), "{b}");
@@ -375,14 +403,24 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     let ping = serde_json::json!({"zen": "Keep it logically awesome.", "hook_id": 1,
         "repository": {"clone_url": up.url(), "html_url": up.url()}})
     .to_string();
-    let (st, v) = post_hook(&m, "github", &github_headers("ping", "d-ping", secret, &ping), &ping);
+    let (st, v) = post_hook(
+        &m,
+        "github",
+        &github_headers("ping", "d-ping", secret, &ping),
+        &ping,
+    );
     assert_eq!(st, 200, "{v}");
     assert!(jstr(&v, "message").contains("kg-hook"), "{v}");
 
     // A bad signature: 401, nothing queued. No signature: 401 naming the
     // header.
     let body = github_push(&up.url(), "refs/heads/main", &zero, &first);
-    let (st, v) = post_hook(&m, "github", &github_headers("push", "d-1", "wrong-secret", &body), &body);
+    let (st, v) = post_hook(
+        &m,
+        "github",
+        &github_headers("push", "d-1", "wrong-secret", &body),
+        &body,
+    );
     assert_eq!(st, 401, "{v}");
     let (st, v) = post_hook(&m, "github", &["X-GitHub-Event: push".into()], &body);
     assert_eq!(st, 401, "{v}");
@@ -391,7 +429,12 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
 
     // A branch the project does not watch: 202 with the reason.
     let other = github_push(&up.url(), "refs/heads/feature", &zero, &first);
-    let (st, v) = post_hook(&m, "github", &github_headers("push", "d-f", secret, &other), &other);
+    let (st, v) = post_hook(
+        &m,
+        "github",
+        &github_headers("push", "d-f", secret, &other),
+        &other,
+    );
     assert_eq!(st, 202, "{v}");
     assert!(jstr(&v, "message").contains("not watched"), "{v}");
     assert_eq!(count(), 0);
@@ -420,7 +463,12 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     }
     // A redelivery starts nothing new.
     let body = github_push(&up.url(), "refs/heads/main", &zero, &third);
-    let (st, v) = post_hook(&m, "github", &github_headers("push", "d-push-2", secret, &body), &body);
+    let (st, v) = post_hook(
+        &m,
+        "github",
+        &github_headers("push", "d-push-2", secret, &body),
+        &body,
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(jstr(&v, "status"), "duplicate", "{v}");
     assert_eq!(count(), 3);
@@ -431,12 +479,23 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
         "project": {"git_http_url": up.url(), "web_url": up.url()},
         "repository": {"url": up.url(), "git_http_url": up.url()}, "commits": []})
     .to_string();
-    let (st, _) = post_hook(&m, "gitlab", &["X-Gitlab-Event: Push Hook".into(), "X-Gitlab-Token: nope".into()], &gl);
+    let (st, _) = post_hook(
+        &m,
+        "gitlab",
+        &[
+            "X-Gitlab-Event: Push Hook".into(),
+            "X-Gitlab-Token: nope".into(),
+        ],
+        &gl,
+    );
     assert_eq!(st, 401);
     let (st, v) = post_hook(
         &m,
         "gitlab",
-        &["X-Gitlab-Event: Push Hook".into(), format!("X-Gitlab-Token: {secret}")],
+        &[
+            "X-Gitlab-Event: Push Hook".into(),
+            format!("X-Gitlab-Token: {secret}"),
+        ],
         &gl,
     );
     assert_eq!(st, 202, "{v}");
@@ -448,7 +507,10 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     let (st, v) = post_hook(
         &m,
         "forgejo",
-        &["X-Forgejo-Event: push".into(), format!("X-Forgejo-Signature: {sig}")],
+        &[
+            "X-Forgejo-Event: push".into(),
+            format!("X-Forgejo-Signature: {sig}"),
+        ],
         &gt,
     );
     assert_eq!(st, 202, "{v}");
@@ -464,4 +526,3 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     assert!(jstr(s, "delivery").contains("d-push-2"), "{b}");
     assert_eq!(jstr(s, "sender"), "kiln-pusher", "{b}");
 }
-
