@@ -73,10 +73,7 @@ pub struct Core {
 impl Core {
     /// The API's address (the configured one until it is bound).
     pub fn api_addr(&self) -> std::net::SocketAddr {
-        self.api_bound
-            .get()
-            .copied()
-            .unwrap_or(self.cfg.api_listen)
+        self.api_bound.get().copied().unwrap_or(self.cfg.api_listen)
     }
 }
 

@@ -589,9 +589,7 @@ fn project_json(p: &Project) -> Result<String> {
 pub fn put_project(c: &Connection, p: &Project) -> Result<bool> {
     let now = now_ms();
     let n = c
-        .prepare_cached(
-            "UPDATE projects SET spec = ?2, updated_at = ?3 WHERE name = ?1",
-        )?
+        .prepare_cached("UPDATE projects SET spec = ?2, updated_at = ?3 WHERE name = ?1")?
         .execute(params![p.name, project_json(p)?, now])?;
     if n == 0 {
         c.prepare_cached(
@@ -607,10 +605,11 @@ fn project_row(r: &Row<'_>) -> rusqlite::Result<Project> {
 }
 
 pub fn get_project(c: &Connection, name: &str) -> Result<Option<Project>> {
-    Ok(c
-        .prepare_cached("SELECT spec FROM projects WHERE name = ?1")?
-        .query_row([name], project_row)
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT spec FROM projects WHERE name = ?1")?
+            .query_row([name], project_row)
+            .optional()?,
+    )
 }
 
 pub fn list_projects(c: &Connection) -> Result<Vec<Project>> {
@@ -621,8 +620,7 @@ pub fn list_projects(c: &Connection) -> Result<Vec<Project>> {
 
 /// Remove a project (its builds stay). Whether it existed.
 pub fn delete_project(c: &Connection, name: &str) -> Result<bool> {
-    Ok(c
-        .prepare_cached("DELETE FROM projects WHERE name = ?1")?
+    Ok(c.prepare_cached("DELETE FROM projects WHERE name = ?1")?
         .execute([name])?
         > 0)
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kiln_api::{
-    BuildState, BuildView, EditQuery, EmptyBody, GitMode, HooksInfo, Project,
-    ProjectBuildRequest, ProjectBuilt, ProjectView,
+    BuildState, BuildView, EditQuery, EmptyBody, GitMode, HooksInfo, Project, ProjectBuildRequest,
+    ProjectBuilt, ProjectView,
 };
 
 use crate::client::Client;
@@ -196,7 +196,11 @@ pub async fn run(cmd: ProjectCmd) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let mut out = String::new();
-            let _ = writeln!(out, "{:<20} {:<8} {:<20} UPSTREAM", "NAME", "MODE", "TARGETS");
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} UPSTREAM",
+                "NAME", "MODE", "TARGETS"
+            );
             for p in &v {
                 let _ = writeln!(
                     out,
@@ -302,7 +306,12 @@ fn show(v: &ProjectView, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut out = String::new();
-    let _ = writeln!(out, "project {}  mode {}", term_safe(&v.name), v.mode.as_str());
+    let _ = writeln!(
+        out,
+        "project {}  mode {}",
+        term_safe(&v.name),
+        v.mode.as_str()
+    );
     let _ = writeln!(out, "  targets:   {}", term_safe(&v.targets.join(", ")));
     let at = |r: &Option<String>| {
         r.as_deref()
@@ -326,12 +335,19 @@ fn show(v: &ProjectView, json: bool) -> anyhow::Result<i32> {
     let _ = writeln!(
         out,
         "  spec:      {}",
-        v.spec.as_deref().map(term_safe).unwrap_or("the one *.spec at the top".into())
+        v.spec
+            .as_deref()
+            .map(term_safe)
+            .unwrap_or("the one *.spec at the top".into())
     );
     let _ = writeln!(
         out,
         "  secret:    {}",
-        if v.has_secret { "set (webhooks and MQTT triggers taken)" } else { "none (no webhook taken)" }
+        if v.has_secret {
+            "set (webhooks and MQTT triggers taken)"
+        } else {
+            "none (no webhook taken)"
+        }
     );
     let flags: Vec<&str> = [
         (v.submodules, "submodules"),

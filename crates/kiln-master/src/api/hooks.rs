@@ -15,7 +15,13 @@ use super::S;
 use crate::hooks::{self, Forge, HookError, HookEvent, Push};
 use crate::project::{self, TriggerRequest};
 
-fn answer(status: StatusCode, what: &str, message: String, builds: Vec<i64>, delivery: &Option<String>) -> (StatusCode, Json<HookAnswer>) {
+fn answer(
+    status: StatusCode,
+    what: &str,
+    message: String,
+    builds: Vec<i64>,
+    delivery: &Option<String>,
+) -> (StatusCode, Json<HookAnswer>) {
     (
         status,
         Json(HookAnswer {
@@ -46,14 +52,16 @@ pub(super) async fn receive(
     let delivery = hooks::delivery_id(forge, &headers);
     let shown = delivery.as_deref().unwrap_or("(none)");
     let max = core.cfg.hook_max_bytes;
-    let body = axum::body::to_bytes(body, max as usize).await.map_err(|_| {
-        tracing::warn!("{forge} webhook, delivery {shown}: body over {max} bytes refused");
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            format!("the body is over {max} bytes (hook_max_bytes)"),
-        )
-    })?;
+    let body = axum::body::to_bytes(body, max as usize)
+        .await
+        .map_err(|_| {
+            tracing::warn!("{forge} webhook, delivery {shown}: body over {max} bytes refused");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                format!("the body is over {max} bytes (hook_max_bytes)"),
+            )
+        })?;
     if !hooks::has_signature(forge, &headers) {
         let e = HookError::MissingSignature(hooks::signature_header(forge));
         tracing::warn!("{forge} webhook, delivery {shown}: refused: {e}");
@@ -67,9 +75,7 @@ pub(super) async fn receive(
         .map(|(name, _)| name)
         .collect();
     if signed.is_empty() {
-        tracing::warn!(
-            "{forge} webhook, delivery {shown}: refused: no project's secret signed it"
-        );
+        tracing::warn!("{forge} webhook, delivery {shown}: refused: no project's secret signed it");
         return Err(unauthorized(format!(
             "{} (no project's secret signed this body)",
             HookError::BadSignature
@@ -145,9 +151,7 @@ pub(super) async fn receive(
         let t = project::trigger(
             &core,
             TriggerRequest {
-                delivery: delivery
-                    .as_ref()
-                    .map(|d| format!("{forge}:{d}:{}", p.name)),
+                delivery: delivery.as_ref().map(|d| format!("{forge}:{d}:{}", p.name)),
                 sender: push.sender.clone(),
                 kind: TriggerKind::Webhook,
                 ..req

@@ -18,19 +18,33 @@ fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(require_tool("git"));
     cmd.arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Kiln Test", "-c", "user.email=test@kiln.invalid"])
-        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args([
+            "-c",
+            "user.name=Kiln Test",
+            "-c",
+            "user.email=test@kiln.invalid",
+        ])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", dir);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    run_timeout(cmd, Duration::from_secs(60), &format!("git {}", args.join(" ")))
-        .assert_ok()
-        .stdout
-        .trim()
-        .to_string()
+    run_timeout(
+        cmd,
+        Duration::from_secs(60),
+        &format!("git {}", args.join(" ")),
+    )
+    .assert_ok()
+    .stdout
+    .trim()
+    .to_string()
 }
 
 impl GitRepo {
@@ -85,13 +99,22 @@ impl GitDaemon {
     pub fn start(base: &Path, scratch: &Path) -> GitDaemon {
         let port = closed_port();
         let mut cmd = Command::new(require_tool("git"));
-        cmd.args(["daemon", "--export-all", "--reuseaddr", "--informative-errors"])
-            .arg(format!("--base-path={}", base.display()))
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg("--verbose")
-            .arg(base);
-        let p = Proc::spawn(cmd, &scratch.join(format!("git-daemon-{port}.stderr")), "git daemon");
+        cmd.args([
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            "--informative-errors",
+        ])
+        .arg(format!("--base-path={}", base.display()))
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--verbose")
+        .arg(base);
+        let p = Proc::spawn(
+            cmd,
+            &scratch.join(format!("git-daemon-{port}.stderr")),
+            "git daemon",
+        );
         // Ready once it accepts a connection.
         wait_until("git daemon listening", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
