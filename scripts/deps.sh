@@ -6,8 +6,9 @@
 set -euo pipefail
 # patch, file, bzip2, xz-utils, unzip, zstd: packed (with rpm, bash, coreutils…) into the base
 # repository the buildroot tests make from this machine's own files.
+# mosquitto: the MQTT broker the trigger tests start on loopback.
 pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git
-  patch file bzip2 xz-utils unzip zstd)
+  patch file bzip2 xz-utils unzip zstd mosquitto)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -198,7 +198,7 @@ pub struct MasterConfig {
     #[serde(rename = "project")]
     pub projects: Vec<kiln_core::git::Project>,
     /// The MQTT remote trigger (`[mqtt]`): subscribe to `PREFIX/trigger`.
-    #[serde(skip_serializing)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// The largest webhook body taken, in bytes.
     pub hook_max_bytes: u64,

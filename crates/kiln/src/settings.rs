@@ -586,7 +586,7 @@ fn print_settings<S: Serialize>(s: &S, format: &str) -> anyhow::Result<()> {
 impl Settings for MasterConfig {
     const COMMAND: &'static str = "kiln master";
     const ENV_PREFIX: &'static str = "KILN_";
-    const FILE_ONLY: &'static [&'static str] = &["target"];
+    const FILE_ONLY: &'static [&'static str] = &["target", "project", "mqtt"];
     const ALIASES: &'static [Alias] = &[Alias {
         key: "server_names",
         env: &[],
@@ -619,6 +619,7 @@ impl Settings for MasterConfig {
             "public_url" => {
                 "How workers and people reach the API (buildroots read the published repositories there)"
             }
+            "hook_max_bytes" => "The largest webhook body taken, in bytes",
             _ => return None,
         })
     }
@@ -710,10 +711,20 @@ pub async fn start_master(cfg: MasterConfig) -> anyhow::Result<Master> {
 
 pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
     if let Some(format) = &a.print_config {
-        let c = a.settings()?;
+        let mut c = a.settings()?;
         // Checked like a real start, printed as given (without the
-        // implicit `default` target the check adds).
+        // implicit `default` target the check adds), secrets hidden.
         c.clone().validate()?;
+        for p in &mut c.projects {
+            if p.secret.is_some() {
+                p.secret = Some("<hidden>".into());
+            }
+        }
+        if let Some(m) = &mut c.mqtt {
+            if m.password.is_some() {
+                m.password = Some("<hidden>".into());
+            }
+        }
         print_settings(&c, format)?;
         return Ok(0);
     }

@@ -526,3 +526,40 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     assert!(jstr(s, "delivery").contains("d-push-2"), "{b}");
     assert_eq!(jstr(s, "sender"), "kiln-pusher", "{b}");
 }
+
+#[test]
+fn projects_from_the_config_file_are_stored_with_their_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("p.secret");
+    std::fs::write(&secret, "from-a-file-1234\n").unwrap();
+    let config = format!(
+        "[[target]]\nname = \"el9\"\narches = [\"x86_64\"]\n\n\
+         [[project]]\nname = \"kg-conf\"\ntargets = [\"el9\"]\n\
+         upstream = \"https://git.example.org/kg-conf.git\"\nupstream_ref = \"main\"\n\
+         mode = \"release\"\nsecret_file = \"{}\"\n",
+        secret.display()
+    );
+    let m = Master::start_with(MasterOpts::default().config(&config));
+    let p = m.cli_json(&["project", "show", "kg-conf", "--json"]);
+    assert_eq!(jstr(&p, "mode"), "release", "{p}");
+    assert_eq!(p["has_secret"], Value::Bool(true), "{p}");
+    assert!(!p.to_string().contains("from-a-file"), "the secret is never shown: {p}");
+    let hooks = m.cli_json(&["project", "hooks", "kg-conf", "--json"]);
+    assert_eq!(jstr(&hooks, "secret"), "from-a-file-1234", "{hooks}");
+
+    // A mistake in a [[project]] table stops the master with its name.
+    let bad = config.replace("mode = \"release\"", "mode = \"nightly\"");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = std::process::Command::new(kiln())
+        .args(["master", "--print-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nightly"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,6 +26,7 @@ mod disk_full;
 mod failures;
 mod git_builds;
 mod master_safety;
+mod mqtt_trigger;
 mod protocol;
 mod repo_gate;
 mod repo_publish;
