@@ -300,6 +300,15 @@ fn bad_projects_are_refused_and_a_repository_without_a_spec_fails_clearly() {
         .assert_ok()
         .stdout;
     assert!(text.contains("spec"), "{text}");
+
+    // A repository that is not there: failed, the fetch named.
+    let gone = format!("file://{}", m.scratch.join("no-such-repo").display());
+    m.cli(&["project", "add", "kg-gone", "--target", "default", "--upstream", &gone])
+        .assert_ok();
+    let b = project_build(&m, "kg-gone", &[]);
+    assert_eq!(jstr(&b, "state"), "failed", "{b}");
+    assert!(jstr(&b, "reason").contains("fetch"), "{b}");
+    assert!(src_log(&m, &b).contains("no-such-repo"), "the log says what failed");
 }
 
 /// A GitHub push event's body (the documented field layout, trimmed).
@@ -426,6 +435,11 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
     assert_eq!(st, 401, "{v}");
     assert!(v.to_string().contains("X-Hub-Signature-256"), "{v}");
     assert_eq!(count(), 0);
+
+    // A body over hook_max_bytes: 413 before anything is read into it.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20));
+    let (st, _) = post_hook(&m, "github", &github_headers("push", "d-big", secret, &big), &big);
+    assert_eq!(st, 413);
 
     // A branch the project does not watch: 202 with the reason.
     let other = github_push(&up.url(), "refs/heads/feature", &zero, &first);
