@@ -283,10 +283,331 @@ pub struct BuildSource {
     pub sender: Option<String>,
 }
 
+/// A project: sources tied to targets. One build per target when it is
+/// built, each with its own version gate.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub name: String,
+    pub targets: Vec<String>,
+    /// The upstream repository (the software).
+    pub upstream: String,
+    /// The ref built when a trigger names none (none: the remote's HEAD).
+    #[serde(default)]
+    pub upstream_ref: Option<String>,
+    /// The packaging repository (the spec and patches); none: the spec is
+    /// in upstream (Packit style).
+    #[serde(default)]
+    pub packaging: Option<String>,
+    #[serde(default)]
+    pub packaging_ref: Option<String>,
+    /// The spec's path in the packaging repository (or upstream); none:
+    /// the one `*.spec` at its top.
+    #[serde(default)]
+    pub spec: Option<String>,
+    #[serde(default)]
+    pub mode: GitMode,
+    /// Include upstream's submodules in the tarball.
+    #[serde(default)]
+    pub submodules: bool,
+    /// Release mode: the tag's version wins over the spec's.
+    #[serde(default)]
+    pub tag_wins: bool,
+    /// A new push cancels a running build of the same branch too (queued
+    /// ones are always replaced).
+    #[serde(default)]
+    pub cancel_superseded: bool,
+    /// Signs webhooks and MQTT triggers; none: the project takes neither.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The secret from a file (the master's `[[project]]` tables): read at
+    /// start, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<std::path::PathBuf>,
+}
+
+impl Project {
+    /// Check every name and URL of the project (not whether its targets
+    /// exist: the master knows those).
+    pub fn validate(&self) -> Result<(), GitNameError> {
+        crate::names::check_ident("project", &self.name).map_err(|e| GitNameError {
+            what: "project name",
+            value: self.name.clone(),
+            why: e.to_string(),
+        })?;
+        if self.targets.is_empty() {
+            return Err(refuse("project", &self.name, "has no target"));
+        }
+        check_repo_url(&self.upstream)?;
+        if let Some(r) = &self.upstream_ref {
+            check_ref(r)?;
+        }
+        if let Some(u) = &self.packaging {
+            check_repo_url(u)?;
+        }
+        if let Some(r) = &self.packaging_ref {
+            check_ref(r)?;
+        }
+        if let Some(p) = &self.spec {
+            check_repo_path(p)?;
+        }
+        if self.secret_file.is_some() {
+            return Err(refuse(
+                "project",
+                &self.name,
+                "secret_file is read by the master at start; send the secret itself",
+            ));
+        }
+        if let Some(s) = &self.secret {
+            if s.len() < 8 || s.len() > 1024 || s.chars().any(|c| c.is_control()) {
+                return Err(refuse(
+                    "project secret",
+                    "(hidden)",
+                    "must be 8 to 1024 printable characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether `s` is a full commit id (40 or, for SHA-256 repositories, 64
 /// lower-case hex digits).
 pub fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+// ---------------------------------------------------------------------------
+// Versions of builds from git, and what the srpm job reads from a spec.
+// Pure functions: the worker's srpm job (`kiln_worker::srpm`) runs git,
+// rpmspec and rpmbuild around them.
+
+/// Whether `v` can be an rpm version: `[A-Za-z0-9._+~^]` only, starting
+/// with a letter or a digit, at most 255 bytes (`^` is rpm's snapshot
+/// separator, 4.15 and later).
+pub fn is_rpm_version(v: &str) -> bool {
+    v.len() <= 255
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+~^".contains(c))
+}
+
+/// The version a release tag names: the tag (`refs/tags/` removed) without
+/// a leading `v` or `V`. It must start with a digit and hold only
+/// `[A-Za-z0-9._+~]` (`v1.3`, `2.0.1`, `1.0~rc1`); else "tag X is not a
+/// version".
+pub fn tag_version(tag: &str) -> Result<String, String> {
+    let name = tag.strip_prefix("refs/tags/").unwrap_or(tag);
+    let v = name
+        .strip_prefix(['v', 'V'])
+        .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or(name);
+    if v.starts_with(|c: char| c.is_ascii_digit()) && is_rpm_version(v) && !v.contains('^') {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "tag {} is not a version (a version starts with a digit and holds only \
+             letters, digits and `._+~`, after an optional leading `v`)",
+            crate::names::printable(name)
+        ))
+    }
+}
+
+/// `(year, month, day, hour, minute, second)` of a Unix time, in UTC.
+fn utc(unix: i64) -> (i64, i64, i64, i64, i64, i64) {
+    // Howard Hinnant's civil_from_days.
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (for logs).
+pub fn utc_iso(unix: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc(unix);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// The first 7 hex digits of a commit id.
+pub fn short_commit(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
+
+/// A CI build's snapshot version: `VERSION^YYYYMMDD.HHMMSS.N.gSHA7`, the
+/// date and time being the upstream commit's committer date (`unix`, in
+/// UTC) and `n` the commits since the last tag. rpm sorts it above
+/// `VERSION`, below the next version, and in commit-date order between
+/// snapshots of one version; the same commit gives the same string.
+pub fn snapshot_version(version: &str, unix: i64, n: u64, commit: &str) -> String {
+    let (y, mo, d, h, mi, s) = utc(unix);
+    format!(
+        "{version}^{y:04}{mo:02}{d:02}.{h:02}{mi:02}{s:02}.{n}.g{}",
+        short_commit(commit)
+    )
+}
+
+/// The same snapshot for an rpm without `^` (older than 4.15): the version
+/// stays, the release becomes `0.N.YYYYMMDDgitSHA7` (the spec adds
+/// `%{?dist}`).
+pub fn snapshot_release(unix: i64, n: u64, commit: &str) -> String {
+    let (y, mo, d, ..) = utc(unix);
+    format!("0.{n}.{y:04}{mo:02}{d:02}git{}", short_commit(commit))
+}
+
+/// Whether the rpm that printed `rpm --version` (`RPM version 4.18.0`)
+/// knows `^` (4.15 and later); `None` when the text is not understood.
+pub fn rpm_supports_caret(version_output: &str) -> Option<bool> {
+    let rest = version_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RPM version "))?;
+    let mut parts = rest.trim().split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Some((major, minor) >= (4, 15))
+}
+
+/// Where the tag `tag` starts a line of a spec (leading blanks allowed,
+/// the name in any case, blanks, then `:`): the byte offset of the value
+/// (after the colon) in `line`.
+fn tag_value_at(line: &str, tag: &str) -> Option<usize> {
+    let lead = line.len() - line.trim_start_matches([' ', '\t']).len();
+    let rest = &line[lead..];
+    let head = rest.get(..tag.len())?;
+    if !head.eq_ignore_ascii_case(tag) {
+        return None;
+    }
+    let after = &rest[tag.len()..];
+    let blanks = after.len() - after.trim_start_matches([' ', '\t']).len();
+    after[blanks..]
+        .starts_with(':')
+        .then_some(lead + tag.len() + blanks + 1)
+}
+
+/// The spec `text` with the value of its first `tag:` line (at the start
+/// of a line, the tag's name in any case) replaced by `value`; the rest of
+/// the file as it was. `None` when no line sets `tag`.
+pub fn set_spec_tag(text: &str, tag: &str, value: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + value.len());
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        match tag_value_at(line, tag).filter(|_| !done) {
+            Some(at) => {
+                let eol = if line.ends_with("\r\n") {
+                    "\r\n"
+                } else if line.ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                };
+                out.push_str(&line[..at]);
+                out.push(' ');
+                out.push_str(value);
+                out.push_str(eol);
+                done = true;
+            }
+            None => out.push_str(line),
+        }
+    }
+    done.then_some(out)
+}
+
+/// The value of the first line of `text` that sets one of `tags` (as
+/// [`set_spec_tag`] finds it), trimmed.
+pub fn spec_tag_value<'a>(text: &'a str, tags: &[&str]) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        tags.iter()
+            .find_map(|t| tag_value_at(line, t))
+            .map(|at| line[at..].trim())
+    })
+}
+
+/// The file name rpm gives a `Source` value: what follows its last `/`
+/// (`https://h/archive/v1.tar.gz#/p-1.tar.gz` → `p-1.tar.gz`).
+pub fn source_file_name(value: &str) -> &str {
+    value.rsplit('/').next().unwrap_or(value)
+}
+
+/// How an upstream tarball is made, by the name the spec's `Source0`
+/// gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// `.tar`
+    Tar,
+    /// `.tar.gz`, `.tgz`: `gzip -n` (no name, no time: the same bytes for
+    /// the same commit).
+    TarGz,
+    /// `.tar.xz`
+    TarXz,
+    /// `.tar.bz2`
+    TarBz2,
+    /// `.tar.zst`
+    TarZst,
+    /// `.zip`, made by `git archive --format=zip`.
+    Zip,
+}
+
+impl ArchiveFormat {
+    /// The compressor run on the tar (`None`: plain tar, or zip) and the
+    /// suffix it adds to the file's name.
+    pub fn compressor(self) -> Option<(&'static [&'static str], &'static str)> {
+        match self {
+            ArchiveFormat::Tar | ArchiveFormat::Zip => None,
+            ArchiveFormat::TarGz => Some((&["gzip", "-n", "-q"], ".gz")),
+            ArchiveFormat::TarXz => Some((&["xz", "-T1", "-q"], ".xz")),
+            ArchiveFormat::TarBz2 => Some((&["bzip2", "-q"], ".bz2")),
+            ArchiveFormat::TarZst => Some((&["zstd", "-q", "--rm", "--no-progress"], ".zst")),
+        }
+    }
+}
+
+/// The archive format a `Source0` file name asks for, if Kiln can make it.
+pub fn archive_format(name: &str) -> Option<ArchiveFormat> {
+    let n = name.to_ascii_lowercase();
+    [
+        (".tar.gz", ArchiveFormat::TarGz),
+        (".tgz", ArchiveFormat::TarGz),
+        (".tar.xz", ArchiveFormat::TarXz),
+        (".tar.bz2", ArchiveFormat::TarBz2),
+        (".tar.zst", ArchiveFormat::TarZst),
+        (".tar", ArchiveFormat::Tar),
+        (".zip", ArchiveFormat::Zip),
+    ]
+    .into_iter()
+    .find(|(suffix, _)| n.len() > suffix.len() && n.ends_with(suffix))
+    .map(|(_, f)| f)
+}
+
+/// A repository URL as logs and messages show it: the credentials of an
+/// https or git URL (`https://TOKEN@host`, `https://user:pw@host`) and the
+/// password of an ssh one replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let shown = match (scheme, userinfo.split_once(':')) {
+        ("ssh", Some((user, _))) => format!("{user}:***"),
+        ("ssh", None) => userinfo.to_string(),
+        _ => "***".to_string(),
+    };
+    format!("{scheme}://{shown}@{host}{path}")
+}
+
+/// The name of the bare mirror a worker keeps for repository `url`: the
+/// first 20 hex digits of its sha256, `.git`.
+pub fn mirror_name(url: &str) -> String {
+    format!("{}.git", &crate::fsutil::sha256_bytes(url.as_bytes())[..20])
 }
 
 #[cfg(test)]
@@ -391,5 +712,169 @@ mod tests {
         let (u, r) = split_source("file:///srv/pk.git").unwrap();
         assert_eq!((u.url.as_str(), r), ("file:///srv/pk.git", None));
         assert!(split_source("https://h/up.git#--upload-pack=x").is_err());
+    }
+    #[test]
+    fn tags_name_versions() {
+        for (t, v) in [
+            ("v1.3", "1.3"),
+            ("V2.0.1", "2.0.1"),
+            ("refs/tags/v1.0~rc1", "1.0~rc1"),
+            ("1.2.3", "1.2.3"),
+            ("2024.01+git", "2024.01+git"),
+        ] {
+            assert_eq!(tag_version(t).unwrap(), v, "{t}");
+        }
+        for t in [
+            "foo",
+            "v",
+            "vfoo",
+            "release-1.0",
+            "v1.0-1",
+            "1.0^1",
+            "v1 2",
+            "v1\u{1b}",
+        ] {
+            let e = tag_version(t).unwrap_err();
+            assert!(
+                e.starts_with("tag ") && e.contains(" is not a version"),
+                "{e}"
+            );
+            assert!(!e.contains('\u{1b}'), "{e}");
+        }
+        assert!(tag_version("foo")
+            .unwrap_err()
+            .starts_with("tag foo is not a version"));
+        assert!(is_rpm_version("1.0^20260101.000000.1.gabc1234"));
+        assert!(is_rpm_version("abc"));
+        for v in ["", "-1", ".1", "1-2", "1 2", "1/2", "1%{x}"] {
+            assert!(!is_rpm_version(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn snapshots_are_made_from_the_commit_date_in_utc() {
+        // 2026-01-02T03:04:05Z
+        let t = 1_767_323_045;
+        assert_eq!(utc_iso(t), "2026-01-02T03:04:05Z");
+        assert_eq!(utc_iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso(951_782_400), "2000-02-29T00:00:00Z");
+        let sha = "abc1234def567890abc1234def567890abc12345";
+        assert_eq!(
+            snapshot_version("1.0", t, 3, sha),
+            "1.0^20260102.030405.3.gabc1234"
+        );
+        assert_eq!(snapshot_release(t, 3, sha), "0.3.20260102gitabc1234");
+        assert!(is_rpm_version(&snapshot_version("1.0", t, 3, sha)));
+    }
+
+    /// The scheme's promise, in rpm's own order: above the release it
+    /// follows, in date order between snapshots, below the next release.
+    #[test]
+    fn snapshots_sort_between_releases() {
+        use crate::srpm::compare_evr;
+        use std::cmp::Ordering::Less;
+        let day = |d: i64| 1_767_225_600 + (d - 1) * 86_400; // 2026-01-d
+        let s1 = snapshot_version("1.0", day(1), 1, "abc1234000");
+        let s2 = snapshot_version("1.0", day(2), 2, "def5678000");
+        assert_eq!(s1, "1.0^20260101.000000.1.gabc1234");
+        assert_eq!(s2, "1.0^20260102.000000.2.gdef5678");
+        let chain = ["1.0", &s1, &s2, "1.0.1"];
+        for w in chain.windows(2) {
+            assert_eq!(compare_evr(w[0], w[1]), Less, "{} < {}", w[0], w[1]);
+        }
+        // Later the same day sorts later; a release of the next version
+        // sorts after every snapshot of this one.
+        let s3 = snapshot_version("1.0", day(2) + 3600, 2, "0000000000");
+        assert_eq!(compare_evr(&s2, &s3), Less);
+        for s in [
+            &s1,
+            &s2,
+            &s3,
+            &snapshot_version("1.0", day(3000), 999, "fff"),
+        ] {
+            assert_eq!(compare_evr(s, "1.1"), Less, "{s} < 1.1");
+        }
+        // The fallback release for an rpm without `^`.
+        let r1 = format!("1.0-{}", snapshot_release(day(1), 1, "abc1234"));
+        let r2 = format!("1.0-{}", snapshot_release(day(2), 2, "def5678"));
+        assert_eq!(compare_evr(&r1, &r2), Less);
+        assert_eq!(compare_evr(&r2, "1.0-1"), Less);
+    }
+
+    #[test]
+    fn rpm_versions_tell_the_caret() {
+        assert_eq!(rpm_supports_caret("RPM version 4.18.0\n"), Some(true));
+        assert_eq!(rpm_supports_caret("RPM version 4.15.0"), Some(true));
+        assert_eq!(rpm_supports_caret("RPM version 4.14.3"), Some(false));
+        assert_eq!(rpm_supports_caret("RPM version 5.0-alpha"), Some(true));
+        assert_eq!(rpm_supports_caret("rpm: not found"), None);
+    }
+
+    #[test]
+    fn a_spec_tag_is_rewritten_in_place() {
+        let spec = "%global x 1\nName: p\n  version :  %{x}.0\nRelease: 1%{?dist}\n\
+                    %package y\nVersion: 9\n%description\nVersionX: no\n";
+        let out = set_spec_tag(spec, "Version", "2.0^1").unwrap();
+        assert_eq!(
+            out,
+            "%global x 1\nName: p\n  version : 2.0^1\nRelease: 1%{?dist}\n\
+             %package y\nVersion: 9\n%description\nVersionX: no\n"
+        );
+        let out = set_spec_tag("Release:1\r\nx", "release", "0.1%{?dist}").unwrap();
+        assert_eq!(out, "Release: 0.1%{?dist}\r\nx");
+        assert_eq!(set_spec_tag("Name: p\nVersionX: 1\n", "Version", "1"), None);
+        assert_eq!(
+            spec_tag_value(
+                "Name: p\nSource1: b.tgz\nsource0: https://h/x/p-1.tar.gz\n",
+                &["Source0", "Source"]
+            ),
+            Some("https://h/x/p-1.tar.gz")
+        );
+        assert_eq!(
+            spec_tag_value("Source: a.tar\n", &["Source0", "Source"]),
+            Some("a.tar")
+        );
+        assert_eq!(
+            spec_tag_value("SourceLicense: MIT\n", &["Source0", "Source"]),
+            None
+        );
+        assert_eq!(
+            source_file_name("https://h/a/v1.tar.gz#/p-1.tar.gz"),
+            "p-1.tar.gz"
+        );
+        assert_eq!(source_file_name("p-1.zip"), "p-1.zip");
+    }
+
+    #[test]
+    fn archive_formats_by_name() {
+        use ArchiveFormat::*;
+        for (n, f) in [
+            ("p-1.tar.gz", Some(TarGz)),
+            ("p-1.TGZ", Some(TarGz)),
+            ("p-1.tar.xz", Some(TarXz)),
+            ("p-1.tar.bz2", Some(TarBz2)),
+            ("p-1.tar.zst", Some(TarZst)),
+            ("p-1.tar", Some(Tar)),
+            ("p-1.zip", Some(Zip)),
+            ("p-1.tar.lz", None),
+            ("p-1.gem", None),
+            (".tar", None),
+        ] {
+            assert_eq!(archive_format(n), f, "{n}");
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            redact_url("https://user:s3cret@h.example/a.git"),
+            "https://***@h.example/a.git"
+        );
+        assert_eq!(redact_url("https://ghp_token@h/a"), "https://***@h/a");
+        assert_eq!(redact_url("ssh://git@h:22/a"), "ssh://git@h:22/a");
+        assert_eq!(redact_url("ssh://git:pw@h/a"), "ssh://git:***@h/a");
+        assert_eq!(redact_url("file:///srv/a@b"), "file:///srv/a@b");
+        assert_eq!(mirror_name("file:///x").len(), 24);
+        assert_ne!(mirror_name("file:///x"), mirror_name("file:///y"));
     }
 }

@@ -360,7 +360,7 @@ fn define_path(name: &str, path: &Path) -> OsString {
 }
 
 /// bubblewrap's arguments up to the command: `build_dir` read-write at
-/// `/build`, `srpm` read-only at [`SANDBOX_SRPM`], a read-only `/usr` and
+/// `/build`, `srpm` (if any) read-only at [`SANDBOX_SRPM`], a read-only `/usr` and
 /// the public pieces of `/etc`, and nothing else of the host. With
 /// `rpmdb`, the host's rpm database is bound read-only too (for
 /// BuildRequires checks on a host whose rpm keeps it in `/var/lib/rpm`).
@@ -381,7 +381,7 @@ pub enum SandboxFs<'a> {
 pub fn sandbox_argv(
     bwrap: &Bwrap,
     build_dir: &Path,
-    srpm: &Path,
+    srpm: Option<&Path>,
     fs: SandboxFs<'_>,
 ) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![bwrap.path.clone().into()];
@@ -463,10 +463,10 @@ pub fn sandbox_argv(
         &"--bind",
         &build_dir,
         &SANDBOX_BUILD,
-        &"--ro-bind",
-        &srpm,
-        &SANDBOX_SRPM,
     ]);
+    if let Some(srpm) = srpm {
+        push(&[&"--ro-bind", &srpm, &SANDBOX_SRPM]);
+    }
     if rpmdb.is_none() {
         push(&[&"--tmpfs", &"/var/tmp"]);
     }
@@ -474,6 +474,32 @@ pub fn sandbox_argv(
     // buildroot) is read-only from here on.
     push(&[&"--remount-ro", &"/", &"--chdir", &SANDBOX_BUILD, &"--"]);
     a
+}
+
+/// `argv` in the bubblewrap sandbox ([`sandbox_argv`]): `build` at
+/// `/build`, `srpm` (if any) at [`SANDBOX_SRPM`], the host's `/usr`, or
+/// `root` (a job's overlay, mounted for the command) as `/`.
+pub fn sandboxed(
+    bwrap: &Bwrap,
+    build: &Path,
+    srpm: Option<&Path>,
+    root: Option<&OverlayMount>,
+    argv: Vec<OsString>,
+) -> Invocation {
+    let fs = match root {
+        Some(o) => SandboxFs::Root(&o.target),
+        None => SandboxFs::Host { rpmdb: false },
+    };
+    let mut full = sandbox_argv(bwrap, build, srpm, fs);
+    full.extend(argv);
+    Invocation {
+        argv: full,
+        cwd: build.to_path_buf(),
+        env: Vec::new(),
+        clear_env: true,
+        pid_namespace: true,
+        overlay: root.cloned(),
+    }
 }
 
 /// Make `path` (and missing parents) as a directory only its owner may
@@ -501,7 +527,7 @@ impl Rpmbuild {
                 let mut argv = sandbox_argv(
                     b,
                     &build,
-                    &spec.srpm,
+                    Some(&spec.srpm),
                     SandboxFs::Host {
                         rpmdb: !self.nodeps,
                     },
@@ -590,7 +616,7 @@ impl Rpmbuild {
         }
         drop(tee);
         let build = dir.join(BUILD_SUBDIR);
-        let mut argv = sandbox_argv(&bwrap, &build, &spec.srpm, SandboxFs::Root(jr.path()));
+        let mut argv = sandbox_argv(&bwrap, &build, Some(&spec.srpm), SandboxFs::Root(jr.path()));
         argv.extend(rpmbuild_argv(
             spec,
             Path::new(SANDBOX_BUILD),
@@ -983,7 +1009,12 @@ mod tests {
         make_private_dir(&build).unwrap();
         let srpm = dir.join("input.src.rpm");
         std::fs::write(&srpm, b"not really").unwrap();
-        let mut a = sandbox_argv(&bwrap(), &build, &srpm, SandboxFs::Host { rpmdb: false });
+        let mut a = sandbox_argv(
+            &bwrap(),
+            &build,
+            Some(&srpm),
+            SandboxFs::Host { rpmdb: false },
+        );
         a.extend(argv.iter().map(OsString::from));
         Invocation {
             argv: a,

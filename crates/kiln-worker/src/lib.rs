@@ -7,6 +7,7 @@ pub mod conn;
 pub mod enroll;
 pub mod query;
 mod run;
+pub mod srpm;
 
 pub use run::{run, WorkerConfig};
 

@@ -34,7 +34,7 @@ use kiln_proto as pb;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::{self, Bwrap, Invocation, LogSink, RunEnd, SandboxFs};
+use crate::backend::{self, Bwrap, Invocation, LogSink, RunEnd};
 
 /// Queries evaluated at once on one worker (they take no build slot).
 pub const MAX_AT_ONCE: usize = 2;
@@ -89,6 +89,8 @@ pub enum QueryError {
     TooMuchOutput { what: &'static str },
     #[error("rpmspec's answer is refused: {0}")]
     Refused(String),
+    #[error("canceled")]
+    Canceled,
     #[error(transparent)]
     Io(#[from] kiln_core::error::IoError),
 }
@@ -330,23 +332,32 @@ fn find_spec(top: &Path) -> Result<String, QueryError> {
             }
         }
     }
-    let rd = std::fs::read_dir(&specs).map_err(kiln_core::error::io_err(
-        "reading the SRPM's SPECS directory",
-    ))?;
+    let mut found = spec_files(&specs)?;
+    match found.len() {
+        0 => Err(QueryError::Spec("the SRPM holds no spec file".into())),
+        1 => Ok(found.remove(0)),
+        n => Err(QueryError::Spec(format!(
+            "the SRPM holds {n} spec files ({}); expected one",
+            name_list(&found)
+        ))),
+    }
+}
+
+/// The `*.spec` files directly in `dir`, by name, sorted: each a regular
+/// file (never a symbolic link: refused, not followed) with a plain name.
+pub(crate) fn spec_files(dir: &Path) -> Result<Vec<String>, QueryError> {
+    let reading = || kiln_core::error::io_err("reading the directory of the spec");
+    let rd = std::fs::read_dir(dir).map_err(reading())?;
     let mut found: Vec<String> = Vec::new();
     for e in rd.take(10_000) {
-        let e = e.map_err(kiln_core::error::io_err(
-            "reading the SRPM's SPECS directory",
-        ))?;
+        let e = e.map_err(reading())?;
         let raw = e.file_name();
         let name = raw.to_string_lossy();
         if !name.ends_with(".spec") {
             continue;
         }
         let shown = printable(&name);
-        let m = std::fs::symlink_metadata(e.path()).map_err(kiln_core::error::io_err(
-            "reading the SRPM's SPECS directory",
-        ))?;
+        let m = std::fs::symlink_metadata(e.path()).map_err(reading())?;
         if m.is_symlink() {
             return Err(QueryError::Spec(format!(
                 "{shown} is a symbolic link (refused)"
@@ -366,19 +377,17 @@ fn find_spec(top: &Path) -> Result<String, QueryError> {
         found.push(name.into_owned());
     }
     found.sort();
-    match found.len() {
-        0 => Err(QueryError::Spec("the SRPM holds no spec file".into())),
-        1 => Ok(found.remove(0)),
-        n => Err(QueryError::Spec(format!(
-            "the SRPM holds {n} spec files ({}); expected one",
-            found
-                .iter()
-                .take(5)
-                .map(|s| printable(s))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
+    Ok(found)
+}
+
+/// The first few of `names`, printable, comma separated.
+pub(crate) fn name_list(names: &[String]) -> String {
+    names
+        .iter()
+        .take(5)
+        .map(|s| printable(s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Turn rpmspec's output into what the spec makes: the lines that begin
@@ -455,16 +464,16 @@ pub fn parse(out: &[u8], mark: &str) -> Result<Makes, QueryError> {
 }
 
 /// A command's end and output.
-struct Ran {
+pub(crate) struct Ran {
     /// Its exit status (`None`: killed by a signal).
-    end: Option<i32>,
-    text: Vec<u8>,
+    pub(crate) end: Option<i32>,
+    pub(crate) text: Vec<u8>,
 }
 
 impl Ran {
     /// Why the command failed, with the last lines it printed (rpm's
     /// Debian warning about installing packages left out).
-    fn failure(&self, what: &str) -> String {
+    pub(crate) fn failure(&self, what: &str) -> String {
         let status = match self.end {
             Some(c) => format!("{what} exited with status {c}"),
             None => format!("{what} was killed by a signal"),
@@ -523,20 +532,19 @@ async fn run(
     what: &'static str,
     root: Option<&backend::OverlayMount>,
 ) -> Result<Ran, QueryError> {
-    let fs = match root {
-        Some(o) => SandboxFs::Root(&o.target),
-        None => SandboxFs::Host { rpmdb: false },
-    };
-    let mut full = backend::sandbox_argv(bwrap, build, srpm, fs);
-    full.extend(argv);
-    let inv = Invocation {
-        argv: full,
-        cwd: build.to_path_buf(),
-        env: Vec::new(),
-        clear_env: true,
-        pid_namespace: true,
-        overlay: root.cloned(),
-    };
+    let inv = backend::sandboxed(bwrap, build, Some(srpm), root, argv);
+    run_captured(&inv, deadline, what, None).await
+}
+
+/// Run `inv` until `deadline`, its output kept (at most [`MAX_OUTPUT`]
+/// bytes: past it the command is stopped), stopped as well when `cancel`
+/// turns true.
+pub(crate) async fn run_captured(
+    inv: &Invocation,
+    deadline: Instant,
+    what: &'static str,
+    cancel: Option<watch::Receiver<bool>>,
+) -> Result<Ran, QueryError> {
     let (over, over_rx) = watch::channel(false);
     let cap = Capture {
         text: Mutex::new(Vec::new()),
@@ -546,16 +554,36 @@ async fn run(
     if left.is_zero() {
         return Err(QueryError::TimedOut { what });
     }
-    let end = backend::run_logged(&inv, &cap, left, over_rx)
-        .await
-        .map_err(|e| match e {
-            backend::BackendError::Io(e) => QueryError::Io(e),
-        })?;
+    let canceled = std::sync::atomic::AtomicBool::new(false);
+    // The caller's cancel stops the command the way too much output does.
+    let forward = async {
+        if let Some(mut c) = cancel {
+            loop {
+                if *c.borrow_and_update() {
+                    canceled.store(true, std::sync::atomic::Ordering::SeqCst);
+                    cap.over.send_replace(true);
+                    break;
+                }
+                if c.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let end = tokio::select! {
+        e = backend::run_logged(inv, &cap, left, over_rx) => e,
+        never = forward => match never {},
+    }
+    .map_err(|e| match e {
+        backend::BackendError::Io(e) => QueryError::Io(e),
+    })?;
     let text = cap.text.into_inner().unwrap_or_else(|p| p.into_inner());
     match end {
         RunEnd::Exited(c) => Ok(Ran { end: Some(c), text }),
         RunEnd::Signaled => Ok(Ran { end: None, text }),
         RunEnd::TimedOut => Err(QueryError::TimedOut { what }),
+        RunEnd::Canceled if canceled.into_inner() => Err(QueryError::Canceled),
         RunEnd::Canceled => Err(QueryError::TooMuchOutput { what }),
     }
 }

@@ -69,6 +69,8 @@ pub struct WorkerConfig {
     pub dnf_cache_mb: u64,
     /// Take only jobs of targets with a buildroot.
     pub no_host_builds: bool,
+    /// The private key srpm jobs fetch ssh:// repositories with.
+    pub git_ssh_key: Option<PathBuf>,
 }
 
 /// The current session, as job tasks see it.
@@ -110,6 +112,9 @@ struct Shared {
     fetching: tokio::sync::Mutex<()>,
     /// Base roots for the jobs of targets with a buildroot.
     roots: Arc<crate::buildroot::Roots>,
+    /// What srpm jobs (builds from git) need: the mirrors' place, the ssh
+    /// key.
+    srpm: crate::srpm::SrpmEnv,
     /// Queries evaluated at once ([`crate::query::MAX_AT_ONCE`]; they take
     /// no build slot), and how many are waiting or running.
     queries: tokio::sync::Semaphore,
@@ -207,6 +212,10 @@ pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), W
         Some(cfg.dir.join(crate::files::CA)),
         cfg.dnf_cache_mb.saturating_mul(1 << 20),
     ));
+    let srpm = crate::srpm::SrpmEnv {
+        work: cfg.work.clone(),
+        ssh_key: cfg.git_ssh_key.clone(),
+    };
     let shared = Arc::new(Shared {
         cfg,
         name,
@@ -214,6 +223,7 @@ pub async fn run(cfg: WorkerConfig, stop: watch::Receiver<bool>) -> Result<(), W
         jobs: Mutex::new(HashMap::new()),
         fetching: tokio::sync::Mutex::new(()),
         roots,
+        srpm,
         queries: tokio::sync::Semaphore::new(crate::query::MAX_AT_ONCE),
         queries_held: std::sync::atomic::AtomicUsize::new(0),
         changed,
@@ -783,6 +793,10 @@ fn recover(shared: &Arc<Shared>) {
     let partial = shared.roots.remove_partial();
     if partial > 0 {
         tracing::info!("removed {partial} base roots a stop left half made");
+    }
+    let mirrors = crate::srpm::mirror::remove_partial(&shared.cfg.work.join("cache"));
+    if mirrors > 0 {
+        tracing::info!("removed {mirrors} git mirrors a stop left half made");
     }
     // Scratch directories of queries a stop interrupted.
     let queries = shared.cfg.work.join(crate::query::QUERIES_DIR);
@@ -1364,9 +1378,12 @@ async fn build(
         )
         .as_bytes(),
     );
-    let ran = run_backend(shared, a, dir, &log, cancel).await;
-    let (mut success, mut message, packages, srpm) = match ran {
-        Ok((o, _)) if o.canceled => {
+    let ran = match &a.source {
+        Some(source) => Ok(run_srpm(shared, a, source, dir, &log, cancel).await),
+        None => run_backend(shared, a, dir, &log, cancel).await,
+    };
+    let (mut success, mut message, packages, input, made) = match ran {
+        Ok(Ended { outcome: o, .. }) if o.canceled => {
             log.write(b"kiln: build canceled\n");
             let finished = pb::Finished {
                 job_id: a.job_id,
@@ -1379,15 +1396,21 @@ async fn build(
             };
             return (finished, HashMap::new());
         }
-        Ok((o, srpm)) => (o.success, o.message, o.packages, Some(srpm)),
-        Err(e) => (false, format!("worker error: {e}"), vec![], None),
+        Ok(e) => (
+            e.outcome.success,
+            e.outcome.message,
+            e.outcome.packages,
+            e.input,
+            e.source,
+        ),
+        Err(e) => (false, format!("worker error: {e}"), vec![], None, None),
     };
     // Every artifact by name: packages from the backend, the source rpm
     // (the input itself when the backend did not write one), then the log.
     let mut files: HashMap<String, PathBuf> = HashMap::new();
     let mut entries = Vec::new();
-    if let (true, Some(srpm)) = (success, srpm.as_deref()) {
-        if let Err(why) = take_packages(a, &packages, srpm, &mut files, &mut entries) {
+    if success {
+        if let Err(why) = take_packages(a, &packages, input.as_deref(), &mut files, &mut entries) {
             success = false;
             message = why;
             files.clear();
@@ -1406,13 +1429,57 @@ async fn build(
         }
         Err(_) => Vec::new(),
     };
-    let listed = list_result(a, dir, success, message, files, entries, log_text, srpm);
-    listed.unwrap_or_else(|e| {
-        (
-            bare_failure(a.job_id, a.attempt, &a.arch, format!("worker error: {e}")),
-            HashMap::new(),
-        )
-    })
+    let listed = list_result(a, dir, success, message, files, entries, log_text, input);
+    listed
+        .map(|(mut finished, files)| {
+            // What an srpm job made its SRPM from (as far as it got).
+            finished.source = made;
+            (finished, files)
+        })
+        .unwrap_or_else(|e| {
+            (
+                bare_failure(a.job_id, a.attempt, &a.arch, format!("worker error: {e}")),
+                HashMap::new(),
+            )
+        })
+}
+
+/// How a job's work ended: the outcome, the input SRPM (a build's), and
+/// what an srpm job made its SRPM from.
+struct Ended {
+    outcome: crate::backend::Outcome,
+    input: Option<PathBuf>,
+    source: Option<pb::SourceMade>,
+}
+
+/// An srpm job (`Assign.source`): the SRPM made from git
+/// ([`crate::srpm`]); on a failure, the commits it found, if any.
+async fn run_srpm(
+    shared: &Arc<Shared>,
+    a: &pb::Assign,
+    source: &pb::GitSource,
+    dir: &Path,
+    log: &JobLog,
+    cancel: watch::Receiver<bool>,
+) -> Ended {
+    let req = crate::srpm::SrpmRequest {
+        source: source.clone(),
+        disttag: a.disttag.clone(),
+        timeout: Duration::from_secs(a.timeout_secs.max(1)),
+        // The SRPM is made in a base root of the worker's own arch.
+        buildroot: a.buildroot.as_ref().map(|b| {
+            (
+                crate::buildroot::RootSpec::new(&a.target, "noarch", b),
+                shared.roots.clone(),
+            )
+        }),
+    };
+    let made = crate::srpm::make_srpm(&shared.srpm, &req, dir, log, cancel).await;
+    Ended {
+        outcome: made.outcome,
+        input: None,
+        source: Some(made.source).filter(|s| !s.upstream_commit.is_empty()),
+    }
 }
 
 /// Fetch the input and run the backend: how the build ended, and the
@@ -1423,7 +1490,7 @@ async fn run_backend(
     dir: &Path,
     log: &JobLog,
     cancel: watch::Receiver<bool>,
-) -> Result<(crate::backend::Outcome, PathBuf), WorkerError> {
+) -> Result<Ended, WorkerError> {
     let srpm = fetch_input(shared, &a.srpm_sha256, a.srpm_size, log).await?;
     let spec = JobSpec {
         job: a.job_id,
@@ -1445,11 +1512,16 @@ async fn run_backend(
         .build(&spec, dir, log, cancel)
         .await
         .map_err(|e| WorkerError::Other(e.to_string()))?;
-    Ok((outcome, spec.srpm))
+    Ok(Ended {
+        outcome,
+        input: Some(spec.srpm),
+        source: None,
+    })
 }
 
 /// Check the packages a build made (and the source rpm: the input, `srpm`,
-/// when the build wrote none) and list them into `entries` and `files`:
+/// when the build wrote none; an srpm job, without input, must have made
+/// one) and list them into `entries` and `files`:
 /// every file is read through one descriptor, opened without following a
 /// symbolic link, so what is checked is what is sent. Why not, when a
 /// package is refused; messages name files by their names, never by their
@@ -1457,22 +1529,27 @@ async fn run_backend(
 fn take_packages(
     a: &pb::Assign,
     packages: &[PathBuf],
-    srpm: &Path,
+    srpm: Option<&Path>,
     files: &mut HashMap<String, PathBuf>,
     entries: &mut Vec<ListingEntry>,
 ) -> Result<(), String> {
     let mut paths: Vec<PathBuf> = packages.to_vec();
-    if !paths
+    let has_srpm = paths
         .iter()
-        .any(|p| p.to_string_lossy().ends_with(".src.rpm"))
-    {
-        kiln_core::names::check_file_name(&a.srpm_name)
-            .map_err(|e| format!("worker error: {e}"))?;
-        files.insert(a.srpm_name.clone(), srpm.to_path_buf());
-        paths.push(srpm.to_path_buf());
+        .any(|p| p.to_string_lossy().ends_with(".src.rpm"));
+    match srpm {
+        Some(srpm) if !has_srpm => {
+            kiln_core::names::check_file_name(&a.srpm_name)
+                .map_err(|e| format!("worker error: {e}"))?;
+            files.insert(a.srpm_name.clone(), srpm.to_path_buf());
+            paths.push(srpm.to_path_buf());
+        }
+        None if !has_srpm => return Err("no source package was made".into()),
+        _ => {}
     }
     for p in paths {
-        let name = if p == srpm {
+        let is_input = Some(p.as_path()) == srpm;
+        let name = if is_input {
             a.srpm_name.clone()
         } else {
             let raw = p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -1501,7 +1578,7 @@ fn take_packages(
         let nevra = inspect_open(&f, &p, &name).map_err(refused)?.nevra();
         let (sha256, size) = kiln_core::fsutil::sha256_open(&mut f)
             .map_err(|e| refused(format!("reading it: {e}")))?;
-        if files.insert(name.clone(), p.clone()).is_some() && p != srpm {
+        if files.insert(name.clone(), p.clone()).is_some() && !is_input {
             return Err(format!(
                 "the build made two packages named {}",
                 kiln_core::names::shown(&name)
@@ -1674,7 +1751,7 @@ fn hash_file(p: &Path) -> Result<(String, u64), WorkerError> {
 
 /// Open a file of a job directory for reading: never through a symbolic
 /// link, and only a regular file (a FIFO the build planted would block).
-fn open_regular(p: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_regular(p: &Path) -> std::io::Result<std::fs::File> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -1687,7 +1764,7 @@ fn open_regular(p: &Path) -> std::io::Result<std::fs::File> {
 
 /// Create a file of the worker's own in a job directory: a new file only
 /// the worker may read, never through a symbolic link.
-fn create_new(p: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn create_new(p: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -2000,12 +2077,14 @@ mod tests {
                 announce: false,
                 dnf_cache_mb: 1024,
                 no_host_builds: false,
+                git_ssh_key: None,
             },
             name: "w".into(),
             session,
             jobs: Mutex::new(HashMap::new()),
             fetching: tokio::sync::Mutex::new(()),
             roots: Arc::new(crate::buildroot::Roots::new(work, None, 1 << 30)),
+            srpm: crate::srpm::SrpmEnv::new(work),
             queries: tokio::sync::Semaphore::new(crate::query::MAX_AT_ONCE),
             queries_held: std::sync::atomic::AtomicUsize::new(0),
             changed,
@@ -2246,6 +2325,85 @@ mod tests {
         assert!(matches!(err, WorkerError::Revoked(_)), "{err:?}");
     }
 
+    // ----- srpm jobs (builds from git) -----
+
+    /// An Assign with a source is an srpm job: its result is the SRPM made
+    /// from git (one artifact of kind `srpm`, inline when small), the log
+    /// and listing as for a build, and what it was made from.
+    #[tokio::test]
+    async fn an_srpm_job_reports_its_srpm_and_what_it_was_made_from() {
+        let p = crate::srpm::tests::Project::new();
+        let shared = shared_in(&p.env.work);
+        let a = pb::Assign {
+            job_id: 41,
+            attempt: 1,
+            arch: "src".into(),
+            target: "t".into(),
+            disttag: ".kt1".into(),
+            timeout_secs: 120,
+            source: Some(p.ci()),
+            ..Default::default()
+        };
+        let (_tx, rx) = watch::channel(false);
+        let (finished, _files) = build(&shared, &a, &shared.job_dir(41, 1), rx).await;
+        assert!(finished.success, "{}", finished.message);
+        let head = p.up.head();
+        let version = format!("1.0^20260101.020000.2.g{}", &head[..7]);
+        assert_eq!(
+            finished.source,
+            Some(pb::SourceMade {
+                upstream_commit: head,
+                packaging_commit: p.pk.head(),
+                version: version.clone(),
+                release: String::new(),
+            })
+        );
+        let srpms: Vec<&pb::Artifact> = finished
+            .artifacts
+            .iter()
+            .filter(|x| x.kind == "srpm")
+            .collect();
+        assert_eq!(srpms.len(), 1, "{:?}", finished.artifacts);
+        assert_eq!(srpms[0].name, format!("hello-{version}-1.kt1.src.rpm"));
+        assert_eq!(srpms[0].nevra, format!("hello-0:{version}-1.kt1.src"));
+        assert_eq!(srpms[0].inline.len() as u64, srpms[0].size);
+        let inline = |n: &str| {
+            let a = finished.artifacts.iter().find(|x| x.name == n).unwrap();
+            String::from_utf8(a.inline.clone()).unwrap()
+        };
+        let log = inline("build.log");
+        assert!(log.starts_with("kiln: job 41 attempt 1 (src)"), "{log}");
+        assert!(
+            log.contains("mirror created") && log.ends_with("kiln: build succeeded\n"),
+            "{log}"
+        );
+        let listing: Listing = serde_json::from_str(&inline(LISTING_NAME)).unwrap();
+        assert_eq!(listing.arch, "src");
+        assert_eq!(listing.artifacts.len(), 2, "{:?}", listing.artifacts);
+
+        // A failure: its first line, no commit to report.
+        let (_tx, rx) = watch::channel(false);
+        let bad = pb::Assign {
+            job_id: 42,
+            source: Some(pb::GitSource {
+                upstream_ref: "nope".into(),
+                ..p.ci()
+            }),
+            ..a
+        };
+        let (finished, _) = build(&shared, &bad, &shared.job_dir(42, 1), rx).await;
+        assert!(!finished.success);
+        assert_eq!(
+            finished.message,
+            format!(
+                "fetching {}#nope: fatal: couldn't find remote ref nope",
+                p.up.url()
+            )
+        );
+        assert_eq!(finished.source, None);
+        assert!(finished.artifacts.iter().all(|x| x.kind != "srpm"));
+    }
+
     // ----- packages the worker refuses -----
 
     #[test]
@@ -2265,7 +2423,7 @@ mod tests {
             ..Default::default()
         };
         let (mut files, mut entries) = (HashMap::new(), Vec::new());
-        let err = take_packages(&a, &[bad], &srpm, &mut files, &mut entries).unwrap_err();
+        let err = take_packages(&a, &[bad], Some(&srpm), &mut files, &mut entries).unwrap_err();
         assert!(
             err.starts_with("the worker refused the package \"bad-1-1.noarch.rpm\": "),
             "{err}"

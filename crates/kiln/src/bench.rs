@@ -365,6 +365,7 @@ async fn spawn_workers(
             announce: false,
             dnf_cache_mb: 1024,
             no_host_builds: false,
+            git_ssh_key: None,
         };
         tokio::spawn(kiln_worker::run(cfg, stop.clone()));
     }

@@ -510,6 +510,7 @@ async fn start_worker(
         announce: false,
         dnf_cache_mb: 1024,
         no_host_builds: false,
+        git_ssh_key: None,
     };
     let h = tokio::spawn(kiln_worker::run(cfg, stop));
     wait_connected(c, 1).await?;

@@ -770,6 +770,8 @@ pub struct WorkerSettings {
     pub dnf_cache_mb: u64,
     /// Take only jobs of targets with a buildroot.
     pub no_host_builds: bool,
+    /// The private key srpm jobs fetch ssh:// repositories with.
+    pub git_ssh_key: Option<PathBuf>,
 }
 
 impl Default for WorkerSettings {
@@ -787,6 +789,7 @@ impl Default for WorkerSettings {
             sandbox: "on".into(),
             dnf_cache_mb: 4096,
             no_host_builds: false,
+            git_ssh_key: None,
         }
     }
 }
@@ -850,6 +853,7 @@ impl Settings for WorkerSettings {
             "nodeps" => "`auto` (when the host rpm database cannot resolve /bin/sh), `yes`, `no`",
             "sandbox" => "Bubblewrap sandbox without network: `auto`, `on`, `off`",
             "dnf_cache_mb" => "dnf's package cache for buildroots is kept under this many MB",
+            "git_ssh_key" => "The private key for ssh:// repositories of builds from git",
             "no_host_builds" => {
                 "Take only jobs of targets with a buildroot (none built on this system)"
             }
@@ -907,6 +911,7 @@ impl WorkerSettings {
             announce: true,
             dnf_cache_mb: self.dnf_cache_mb,
             no_host_builds: self.no_host_builds,
+            git_ssh_key: self.git_ssh_key,
         })
     }
 }

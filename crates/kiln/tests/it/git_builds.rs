@@ -303,12 +303,23 @@ fn bad_projects_are_refused_and_a_repository_without_a_spec_fails_clearly() {
 
     // A repository that is not there: failed, the fetch named.
     let gone = format!("file://{}", m.scratch.join("no-such-repo").display());
-    m.cli(&["project", "add", "kg-gone", "--target", "default", "--upstream", &gone])
-        .assert_ok();
+    m.cli(&[
+        "project",
+        "add",
+        "kg-gone",
+        "--target",
+        "default",
+        "--upstream",
+        &gone,
+    ])
+    .assert_ok();
     let b = project_build(&m, "kg-gone", &[]);
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
     assert!(jstr(&b, "reason").contains("fetch"), "{b}");
-    assert!(src_log(&m, &b).contains("no-such-repo"), "the log says what failed");
+    assert!(
+        src_log(&m, &b).contains("no-such-repo"),
+        "the log says what failed"
+    );
 }
 
 /// A GitHub push event's body (the documented field layout, trimmed).
@@ -438,7 +449,12 @@ fn webhooks_are_verified_deduplicated_matched_and_coalesced() {
 
     // A body over hook_max_bytes: 413 before anything is read into it.
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20));
-    let (st, _) = post_hook(&m, "github", &github_headers("push", "d-big", secret, &big), &big);
+    let (st, _) = post_hook(
+        &m,
+        "github",
+        &github_headers("push", "d-big", secret, &big),
+        &big,
+    );
     assert_eq!(st, 413);
 
     // A branch the project does not watch: 202 with the reason.
@@ -557,7 +573,10 @@ fn projects_from_the_config_file_are_stored_with_their_secret_from_a_file() {
     let p = m.cli_json(&["project", "show", "kg-conf", "--json"]);
     assert_eq!(jstr(&p, "mode"), "release", "{p}");
     assert_eq!(p["has_secret"], Value::Bool(true), "{p}");
-    assert!(!p.to_string().contains("from-a-file"), "the secret is never shown: {p}");
+    assert!(
+        !p.to_string().contains("from-a-file"),
+        "the secret is never shown: {p}"
+    );
     let hooks = m.cli_json(&["project", "hooks", "kg-conf", "--json"]);
     assert_eq!(jstr(&hooks, "secret"), "from-a-file-1234", "{hooks}");
 
