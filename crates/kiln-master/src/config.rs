@@ -367,6 +367,15 @@ impl MasterConfig {
         }
     }
 
+    /// The declared targets' names, for messages: `a, b, c`.
+    pub fn target_names(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn target(&self, name: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.name == name)
     }

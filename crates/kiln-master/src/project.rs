@@ -81,12 +81,7 @@ pub fn check(core: &Core, p: &Project) -> Result<(), ProjectError> {
             return Err(ProjectError::Bad(format!(
                 "project {}: target {t:?} is not configured (known: {})",
                 p.name,
-                core.cfg
-                    .targets
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                core.cfg.target_names()
             )));
         }
     }

@@ -58,14 +58,7 @@ pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, Submi
 /// Check a request against its target, inspect its SRPM and apply the
 /// version gate; nothing is stored.
 pub async fn prepare(core: &Core, req: &SubmitRequest) -> Result<Prepared, SubmitError> {
-    let known = || {
-        core.cfg
-            .targets
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let known = || core.cfg.target_names();
     let target = match &req.target {
         Some(name) => core.cfg.target(name).ok_or_else(|| {
             SubmitError::Bad(format!("unknown target {name:?} (known: {})", known()))

@@ -292,10 +292,18 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
         .arches
         .iter()
         .zip(job_ids)
-        .map(|(arch, &jid)| JobRow {
-            id: jid,
-            build: id,
-            arch: arch.clone(),
+        .map(|(arch, &jid)| JobRow::pending(jid, id, arch, now))
+        .collect();
+    (build, jobs)
+}
+
+impl JobRow {
+    /// A new job, pending at its first attempt.
+    pub fn pending(id: i64, build: i64, arch: &str, now: i64) -> JobRow {
+        JobRow {
+            id,
+            build,
+            arch: arch.to_string(),
             state: JobState::Pending,
             worker: None,
             attempt: 1,
@@ -303,9 +311,8 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
             created_at: now,
             started_at: None,
             finished_at: None,
-        })
-        .collect();
-    (build, jobs)
+        }
+    }
 }
 
 /// Store a new build's rows (from [`new_rows`]).

@@ -196,32 +196,52 @@ struct Seen {
     succeeded: HashMap<i64, Instant>,
 }
 
-struct Events {
-    seen: Mutex<Seen>,
+/// What a bench has seen on the event stream so far (`T`), and a wait
+/// for what it expects to see.
+pub(crate) struct Watched<T> {
+    seen: Mutex<T>,
     notify: Notify,
 }
 
-impl Events {
-    fn get(&self) -> std::sync::MutexGuard<'_, Seen> {
+impl<T: Default> Watched<T> {
+    pub(crate) fn new() -> Arc<Watched<T>> {
+        Arc::new(Watched {
+            seen: Mutex::new(T::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    pub(crate) fn get(&self) -> std::sync::MutexGuard<'_, T> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
-    async fn wait_succeeded(&self, job: i64) -> Instant {
+
+    /// Change what was seen, and wake the waits.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut T)) {
+        f(&mut self.get());
+        self.notify.notify_waiters();
+    }
+
+    /// Wait until `f` finds what it looks for in what was seen.
+    pub(crate) async fn wait<R>(&self, mut f: impl FnMut(&T) -> Option<R>) -> R {
         loop {
             let n = self.notify.notified();
-            if let Some(t) = self.get().succeeded.get(&job) {
-                return *t;
+            if let Some(r) = f(&self.get()) {
+                return r;
             }
             n.await;
         }
     }
+}
+
+type Events = Watched<Seen>;
+
+impl Events {
+    async fn wait_succeeded(&self, job: i64) -> Instant {
+        self.wait(|s| s.succeeded.get(&job).copied()).await
+    }
     async fn wait_count(&self, count: usize) {
-        loop {
-            let n = self.notify.notified();
-            if self.get().succeeded.len() >= count {
-                return;
-            }
-            n.await;
-        }
+        self.wait(|s| (s.succeeded.len() >= count).then_some(()))
+            .await
     }
 }
 
@@ -260,10 +280,7 @@ pub(crate) async fn follow_stream(
 }
 
 async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
-    let ev = Arc::new(Events {
-        seen: Mutex::new(Seen::default()),
-        notify: Notify::new(),
-    });
+    let ev = Events::new();
     let ev2 = ev.clone();
     follow_stream(c, move |e, now| {
         let (job, state) = match e {
@@ -274,8 +291,7 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
             Event::Job { job, state, .. } => (job, state),
             _ => return,
         };
-        let mut s = ev2.get();
-        match state {
+        ev2.update(|s| match state {
             JobState::Running => {
                 s.running.entry(job).or_insert(now);
             }
@@ -283,9 +299,7 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
                 s.succeeded.entry(job).or_insert(now);
             }
             _ => {}
-        }
-        drop(s);
-        ev2.notify.notify_waiters();
+        });
     })
     .await?;
     Ok(ev)

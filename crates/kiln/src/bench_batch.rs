@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -26,7 +26,7 @@ use kiln_api::{
 };
 use kiln_master::{MasterConfig, Target};
 use kiln_worker::backend::{Rpmbuild, Sandbox};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::client::Client;
 
@@ -165,57 +165,42 @@ struct Seen {
     lagged: u64,
 }
 
-struct Events {
-    seen: Mutex<Seen>,
-    notify: Notify,
-}
+type Events = crate::bench::Watched<Seen>;
 
 impl Events {
-    fn get(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Waits until every build of `ids` is published; fails at once when
     /// one of them cannot be.
     async fn wait_published(&self, ids: &[i64]) -> anyhow::Result<()> {
-        loop {
-            let n = self.notify.notified();
-            {
-                let s = self.get();
-                if s.lagged > 0 {
-                    bail!(
-                        "the event stream lagged ({} events missed): the figures would be wrong",
-                        s.lagged
-                    );
-                }
-                let mut all = true;
-                for id in ids {
-                    let t = s.builds.get(id);
-                    if let Some(why) = t.and_then(|t| t.failed.as_ref()) {
-                        bail!("build {id} will not be published: {why}");
-                    }
-                    all &= t.is_some_and(|t| t.published.is_some());
-                }
-                if all {
-                    return Ok(());
-                }
+        self.wait(|s| {
+            if s.lagged > 0 {
+                return Some(Err(anyhow::anyhow!(
+                    "the event stream lagged ({} events missed): the figures would be wrong",
+                    s.lagged
+                )));
             }
-            n.await;
-        }
+            let mut all = true;
+            for id in ids {
+                let t = s.builds.get(id);
+                if let Some(why) = t.and_then(|t| t.failed.as_ref()) {
+                    return Some(Err(anyhow::anyhow!(
+                        "build {id} will not be published: {why}"
+                    )));
+                }
+                all &= t.is_some_and(|t| t.published.is_some());
+            }
+            all.then_some(Ok(()))
+        })
+        .await
     }
 }
 
 /// Reads the master's event stream in a task until the stream ends; returns
 /// once the master has said `subscribed` (every later event is seen).
 async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
-    let ev = Arc::new(Events {
-        seen: Mutex::new(Seen::default()),
-        notify: Notify::new(),
-    });
+    let ev = Events::new();
     let ev2 = ev.clone();
     crate::bench::follow_stream(c, move |e, now| {
-        let mut s = ev2.get();
-        match e {
+        ev2.update(|s| match e {
             Event::Subscribed => {}
             Event::Lagged { missed } => s.lagged += missed,
             Event::Job { build, state, .. } => {
@@ -261,9 +246,7 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
                     PublishState::Pending => {}
                 }
             }
-        }
-        drop(s);
-        ev2.notify.notify_waiters();
+        })
     })
     .await?;
     Ok(ev)
@@ -344,14 +327,27 @@ pub async fn bench_batch(a: BenchBatchArgs) -> anyhow::Result<i32> {
             kiln_master::batch::MAX_BATCH
         );
     }
+    in_temp_dir("kiln-bench-batch", a.keep, |tmp| async move {
+        run(&a, &tmp).await
+    })
+    .await
+}
+
+/// Run a bench in a fresh directory under the temporary directory
+/// (`PREFIX-PID-MS`), deleted at the end unless `keep`.
+pub(crate) async fn in_temp_dir<F, Fut>(prefix: &str, keep: bool, f: F) -> anyhow::Result<i32>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i32>>,
+{
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let tmp = std::env::temp_dir().join(format!("kiln-bench-batch-{}-{stamp}", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!("{prefix}-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let r = run(&a, &tmp).await;
-    if a.keep {
+    let r = f(tmp.clone()).await;
+    if keep {
         println!("data kept in {}", tmp.display());
     } else {
         remove(&tmp).await;
@@ -363,7 +359,7 @@ pub async fn bench_batch(a: BenchBatchArgs) -> anyhow::Result<i32> {
 /// process (the store is closed, but a publication or the syncer may be
 /// finishing), so a file can appear while it is deleted: tried again a few
 /// times.
-pub(crate) async fn remove(dir: &Path) {
+async fn remove(dir: &Path) {
     let mut last = None;
     for _ in 0..10 {
         match std::fs::remove_dir_all(dir) {

@@ -10,15 +10,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_api::{BuildState, Event, HookAnswer, JobState, Project};
-use tokio::sync::Notify;
 
-use crate::bench_batch::{remove, Farm, TARGET};
+use crate::bench_batch::{in_temp_dir, Farm, TARGET};
 
 #[derive(Args)]
 pub struct BenchHookArgs {
@@ -39,25 +37,7 @@ struct Seen {
     ended: HashMap<i64, BuildState>,
 }
 
-struct Events {
-    seen: Mutex<Seen>,
-    notify: Notify,
-}
-
-impl Events {
-    fn get(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    async fn wait<T>(&self, mut f: impl FnMut(&Seen) -> Option<T>) -> T {
-        loop {
-            let n = self.notify.notified();
-            if let Some(v) = f(&self.get()) {
-                return v;
-            }
-            n.await;
-        }
-    }
-}
+type Events = crate::bench::Watched<Seen>;
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new("git")
@@ -98,19 +78,10 @@ pub async fn bench_hook(a: BenchHookArgs) -> anyhow::Result<i32> {
     if a.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let tmp = std::env::temp_dir().join(format!("kiln-bench-hook-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let r = run(&a, &tmp).await;
-    if a.keep {
-        println!("data kept in {}", tmp.display());
-    } else {
-        remove(&tmp).await;
-    }
-    r
+    in_temp_dir("kiln-bench-hook", a.keep, |tmp| async move {
+        run(&a, &tmp).await
+    })
+    .await
 }
 
 async fn run(a: &BenchHookArgs, tmp: &Path) -> anyhow::Result<i32> {
@@ -139,14 +110,10 @@ async fn measure(a: &BenchHookArgs, farm: &Farm, repo: &Path, url: &str) -> anyh
         ..Default::default()
     };
     let _: kiln_api::ProjectView = c.post("/api/v1/projects", &p).await?;
-    let ev = Arc::new(Events {
-        seen: Mutex::new(Seen::default()),
-        notify: Notify::new(),
-    });
+    let ev = Events::new();
     let ev2 = ev.clone();
     crate::bench::follow_stream(c, move |e, now| {
-        let mut s = ev2.get();
-        match e {
+        ev2.update(|s| match e {
             Event::Job {
                 build, arch, state, ..
             } if arch == "src" && state == JobState::Assigned => {
@@ -155,10 +122,8 @@ async fn measure(a: &BenchHookArgs, farm: &Farm, repo: &Path, url: &str) -> anyh
             Event::Build { build, state, .. } if state.is_final() => {
                 s.ended.insert(build, state);
             }
-            _ => return,
-        }
-        drop(s);
-        ev2.notify.notify_waiters();
+            _ => {}
+        })
     })
     .await?;
     let hook = c.url("/hooks/github");

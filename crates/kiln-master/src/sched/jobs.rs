@@ -464,18 +464,7 @@ impl Sched {
         let jobs: Vec<JobRow> = arches
             .iter()
             .zip(&ids)
-            .map(|(arch, &id)| JobRow {
-                id,
-                build,
-                arch: arch.clone(),
-                state: JobState::Pending,
-                worker: None,
-                attempt: 1,
-                message: None,
-                created_at: now,
-                started_at: None,
-                finished_at: None,
-            })
+            .map(|(arch, &id)| JobRow::pending(id, build, arch, now))
             .collect();
         if srpm.is_some() {
             fx.writes.push(Write::Expand {
