@@ -14,6 +14,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
+pub mod live;
+pub mod stats;
+
 pub use kiln_core::git::{BuildSource, GitMode, Project, TriggerKind};
 pub use kiln_core::state::{ArtifactKind, BuildState, JobState, PublishState};
 

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod housekeeping;
 mod intake;
 pub mod logs;
+pub mod metrics;
 pub mod mqtt;
 pub mod paths;
 pub mod project;
@@ -17,9 +18,11 @@ pub mod query;
 pub mod result;
 pub mod sched;
 mod shared;
+pub mod stats;
 pub mod submit;
 pub mod syncer;
 mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -206,6 +209,8 @@ impl Master {
             srpms_made,
             triggers: Default::default(),
             api_bound: Default::default(),
+            web: Default::default(),
+            metrics: Default::default(),
             _lock: lock,
             cfg,
         });
@@ -225,6 +230,7 @@ impl Master {
         check_waits(&core).await?;
         tokio::spawn(publication_task(core.clone(), publications));
         project::load_config_projects(&core).await?;
+        web::start(&core);
         tokio::spawn(project::expand_task(core.clone(), made_rx));
         if let Some(m) = core.cfg.mqtt.clone() {
             // Never waits for the broker: it connects (and reconnects) on

@@ -68,6 +68,10 @@ pub struct Core {
     pub(crate) triggers: tokio::sync::Mutex<()>,
     /// Where the API listens, once it does.
     pub(crate) api_bound: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The web UI's live event hub.
+    pub web: crate::web::Hub,
+    /// What `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Core {

@@ -8,8 +8,11 @@
 //! writer). Only this crate speaks SQL; a PostgreSQL backend would implement
 //! the same methods.
 
+pub mod auth;
+pub mod browse;
 mod model;
 mod schema;
+pub mod stats;
 
 pub use model::*;
 

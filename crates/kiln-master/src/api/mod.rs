@@ -177,6 +177,9 @@ pub fn router(core: Arc<Core>) -> Router {
             get(repos::repo_packages),
         )
         .route("/api/v1/targets/{target}/regen", post(repos::repo_regen))
+        .merge(crate::web::routes())
+        .merge(crate::metrics::routes())
+        .merge(crate::stats::routes())
         .nest_service(
             "/repos",
             tower::ServiceBuilder::new()

@@ -1,0 +1,1 @@
+//! Tokens with names and roles, and web sessions (issue 10).

@@ -1,0 +1,1 @@
+//! Named API tokens with roles, and web sessions (issue 10).

@@ -1,0 +1,1 @@
+//! Keyset-paginated, filtered listings of builds for the web UI (issue 10).
