@@ -10,6 +10,7 @@ pub mod header;
 pub mod layout;
 pub mod listing;
 pub mod logcap;
+pub mod metrics;
 pub mod names;
 pub mod pki;
 pub mod sig;

@@ -331,6 +331,10 @@ impl Farm for FarmService {
             }
             hasher.update(&c.data);
             f.write_all(&c.data).await.map_err(disk_status)?;
+            self.core
+                .metrics
+                .upload_bytes
+                .fetch_add(c.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             chunk = stream.message().await?;
         }
         f.flush().await.map_err(disk_status)?;

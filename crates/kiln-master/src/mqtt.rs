@@ -1000,25 +1000,25 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        let b = |tls, host: &str, port| Broker {
-            tls,
-            host: host.to_string(),
-            port,
-        };
-        assert_eq!(parse_broker_url("mqtt://h").unwrap(), b(false, "h", 1883));
-        assert_eq!(parse_broker_url("mqtts://h").unwrap(), b(true, "h", 8883));
-        assert_eq!(
-            parse_broker_url("mqtt://127.0.0.1:1884/").unwrap(),
-            b(false, "127.0.0.1", 1884)
-        );
-        assert_eq!(
-            parse_broker_url("mqtts://[::1]:9000").unwrap(),
-            b(true, "::1", 9000)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://mq-1.example.org:1883").unwrap(),
-            b(false, "mq-1.example.org", 1883)
-        );
+        for (url, tls, host, port) in [
+            ("mqtt://h", false, "h", 1883),
+            ("mqtts://h", true, "h", 8883),
+            ("mqtt://127.0.0.1:1884/", false, "127.0.0.1", 1884),
+            ("mqtts://[::1]:9000", true, "::1", 9000),
+            (
+                "mqtt://mq-1.example.org:1883",
+                false,
+                "mq-1.example.org",
+                1883,
+            ),
+        ] {
+            let want = Broker {
+                tls,
+                host: host.to_string(),
+                port,
+            };
+            assert_eq!(parse_broker_url(url).unwrap(), want, "{url}");
+        }
         for (url, want) in [
             (
                 "tcp://h:1883",
@@ -1051,22 +1051,60 @@ mod tests {
         }
     }
 
+    /// The error `c` fails validation with, holding each of `parts`.
+    fn assert_err(c: &MqttConfig, parts: &[&str]) {
+        let e = err_of(c);
+        for part in parts {
+            assert!(e.contains(part), "{part:?} not in {e:?}");
+        }
+    }
+
     #[test]
     fn config_checks() {
         let base = MqttConfig::new("mqtt://127.0.0.1:1883");
-
-        let mut c = MqttConfig::new("mqtts://broker:8883");
-        assert!(
-            err_of(&c).contains("is mqtts:// but ca_file is not set"),
-            "{}",
-            err_of(&c)
-        );
-        c.ca_file = Some("/nonexistent/ca.pem".into());
-        let e = err_of(&c);
-        assert!(
-            e.contains("ca_file /nonexistent/ca.pem: No such file"),
-            "{e}"
-        );
+        type Edit = fn(&mut MqttConfig);
+        let cases: &[(Edit, &str)] = &[
+            (
+                |c| c.url = "mqtts://broker:8883".into(),
+                "is mqtts:// but ca_file is not set",
+            ),
+            (
+                |c| {
+                    c.url = "mqtts://broker:8883".into();
+                    c.ca_file = Some("/nonexistent/ca.pem".into());
+                },
+                "ca_file /nonexistent/ca.pem: No such file",
+            ),
+            (
+                |c| c.password = Some("p".into()),
+                "a password needs a username",
+            ),
+            (
+                |c| c.ca_file = Some("/ca.pem".into()),
+                "ca_file is set but url \"mqtt://127.0.0.1:1883\" is plain",
+            ),
+            (
+                |c| {
+                    c.url = "mqtts://b".into();
+                    c.ca_file = Some("/ca.pem".into());
+                    c.client_cert_file = Some("/c.pem".into());
+                },
+                "client_cert_file and client_key_file go together",
+            ),
+            (
+                |c| c.keep_alive_secs = 0,
+                "keep_alive_secs = 0: between 1 and 65535",
+            ),
+            (|c| c.keep_alive_secs = 65536, "between 1 and 65535"),
+            (|c| c.client_id = String::new(), "client_id is empty"),
+            (|c| c.client_id = "kiln master".into(), "no white space"),
+            (|c| c.username = Some(String::new()), "username \"\""),
+        ];
+        for (edit, want) in cases {
+            let mut c = base.clone();
+            edit(&mut c);
+            assert_err(&c, &[want]);
+        }
 
         let mut c = base.clone();
         c.username = Some("kiln".into());
@@ -1077,19 +1115,6 @@ mod tests {
             "password and password_file are both set: keep one"
         );
 
-        let mut c = base.clone();
-        c.password = Some("p".into());
-        assert!(err_of(&c).contains("a password needs a username"));
-
-        let mut c = base.clone();
-        c.ca_file = Some("/ca.pem".into());
-        assert!(err_of(&c).contains("ca_file is set but url \"mqtt://127.0.0.1:1883\" is plain"));
-
-        let mut c = MqttConfig::new("mqtts://b");
-        c.ca_file = Some("/ca.pem".into());
-        c.client_cert_file = Some("/c.pem".into());
-        assert!(err_of(&c).contains("client_cert_file and client_key_file go together"));
-
         for (prefix, want) in [
             ("", "prefix is empty"),
             ("kiln/#", "no wildcard"),
@@ -1099,29 +1124,25 @@ mod tests {
         ] {
             let mut c = base.clone();
             c.prefix = prefix.into();
-            let e = err_of(&c);
-            assert!(e.contains(want), "{prefix:?}: {e}");
+            assert_err(&c, &[want]);
         }
         let mut c = base.clone();
         c.prefix = "site/a/kiln".into();
         c.validate().unwrap();
         assert_eq!(c.trigger_topic(), "site/a/kiln/trigger");
+    }
 
-        let mut c = base.clone();
-        c.keep_alive_secs = 0;
-        assert!(err_of(&c).contains("keep_alive_secs = 0: between 1 and 65535"));
-        c.keep_alive_secs = 65536;
-        assert!(err_of(&c).contains("between 1 and 65535"));
-
-        let mut c = base.clone();
-        c.client_id = String::new();
-        assert!(err_of(&c).contains("client_id is empty"));
-        c.client_id = "kiln master".into();
-        assert!(err_of(&c).contains("no white space"));
-
-        let mut c = base.clone();
-        c.username = Some(String::new());
-        assert!(err_of(&c).contains("username \"\""));
+    /// A CA made in `dir` (its certificate also in `dir/ca.pem`), and a
+    /// client certificate and key from it, valid for an hour.
+    fn test_pki(dir: &Path) -> (kiln_core::pki::Ca, PathBuf, (String, String)) {
+        let ca = kiln_core::pki::Ca::load_or_create(&dir.join("ca")).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let now = std::time::SystemTime::now();
+        let client = ca
+            .issue_client_cert_with_validity("kiln-master", 7, now, now + Duration::from_secs(3600))
+            .unwrap();
+        (ca, ca_file, client)
     }
 
     #[test]
@@ -1139,7 +1160,7 @@ mod tests {
             ("kiln", "hunter2")
         );
         std::fs::write(&pw, " \n").unwrap();
-        assert!(err_of(&c).contains("is empty"), "{}", err_of(&c));
+        assert_err(&c, &["is empty"]);
         c.password_file = Some(dir.path().join("missing"));
         let e = err_of(&c);
         assert!(
@@ -1148,13 +1169,7 @@ mod tests {
         );
 
         // TLS: a CA, and a client certificate from it.
-        let ca = kiln_core::pki::Ca::load_or_create(&dir.path().join("ca")).unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        let now = std::time::SystemTime::now();
-        let (cert, key) = ca
-            .issue_client_cert_with_validity("kiln-master", 7, now, now + Duration::from_secs(3600))
-            .unwrap();
+        let (_ca, ca_file, (cert, key)) = test_pki(dir.path());
         let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&cert_file, &cert).unwrap();
         std::fs::write(&key_file, &key).unwrap();
@@ -1166,19 +1181,11 @@ mod tests {
         c.validate().unwrap();
         // The key file holds no key.
         c.client_key_file = Some(cert_file.clone());
-        let e = err_of(&c);
-        assert!(
-            e.contains("client_key_file") && e.contains("no PEM private key"),
-            "{e}"
-        );
+        assert_err(&c, &["client_key_file", "no PEM private key"]);
         // A CA file with no certificate.
         c.client_key_file = Some(key_file);
         c.ca_file = Some(pw);
-        let e = err_of(&c);
-        assert!(
-            e.contains("ca_file") && e.contains("no PEM certificate"),
-            "{e}"
-        );
+        assert_err(&c, &["ca_file", "no PEM certificate"]);
     }
 
     // ---- signed triggers
@@ -1358,55 +1365,59 @@ mod tests {
                 other => panic!("{payload}: {other:?}"),
             }
         };
-        malformed("build bash please", None, "not JSON");
-        malformed("", None, "not JSON");
-        malformed(r#"["bash"]"#, None, "");
-        malformed(
-            r#"{"project":"bash","hmac":"00"}"#,
-            None,
-            "missing field `id`",
-        );
-        malformed(
-            r#"{"id":"d-9","hmac":"00"}"#,
-            Some("d-9"),
-            "missing field `project`",
-        );
-        malformed(
-            r#"{"project":"bash","id":"d-9","hmac":"00","sender":"me"}"#,
-            Some("d-9"),
-            "unknown field `sender`",
-        );
-        malformed(
-            r#"{"project":"bash","id":"d-9","mode":"nightly","hmac":"00"}"#,
-            Some("d-9"),
-            "unknown mode \"nightly\"",
-        );
-        malformed(
-            r#"{"project":"bash","id":"d-9","ref":7,"hmac":"00"}"#,
-            Some("d-9"),
-            "invalid type",
-        );
-        malformed(
-            r#"{"project":"bash","id":"","hmac":"00"}"#,
-            Some(""),
-            "id is empty",
-        );
-        malformed(
-            r#"{"project":"","id":"d","hmac":"00"}"#,
-            Some("d"),
-            "project is empty",
-        );
-        // A newline would make the signed string ambiguous.
-        malformed(
-            r#"{"project":"bash\nmain","id":"d","hmac":"00"}"#,
-            Some("d"),
-            "project has a control character",
-        );
-        malformed(
-            r#"{"project":"bash","ref":"a\u0000","id":"d","hmac":"00"}"#,
-            Some("d"),
-            "ref has a control character",
-        );
+        for (payload, id, want) in [
+            ("build bash please", None, "not JSON"),
+            ("", None, "not JSON"),
+            (r#"["bash"]"#, None, ""),
+            (
+                r#"{"project":"bash","hmac":"00"}"#,
+                None,
+                "missing field `id`",
+            ),
+            (
+                r#"{"id":"d-9","hmac":"00"}"#,
+                Some("d-9"),
+                "missing field `project`",
+            ),
+            (
+                r#"{"project":"bash","id":"d-9","hmac":"00","sender":"me"}"#,
+                Some("d-9"),
+                "unknown field `sender`",
+            ),
+            (
+                r#"{"project":"bash","id":"d-9","mode":"nightly","hmac":"00"}"#,
+                Some("d-9"),
+                "unknown mode \"nightly\"",
+            ),
+            (
+                r#"{"project":"bash","id":"d-9","ref":7,"hmac":"00"}"#,
+                Some("d-9"),
+                "invalid type",
+            ),
+            (
+                r#"{"project":"bash","id":"","hmac":"00"}"#,
+                Some(""),
+                "id is empty",
+            ),
+            (
+                r#"{"project":"","id":"d","hmac":"00"}"#,
+                Some("d"),
+                "project is empty",
+            ),
+            // A newline would make the signed string ambiguous.
+            (
+                r#"{"project":"bash\nmain","id":"d","hmac":"00"}"#,
+                Some("d"),
+                "project has a control character",
+            ),
+            (
+                r#"{"project":"bash","ref":"a\u0000","id":"d","hmac":"00"}"#,
+                Some("d"),
+                "ref has a control character",
+            ),
+        ] {
+            malformed(payload, id, want);
+        }
         malformed(
             &format!(
                 r#"{{"project":"bash","id":"{}","hmac":"00"}}"#,
@@ -1585,21 +1596,36 @@ mod tests {
         let _ = timeout(Duration::from_secs(1), events.poll()).await;
     }
 
+    type Rx = mpsc::UnboundedReceiver<Message>;
+
     /// Start the connection loop with a handler that forwards what it gets.
-    fn listen(
+    fn listen(cfg: MqttConfig) -> (tokio::task::JoinHandle<()>, Rx) {
+        listen_holding(cfg, |_| false)
+    }
+
+    /// The same, with a handler that sits for an hour on the messages
+    /// `hold` picks before forwarding them.
+    fn listen_holding(
         cfg: MqttConfig,
-    ) -> (
-        tokio::task::JoinHandle<()>,
-        mpsc::UnboundedReceiver<Message>,
-    ) {
+        hold: fn(&Message) -> bool,
+    ) -> (tokio::task::JoinHandle<()>, Rx) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = tokio::spawn(run(cfg, move |msg| {
             let tx = tx.clone();
             async move {
+                if hold(&msg) {
+                    sleep(Duration::from_secs(3600)).await;
+                }
                 let _ = tx.send(msg);
             }
         }));
         (handle, rx)
+    }
+
+    /// Stop a loop and wait until it is gone.
+    async fn stop(task: tokio::task::JoinHandle<()>) {
+        task.abort();
+        let _ = task.await;
     }
 
     fn test_config(port: u16) -> MqttConfig {
@@ -1615,34 +1641,73 @@ mod tests {
         String::from_utf8_lossy(&m.payload).into_owned()
     }
 
-    /// Publish `TAG-1`, `TAG-2`… on `port` until the loop hands one over
-    /// (the subscription may not be there yet): that message. Messages
-    /// received meanwhile go to `seen`.
-    async fn publish_until_received(
+    /// The next message the loop hands over on `rx`, within `secs` seconds.
+    async fn next(rx: &mut Rx, secs: u64, what: &str) -> Message {
+        timeout(Duration::from_secs(secs), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing within {secs} s"))
+            .expect("the loop's channel closed")
+    }
+
+    /// The test's publisher on a broker's trigger topic, and what the loop
+    /// handed over while it waited for something else.
+    struct Probe {
         port: u16,
-        topic: &str,
-        rx: &mut mpsc::UnboundedReceiver<Message>,
-        tag: &str,
-        seen: &mut Vec<Message>,
-        within: Duration,
-    ) -> Message {
-        let deadline = Instant::now() + within;
-        for n in 1.. {
-            assert!(
-                Instant::now() < deadline,
-                "nothing tagged {tag} received in {within:?}; got {:?}",
-                seen.iter().map(text).collect::<Vec<_>>()
-            );
-            publish(port, topic, format!("{tag}-{n}").into_bytes(), false).await;
-            let wait = Instant::now() + Duration::from_millis(300);
-            while let Ok(Some(m)) = timeout(wait - Instant::now(), rx.recv()).await {
-                if text(&m).starts_with(&format!("{tag}-")) {
-                    return m;
-                }
-                seen.push(m);
+        topic: String,
+        seen: Vec<Message>,
+    }
+
+    impl Probe {
+        fn new(port: u16, cfg: &MqttConfig) -> Probe {
+            Probe {
+                port,
+                topic: cfg.trigger_topic(),
+                seen: Vec::new(),
             }
         }
-        unreachable!()
+
+        /// Publish `payload` on the topic (live, not retained).
+        async fn send(&self, payload: impl Into<Vec<u8>>) {
+            publish(self.port, &self.topic, payload.into(), false).await;
+        }
+
+        fn seen_texts(&self) -> Vec<String> {
+            self.seen.iter().map(text).collect()
+        }
+
+        /// Publish `TAG-1`, `TAG-2`… until the loop hands one over on `rx`
+        /// (the subscription may not be there yet): that message, on the
+        /// topic. Messages received meanwhile go to `seen`.
+        async fn until(&mut self, rx: &mut Rx, tag: &str, secs: u64) -> Message {
+            let within = Duration::from_secs(secs);
+            let deadline = Instant::now() + within;
+            for n in 1.. {
+                assert!(
+                    Instant::now() < deadline,
+                    "nothing tagged {tag} received in {within:?}; got {:?}",
+                    self.seen_texts()
+                );
+                self.send(format!("{tag}-{n}")).await;
+                let wait = Instant::now() + Duration::from_millis(300);
+                while let Ok(Some(m)) = timeout(wait - Instant::now(), rx.recv()).await {
+                    if text(&m).starts_with(&format!("{tag}-")) {
+                        assert_eq!(m.topic, self.topic);
+                        return m;
+                    }
+                    self.seen.push(m);
+                }
+            }
+            unreachable!()
+        }
+    }
+
+    /// A broker started, a loop configuration for it, a probe on it.
+    async fn start_broker() -> (Mosquitto, MqttConfig, Probe) {
+        let mut broker = Mosquitto::new("");
+        broker.start().await;
+        let cfg = test_config(broker.port);
+        let probe = Probe::new(broker.port, &cfg);
+        (broker, cfg, probe)
     }
 
     /// The broker is down when the loop starts, comes up later, is killed
@@ -1652,23 +1717,13 @@ mod tests {
     async fn subscribes_again_after_every_reconnection() {
         let mut broker = Mosquitto::new("");
         let cfg = test_config(broker.port);
-        let topic = cfg.trigger_topic();
+        let mut probe = Probe::new(broker.port, &cfg);
         let (task, mut rx) = listen(cfg);
         // Down at start: the loop keeps trying (and `spawn` returned at once).
         sleep(Duration::from_millis(1500)).await;
         assert!(!task.is_finished());
         broker.start().await;
-        let mut seen = Vec::new();
-        let m = publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "first",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
-        assert_eq!(m.topic, topic);
+        let m = probe.until(&mut rx, "first", 20).await;
         assert!(!m.retain);
 
         for round in 1..=2 {
@@ -1676,18 +1731,8 @@ mod tests {
             // Gone for a while: a few reconnection attempts fail.
             sleep(Duration::from_millis(1500)).await;
             broker.start().await;
-            let tag = format!("round{round}");
             let started = Instant::now();
-            let m = publish_until_received(
-                broker.port,
-                &topic,
-                &mut rx,
-                &tag,
-                &mut seen,
-                Duration::from_secs(30),
-            )
-            .await;
-            assert_eq!(m.topic, topic);
+            probe.until(&mut rx, &format!("round{round}"), 30).await;
             // Backoff capped by the failures of ~1.5 s down: well under 60 s.
             assert!(
                 started.elapsed() < Duration::from_secs(15),
@@ -1706,53 +1751,30 @@ mod tests {
     /// delivered again.
     #[tokio::test]
     async fn the_session_keeps_messages_while_away_and_acknowledged_ones_go() {
-        let mut broker = Mosquitto::new("");
-        broker.start().await;
-        let cfg = test_config(broker.port);
-        let topic = cfg.trigger_topic();
-        let mut seen = Vec::new();
+        let (_broker, cfg, mut probe) = start_broker().await;
 
         let (task, mut rx) = listen(cfg.clone());
-        publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "ready",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
+        probe.until(&mut rx, "ready", 20).await;
         sleep(Duration::from_millis(300)).await; // the PUBACK goes out
-        task.abort();
-        let _ = task.await;
+        stop(task).await;
         sleep(Duration::from_millis(300)).await;
-        publish(broker.port, &topic, b"while-away".to_vec(), false).await;
+        probe.send("while-away").await;
 
         let (task, mut rx) = listen(cfg.clone());
-        let m = timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("the queued message did not come")
-            .unwrap();
+        let m = next(&mut rx, 10, "the queued message did not come").await;
         assert_eq!(text(&m), "while-away");
         sleep(Duration::from_millis(300)).await;
-        task.abort();
-        let _ = task.await;
+        stop(task).await;
 
         let (task, mut rx) = listen(cfg);
-        publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "again",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
+        probe.until(&mut rx, "again", 20).await;
         assert!(
-            seen.iter()
+            probe
+                .seen
+                .iter()
                 .all(|m| text(m) != "while-away" && text(m) != "ready-1"),
             "acknowledged messages delivered again: {:?}",
-            seen.iter().map(text).collect::<Vec<_>>()
+            probe.seen_texts()
         );
         task.abort();
     }
@@ -1761,45 +1783,21 @@ mod tests {
     /// it); one too large to read at all does not wedge the trigger.
     #[tokio::test]
     async fn oversized_messages_do_not_wedge_the_loop() {
-        let mut broker = Mosquitto::new("");
-        broker.start().await;
-        let cfg = test_config(broker.port);
-        let topic = cfg.trigger_topic();
-        let mut seen = Vec::new();
+        let (_broker, cfg, mut probe) = start_broker().await;
         let (task, mut rx) = listen(cfg);
-        publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "ready",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
+        probe.until(&mut rx, "ready", 20).await;
 
-        publish(broker.port, &topic, vec![b'x'; 100 << 10], false).await;
-        let m = timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        probe.send(vec![b'x'; 100 << 10]).await;
+        let m = next(&mut rx, 10, "the 100 KiB message").await;
         assert_eq!(m.payload.len(), 100 << 10);
         assert_eq!(
             parse_trigger(&m.payload).unwrap_err().reason,
             Reason::TooLarge(100 << 10)
         );
 
-        publish(broker.port, &topic, vec![b'y'; 2 << 20], false).await;
-        let m = publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "after",
-            &mut seen,
-            Duration::from_secs(30),
-        )
-        .await;
-        assert_eq!(m.topic, topic);
-        assert!(seen.iter().all(|m| m.payload.len() < MAX_PACKET));
+        probe.send(vec![b'y'; 2 << 20]).await;
+        probe.until(&mut rx, "after", 30).await;
+        assert!(probe.seen.iter().all(|m| m.payload.len() < MAX_PACKET));
         task.abort();
     }
 
@@ -1807,55 +1805,25 @@ mod tests {
     /// messages after it.
     #[tokio::test]
     async fn a_slow_handler_does_not_hold_up_the_loop() {
-        let mut broker = Mosquitto::new("");
-        broker.start().await;
-        let cfg = test_config(broker.port);
-        let topic = cfg.trigger_topic();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(cfg, move |msg: Message| {
-            let tx = tx.clone();
-            async move {
-                if text(&msg).starts_with("slow") {
-                    sleep(Duration::from_secs(3600)).await;
-                }
-                let _ = tx.send(msg);
-            }
-        }));
-        let mut seen = Vec::new();
-        publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "ready",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
+        let (_broker, cfg, mut probe) = start_broker().await;
+        let (task, mut rx) = listen_holding(cfg, |m| text(m).starts_with("slow"));
+        probe.until(&mut rx, "ready", 20).await;
         for n in 0..4 {
-            publish(broker.port, &topic, format!("slow-{n}").into_bytes(), false).await;
+            probe.send(format!("slow-{n}")).await;
         }
-        publish(broker.port, &topic, b"quick".to_vec(), false).await;
-        let m = timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("held up")
-            .unwrap();
-        assert_eq!(text(&m), "quick", "{seen:?}");
+        probe.send("quick").await;
+        let m = next(&mut rx, 5, "held up").await;
+        assert_eq!(text(&m), "quick", "{:?}", probe.seen);
         task.abort();
     }
 
     /// A retained message comes flagged, so the trigger can refuse it.
     #[tokio::test]
     async fn retained_messages_are_flagged() {
-        let mut broker = Mosquitto::new("");
-        broker.start().await;
-        let cfg = test_config(broker.port);
-        let topic = cfg.trigger_topic();
-        publish(broker.port, &topic, b"stale".to_vec(), true).await;
+        let (_broker, cfg, probe) = start_broker().await;
+        publish(probe.port, &probe.topic, b"stale".to_vec(), true).await;
         let (task, mut rx) = listen(cfg);
-        let m = timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = next(&mut rx, 10, "the retained message").await;
         assert_eq!(text(&m), "stale");
         assert!(m.retain);
         task.abort();
@@ -1865,21 +1833,15 @@ mod tests {
     #[tokio::test]
     async fn tls_with_a_client_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = kiln_core::pki::Ca::load_or_create(&dir.path().join("ca")).unwrap();
+        let (ca, ca_file, (client_cert, client_key)) = test_pki(dir.path());
         let (server_cert, server_key) = ca
             .issue_server_cert(&["127.0.0.1".to_string(), "localhost".to_string()])
             .unwrap();
-        let now = std::time::SystemTime::now();
-        let (client_cert, client_key) = ca
-            .issue_client_cert_with_validity("kiln-master", 9, now, now + Duration::from_secs(3600))
-            .unwrap();
-        let files = tempfile::tempdir().unwrap();
         let put = |name: &str, text: &str| {
-            let p = files.path().join(name);
+            let p = dir.path().join(name);
             std::fs::write(&p, text).unwrap();
             p
         };
-        let ca_file = put("ca.pem", ca.cert_pem());
         let server_cert = put("server.pem", &server_cert);
         let server_key = put("server.key", &server_key);
         let tls_port = free_port();
@@ -1899,19 +1861,9 @@ mod tests {
         cfg.client_cert_file = Some(put("client.pem", &client_cert));
         cfg.client_key_file = Some(put("client.key", &client_key));
         cfg.validate().unwrap();
-        let topic = cfg.trigger_topic();
+        let mut probe = Probe::new(broker.port, &cfg);
         let (task, mut rx) = listen(cfg);
-        let mut seen = Vec::new();
-        let m = publish_until_received(
-            broker.port,
-            &topic,
-            &mut rx,
-            "tls",
-            &mut seen,
-            Duration::from_secs(20),
-        )
-        .await;
-        assert_eq!(m.topic, topic);
+        probe.until(&mut rx, "tls", 20).await;
         task.abort();
     }
 }

@@ -316,6 +316,7 @@ impl Core {
                     self.repo.kick();
                 }
                 for e in events {
+                    self.metrics.on_event(&e);
                     let _ = self.events.send(e);
                 }
                 logs_saved.await;

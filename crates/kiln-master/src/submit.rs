@@ -180,10 +180,12 @@ pub async fn record_skipped(
         .write(move |t| kiln_store::insert_skipped(t, &nb, id, &reason))
         .await?;
     tracing::info!("build {} of {} skipped", b.id, info.nevra());
-    let _ = core.events.send(crate::sched::Event::Build {
+    let e = crate::sched::Event::Build {
         build: b.id,
         state: kiln_core::state::BuildState::Skipped,
-    });
+    };
+    core.metrics.on_event(&e);
+    let _ = core.events.send(e);
     let _ = core.build_done.send(b.id);
     Ok(Submitted {
         build: b,

@@ -59,6 +59,10 @@ pub struct RepoBuilder {
     pub runs: AtomicU64,
     /// Publications (batches) so far.
     pub publications: AtomicU64,
+    /// Publications that failed (a target's run, not a build).
+    pub publication_failures: AtomicU64,
+    /// How long a publication takes, from its snapshot to its record.
+    pub publication_seconds: kiln_core::metrics::Histogram,
 }
 
 /// How long a failed publication waits before it is tried again.
@@ -82,6 +86,8 @@ impl RepoBuilder {
             on_change,
             runs: AtomicU64::new(0),
             publications: AtomicU64::new(0),
+            publication_failures: AtomicU64::new(0),
+            publication_seconds: kiln_core::metrics::Histogram::new(kiln_core::metrics::FAST),
         })
     }
 
@@ -205,6 +211,17 @@ impl RepoBuilder {
 
     /// Publish some builds of one target. Returns false if anything failed.
     async fn publish_target(&self, name: &str, builds: Vec<i64>, all: bool) -> bool {
+        let started = std::time::Instant::now();
+        let ok = self.publish_target_inner(name, builds, all).await;
+        self.publication_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.publication_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    async fn publish_target_inner(&self, name: &str, builds: Vec<i64>, all: bool) -> bool {
         let Some(target) = self.targets.get(name).cloned() else {
             let msg = format!("target {name:?} is not configured on this master");
             self.fail_all(builds, &msg).await;

@@ -76,6 +76,7 @@ struct Inner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+    metrics: Arc<WriterMetrics>,
 }
 
 fn open(path: &Path, durability: Durability, write: bool) -> Result<Connection> {
@@ -107,9 +108,11 @@ impl Store {
         let mut conn = open(path, durability, true)?;
         schema::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<WriteFn>();
+        let metrics = Arc::new(WriterMetrics::default());
+        let m = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &m))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -117,8 +120,14 @@ impl Store {
                 thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 path: path.to_path_buf(),
+                metrics,
             }),
         })
+    }
+
+    /// What the group commits have done so far.
+    pub fn metrics(&self) -> &WriterMetrics {
+        &self.inner.metrics
     }
 
     /// A consistent copy of the database at `dest` (a new file), taken
@@ -237,7 +246,29 @@ fn run_in_savepoint<T>(
 
 /// Gathers every waiting write into one transaction: one commit (one fsync)
 /// for many state changes.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>) {
+/// The group commits' figures, for `/metrics`.
+pub struct WriterMetrics {
+    /// Commits (successful or not) and the writes they held.
+    pub commits: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Time from the start of a group's transaction to its durable commit.
+    pub latency: kiln_core::metrics::Histogram,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        WriterMetrics {
+            commits: Default::default(),
+            writes: Default::default(),
+            failed: Default::default(),
+            latency: kiln_core::metrics::Histogram::new(kiln_core::metrics::FAST),
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>, m: &WriterMetrics) {
+    use std::sync::atomic::Ordering::Relaxed;
     const MAX_BATCH: usize = 1024;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -254,11 +285,17 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>) {
                 continue; // dropping the closures drops their senders: callers see Closed
             }
         };
+        let started = std::time::Instant::now();
+        let n = batch.len() as u64;
         let replies: Vec<Reply> = batch.into_iter().map(|f| f(&tx)).collect();
         let outcome = tx.commit().map_err(|e| {
             tracing::error!("commit failed: {e}");
+            m.failed.fetch_add(1, Relaxed);
             e.to_string()
         });
+        m.latency.observe(started.elapsed().as_secs_f64());
+        m.commits.fetch_add(1, Relaxed);
+        m.writes.fetch_add(n, Relaxed);
         for r in replies {
             r(outcome.clone());
         }

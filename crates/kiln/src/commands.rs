@@ -1197,7 +1197,7 @@ mod tests {
         let answer = r#"{"id":4,"target":"t","package":"p","evr":"1-1","srpm_name":"p-1-1.src.rpm",
             "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
             "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
-            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,"batch":null,"waits_for":[],
+            "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,"batch":null,"waits_for":[],"source":null,
             "jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
             "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
             "artifacts":[]}"#;

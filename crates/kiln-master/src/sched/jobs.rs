@@ -204,6 +204,11 @@ impl Sched {
             });
         }
         if new.is_final() {
+            if let Some(b) = self.builds.get(&build) {
+                self.metrics
+                    .build_duration
+                    .observe((self.clock.wall_ms() - b.row.created_at) as f64 / 1000.0);
+            }
             if let Some(b) = self.builds.remove(&build) {
                 for id in b.jobs {
                     if self.jobs.get(&id).is_some_and(|j| j.row.state.is_final()) {
@@ -285,6 +290,11 @@ impl Sched {
         };
         j.row.message = (!message.is_empty()).then_some(message);
         j.row.finished_at = Some(self.clock.wall_ms());
+        if let Some(s) = j.row.started_at {
+            self.metrics
+                .job_duration
+                .observe((self.clock.wall_ms() - s) as f64 / 1000.0);
+        }
         let row = j.row.clone();
         let build = row.build;
         self.save_event(fx, &row);

@@ -208,7 +208,41 @@ pub struct SrpmFacts {
     pub size: u64,
 }
 
+/// What the scheduler measures as it decides (for `/metrics`).
+pub struct SchedMetrics {
+    /// From a job's creation (or re-queue) to its assignment.
+    pub queue_wait: kiln_core::metrics::Histogram,
+    /// From a job's assignment to its result.
+    pub job_duration: kiln_core::metrics::Histogram,
+    /// From a build's submission to its end (skipped builds not counted).
+    pub build_duration: kiln_core::metrics::Histogram,
+}
+
+impl Default for SchedMetrics {
+    fn default() -> Self {
+        use kiln_core::metrics::{Histogram, SLOW};
+        SchedMetrics {
+            queue_wait: Histogram::new(SLOW),
+            job_duration: Histogram::new(SLOW),
+            build_duration: Histogram::new(SLOW),
+        }
+    }
+}
+
+/// A queue as the dashboard and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    pub channel: String,
+    pub arch: String,
+    /// Pending jobs (of builds not waiting for others).
+    pub pending: usize,
+    /// When the oldest of them was created (Unix ms).
+    pub oldest_ms: Option<i64>,
+}
+
 pub struct Sched {
+    /// What it measures.
+    pub metrics: SchedMetrics,
     clock: Arc<dyn Clock>,
     lease: Duration,
     max_attempts: u32,
@@ -242,6 +276,7 @@ pub struct Sched {
 impl Sched {
     pub fn new(cfg: SchedConfig, clock: Arc<dyn Clock>) -> Sched {
         Sched {
+            metrics: SchedMetrics::default(),
             clock,
             lease: cfg.lease,
             max_attempts: cfg.max_attempts,
@@ -439,6 +474,38 @@ impl Sched {
             .get(&build)
             .and_then(|b| b.jobs.first().copied())
             .unwrap_or(0)
+    }
+
+    /// The queues with pending jobs, by (channel, arch), sorted.
+    pub fn queue_summary(&self) -> Vec<QueueView> {
+        let mut m: std::collections::BTreeMap<(String, String), QueueView> = Default::default();
+        for j in self.jobs.values() {
+            if j.row.state != JobState::Pending || self.waiting.contains_key(&j.row.build) {
+                continue;
+            }
+            let Some(b) = self.builds.get(&j.row.build) else {
+                continue;
+            };
+            let q = m
+                .entry((b.row.channel.clone(), j.row.arch.clone()))
+                .or_insert_with(|| QueueView {
+                    channel: b.row.channel.clone(),
+                    arch: j.row.arch.clone(),
+                    pending: 0,
+                    oldest_ms: None,
+                });
+            q.pending += 1;
+            q.oldest_ms = Some(
+                q.oldest_ms
+                    .map_or(j.row.created_at, |o| o.min(j.row.created_at)),
+            );
+        }
+        m.into_values().collect()
+    }
+
+    /// Jobs holding a lease (assigned or running), and workers connected.
+    pub fn running_and_workers(&self) -> (usize, usize) {
+        (self.leased.len(), self.workers.len())
     }
 
     pub fn queued_jobs(&self) -> usize {

@@ -53,6 +53,9 @@ impl Sched {
         j.row.state = JobState::Assigned;
         j.row.worker = Some(worker.to_string());
         j.row.started_at = Some(self.clock.wall_ms());
+        self.metrics
+            .queue_wait
+            .observe((self.clock.wall_ms() - j.row.created_at) as f64 / 1000.0);
         j.row.finished_at = None;
         j.lease_until = self.clock.now() + self.lease;
         w.running.insert(job);

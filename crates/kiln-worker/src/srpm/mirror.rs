@@ -112,26 +112,43 @@ impl Git {
         }
     }
 
-    /// Run `git PRE ARGS` in `cwd` (logged as `git ARGS`; its output kept).
-    async fn exec(
+    /// Run `git ARGS` at `at` (logged; its output kept).
+    async fn exec(&self, ctx: &Ctx<'_>, at: At<'_>, args: &[&str]) -> Result<Ran, Stop> {
+        let (cwd, mut full) = match at {
+            At::Repo(repo) => {
+                let mut d = OsString::from("--git-dir=");
+                d.push(repo);
+                (repo, vec![d])
+            }
+            At::Dir(dir) => (dir, Vec::new()),
+        };
+        full.extend(args.iter().map(OsString::from));
+        // Logged as `git ARGS` (without the `--git-dir`).
+        ctx.run(&self.inv(cwd, full), &shown("git", args)).await
+    }
+
+    /// Run `git ARGS` at `at`: its output when it succeeds; when it fails,
+    /// the job fails with `what` and git's own error line.
+    async fn checked(
         &self,
         ctx: &Ctx<'_>,
-        cwd: &Path,
-        pre: Vec<OsString>,
+        at: At<'_>,
         args: &[&str],
-    ) -> Result<Ran, Stop> {
-        let mut full = pre;
-        full.extend(args.iter().map(OsString::from));
-        ctx.run(&self.inv(cwd, full), &shown("git", args)).await
+        what: impl FnOnce() -> String,
+    ) -> Result<String, Stop> {
+        let ran = self.exec(ctx, at, args).await?;
+        if ran.end == Some(0) {
+            return Ok(String::from_utf8_lossy(&ran.text).into_owned());
+        }
+        Err(ctx.failed(what(), &ran, "git"))
     }
 
     /// Run `git ARGS` on the repository `repo` (logged; its output kept).
     pub(super) async fn raw(&self, ctx: &Ctx<'_>, repo: &Path, args: &[&str]) -> Result<Ran, Stop> {
-        self.exec(ctx, repo, vec![git_dir(repo)], args).await
+        self.exec(ctx, At::Repo(repo), args).await
     }
 
-    /// Run `git ARGS` on the repository `repo`: its output when it
-    /// succeeds; when it fails, `what` and git's own error line.
+    /// Run `git ARGS` on the repository `repo`, as [`Git::checked`] does.
     pub(super) async fn run(
         &self,
         ctx: &Ctx<'_>,
@@ -139,8 +156,7 @@ impl Git {
         args: &[&str],
         what: impl FnOnce() -> String,
     ) -> Result<String, Stop> {
-        let ran = self.raw(ctx, repo, args).await?;
-        succeeded(ctx, ran, what)
+        self.checked(ctx, At::Repo(repo), args, what).await
     }
 
     /// Run `git ARGS` in the folder `cwd` (a work tree), its output kept.
@@ -150,11 +166,11 @@ impl Git {
         cwd: &Path,
         args: &[&str],
     ) -> Result<Ran, Stop> {
-        self.exec(ctx, cwd, Vec::new(), args).await
+        self.exec(ctx, At::Dir(cwd), args).await
     }
 
     /// Run `git ARGS` in the folder `cwd` (a work tree, or where a clone
-    /// goes), as [`Git::run`] does.
+    /// goes), as [`Git::checked`] does.
     pub(super) async fn run_in(
         &self,
         ctx: &Ctx<'_>,
@@ -162,8 +178,7 @@ impl Git {
         args: &[&str],
         what: impl FnOnce() -> String,
     ) -> Result<String, Stop> {
-        let ran = self.raw_in(ctx, cwd, args).await?;
-        succeeded(ctx, ran, what)
+        self.checked(ctx, At::Dir(cwd), args, what).await
     }
 
     /// Whether `git ARGS` on `repo` exits with status 0 (a check: its
@@ -178,19 +193,13 @@ impl Git {
     }
 }
 
-/// A git command's output if it succeeded; else the job fails with `what`
-/// and git's error line.
-fn succeeded(ctx: &Ctx<'_>, ran: Ran, what: impl FnOnce() -> String) -> Result<String, Stop> {
-    if ran.end == Some(0) {
-        return Ok(String::from_utf8_lossy(&ran.text).into_owned());
-    }
-    Err(ctx.failed(what(), &ran, "git"))
-}
-
-fn git_dir(repo: &Path) -> OsString {
-    let mut d = OsString::from("--git-dir=");
-    d.push(repo);
-    d
+/// Where a git command runs.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    /// On the repository (`--git-dir=`), from its folder.
+    Repo(&'a Path),
+    /// In the folder (a work tree, or where a clone goes).
+    Dir(&'a Path),
 }
 
 /// A command line as the job log shows it: URLs without credentials, an

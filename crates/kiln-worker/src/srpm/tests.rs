@@ -138,6 +138,20 @@ impl Project {
         (made, text, dir)
     }
 
+    /// The CI source with the packaging repository `pk`.
+    pub fn with_packaging(&self, pk: &TestRepo) -> pb::GitSource {
+        pb::GitSource {
+            packaging_url: pk.url(),
+            ..self.ci()
+        }
+    }
+
+    /// Run a job that must fail: its message, its log.
+    pub async fn fails(&self, source: pb::GitSource) -> (String, String) {
+        let (made, log, _) = self.run(source).await;
+        (failure(&made, &log), log)
+    }
+
     pub fn mirror(&self, url: &str) -> PathBuf {
         self.env
             .work
@@ -165,13 +179,17 @@ fn failure(made: &Made, log: &str) -> String {
     made.outcome.message.clone()
 }
 
-/// The files an SRPM holds.
-fn srpm_files(srpm: &Path) -> Vec<String> {
-    let out = Command::new("rpm")
-        .args(["-qpl", "--nosignature", "--define", "_dbpath /nonexistent"])
-        .arg(srpm)
-        .output()
-        .unwrap();
+/// `m` starts with `want` (the log shown when not).
+fn assert_starts(m: &str, want: &str, log: &str) {
+    assert!(
+        m.starts_with(want),
+        "{m:?} does not start with {want:?}\n{log}"
+    );
+}
+
+/// The lines a command that must succeed prints.
+fn output_lines(cmd: &mut Command) -> Vec<String> {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -184,23 +202,23 @@ fn srpm_files(srpm: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The entries of a tarball.
-fn tar_list(tarball: &Path) -> Vec<String> {
-    let out = Command::new("tar")
-        .arg("-tf")
-        .arg(tarball)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+/// The files an SRPM holds.
+fn srpm_files(srpm: &Path) -> Vec<String> {
+    output_lines(
+        Command::new("rpm")
+            .args(["-qpl", "--nosignature", "--define", "_dbpath /nonexistent"])
+            .arg(srpm),
+    )
+}
+
+/// The entries of the tarball `name` in the job directory `dir`.
+fn tar_list(dir: &Path, name: &str) -> Vec<String> {
+    output_lines(Command::new("tar").arg("-tf").arg(sources(dir, name)))
+}
+
+/// The file `name` of the job directory `dir`'s `SOURCES`.
+fn sources(dir: &Path, name: &str) -> PathBuf {
+    dir.join("build/SOURCES").join(name)
 }
 
 fn sha(p: &Path) -> String {
@@ -245,7 +263,7 @@ async fn a_ci_build_from_two_repositories() {
             "hello.spec".into()
         ]
     );
-    let entries = tar_list(&dir.join("build/SOURCES").join(&tarball));
+    let entries = tar_list(&dir, &tarball);
     assert!(
         entries
             .iter()
@@ -288,8 +306,8 @@ async fn the_same_commits_make_the_same_version_and_tarball_without_a_new_clone(
     assert_eq!(second.source.version, first.source.version);
     let name = format!("hello-{}.tar.gz", first.source.version);
     assert_eq!(
-        sha(&dir1.join("build/SOURCES").join(&name)),
-        sha(&dir2.join("build/SOURCES").join(&name)),
+        sha(&sources(&dir1, &name)),
+        sha(&sources(&dir2, &name)),
         "the same commit gave another tarball"
     );
     assert!(
@@ -365,7 +383,7 @@ async fn a_packit_style_repository_holds_the_spec() {
     assert_eq!(made.source.packaging_commit, "");
     let tarball = format!("one-{v}.tar.xz");
     assert!(srpm_files(&srpm).contains(&tarball));
-    let entries = tar_list(&dir.join("build/SOURCES").join(&tarball));
+    let entries = tar_list(&dir, &tarball);
     assert!(
         entries.contains(&format!("one-{v}/packaging/one.spec")),
         "{entries:?}"
@@ -377,20 +395,17 @@ async fn a_packit_style_repository_holds_the_spec() {
     assert_eq!(made.fetches.len(), 1, "one repository, one fetch");
 
     // Without the spec's path: none at the top.
-    let (made, log, _) = p
-        .run(pb::GitSource {
+    let (m, log) = p
+        .fails(pb::GitSource {
             spec: String::new(),
             ..source
         })
         .await;
-    let m = failure(&made, &log);
-    assert!(
-        m.starts_with(&format!(
-            "no spec in upstream repository at {}: found no *.spec at its top",
-            &one.head()[..7]
-        )),
-        "{m}"
+    let want = format!(
+        "no spec in upstream repository at {}: found no *.spec at its top",
+        &one.head()[..7]
     );
+    assert_starts(&m, &want, &log);
 }
 
 #[tokio::test]
@@ -419,17 +434,13 @@ async fn a_release_build_takes_its_version_from_the_tag() {
         "{log}"
     );
     // The commit a webhook names must be the tag's.
-    let (made, log, _) = p
-        .run(pb::GitSource {
+    let (m, log) = p
+        .fails(pb::GitSource {
             upstream_commit: p.up.head(),
             ..release.clone()
         })
         .await;
-    let m = failure(&made, &log);
-    assert!(
-        m.starts_with(&format!("tag v1.0 is at {}", &tagged[..7])),
-        "{m}"
-    );
+    assert_starts(&m, &format!("tag v1.0 is at {}", &tagged[..7]), &log);
 
     // A tag that disagrees with the spec, unless the tag wins.
     p.up.tag("v1.3");
@@ -437,11 +448,8 @@ async fn a_release_build_takes_its_version_from_the_tag() {
         upstream_ref: "refs/tags/v1.3".into(),
         ..release.clone()
     };
-    let (made, log, _) = p.run(v13.clone()).await;
-    assert_eq!(
-        failure(&made, &log),
-        "tag v1.3 says 1.3 but the spec says 1.0"
-    );
+    let (m, _) = p.fails(v13.clone()).await;
+    assert_eq!(m, "tag v1.3 says 1.3 but the spec says 1.0");
     let (made, log, _) = p
         .run(pb::GitSource {
             tag_wins: true,
@@ -457,75 +465,60 @@ async fn a_release_build_takes_its_version_from_the_tag() {
 
     // A tag that is not a version; a branch is not a tag.
     p.up.tag("foo");
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            upstream_ref: "foo".into(),
-            ..release.clone()
-        })
-        .await;
-    assert!(
-        failure(&made, &log).starts_with("tag foo is not a version"),
-        "{log}"
-    );
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            upstream_ref: "nope".into(),
-            ..release
-        })
-        .await;
-    let m = failure(&made, &log);
-    assert!(
-        m.starts_with(&format!(
-            "fetching {}#nope: fatal: couldn't find remote ref refs/tags/nope",
-            p.up.url()
-        )),
-        "{m}"
-    );
+    for (git_ref, want) in [
+        ("foo", "tag foo is not a version".to_string()),
+        (
+            "nope",
+            format!(
+                "fetching {}#nope: fatal: couldn't find remote ref refs/tags/nope",
+                p.up.url()
+            ),
+        ),
+    ] {
+        let (m, log) = p
+            .fails(pb::GitSource {
+                upstream_ref: git_ref.into(),
+                ..release.clone()
+            })
+            .await;
+        assert_starts(&m, &want, &log);
+    }
 }
 
 #[tokio::test]
 async fn an_asked_for_commit_is_built_even_when_older() {
     let p = Project::new();
     let first = p.up.git(&["rev-parse", "v1.0^{commit}"]);
-    let (made, log, dir) = p
-        .run(pb::GitSource {
-            upstream_commit: first.clone(),
-            ..p.ci()
-        })
-        .await;
-    srpm_of(&made, &log);
-    assert_eq!(made.source.upstream_commit, first);
     // On the tag itself: 0 commits since it, at 00:00.
     let v = format!("1.0^20260101.000000.0.g{}", &first[..7]);
-    assert_eq!(made.source.version, v);
-    let tarball = dir.join("build/SOURCES").join(format!("hello-{v}.tar.gz"));
-    let entries = tar_list(&tarball);
-    assert!(!entries.iter().any(|e| e.ends_with("/NEWS")), "{entries:?}");
-
-    // The same commit named as the ref itself.
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            upstream_ref: first.clone(),
-            ..p.ci()
-        })
-        .await;
-    srpm_of(&made, &log);
-    assert_eq!(made.source.version, v);
+    // Asked for as the commit, and as the ref itself.
+    let by_commit = pb::GitSource {
+        upstream_commit: first.clone(),
+        ..p.ci()
+    };
+    let by_ref = pb::GitSource {
+        upstream_ref: first.clone(),
+        ..p.ci()
+    };
+    for source in [by_commit, by_ref] {
+        let (made, log, dir) = p.run(source).await;
+        srpm_of(&made, &log);
+        assert_eq!(made.source.upstream_commit, first);
+        assert_eq!(made.source.version, v);
+        let entries = tar_list(&dir, &format!("hello-{v}.tar.gz"));
+        assert!(!entries.iter().any(|e| e.ends_with("/NEWS")), "{entries:?}");
+    }
 
     // A commit the repository does not have: fetched by its id, and then
     // refused clearly.
     let missing = "0123456789abcdef0123456789abcdef01234567";
-    let (made, log, _) = p
-        .run(pb::GitSource {
+    let (m, log) = p
+        .fails(pb::GitSource {
             upstream_commit: missing.into(),
             ..p.ci()
         })
         .await;
-    let m = failure(&made, &log);
-    assert!(
-        m.starts_with(&format!("fetching {}#{missing}: ", p.up.url())),
-        "{m}"
-    );
+    assert_starts(&m, &format!("fetching {}#{missing}: ", p.up.url()), &log);
 }
 
 #[tokio::test]
@@ -579,16 +572,14 @@ async fn bad_sources_fail_with_a_precise_first_line() {
                 upstream_url: "ssh://git@example.invalid/x.git".into(),
                 ..base.clone()
             },
-            format!("an ssh:// repository needs a key: set {SSH_KEY_ENV}"),
+            format!(
+                "an ssh:// repository needs a key: set git_ssh_key ({SSH_KEY_ENV}) in the worker's settings"
+            ),
         ),
     ];
     for (source, want) in cases {
-        let (made, log, _) = p.run(source).await;
-        let m = failure(&made, &log);
-        assert!(
-            m.starts_with(&want),
-            "{m:?} does not start with {want:?}\n{log}"
-        );
+        let (m, log) = p.fails(source).await;
+        assert_starts(&m, &want, &log);
     }
 }
 
@@ -598,18 +589,25 @@ async fn packaging_failure(files: &[(&str, &[u8])]) -> (String, String, String) 
     let tmp = tempfile::tempdir().unwrap();
     let mut pk = TestRepo::new(&tmp.path().join("pk2"));
     let head = pk.commit(files, "broken packaging");
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            packaging_url: pk.url(),
-            ..p.ci()
-        })
-        .await;
-    (failure(&made, &log), log, head)
+    let (m, log) = p.fails(p.with_packaging(&pk)).await;
+    (m, log, head)
+}
+
+/// A spec of `a` 1 with `a-1.tar.gz` as its Source0, and `extra`.
+fn spec_a(extra: &str) -> String {
+    spec("a", "1", "a-%{version}.tar.gz", extra)
+}
+
+/// The failure of a packaging repository that holds `a.spec` alone: its
+/// message, its log.
+async fn spec_a_failure(extra: &str) -> (String, String) {
+    let (m, log, _) = packaging_failure(&[("a.spec", spec_a(extra).as_bytes())]).await;
+    (m, log)
 }
 
 #[tokio::test]
 async fn two_specs_are_named_in_the_failure() {
-    let s = spec("a", "1", "a-%{version}.tar.gz", "");
+    let s = spec_a("");
     let (m, _, head) =
         packaging_failure(&[("a.spec", s.as_bytes()), ("b.spec", s.as_bytes())]).await;
     assert_eq!(
@@ -623,16 +621,11 @@ async fn two_specs_are_named_in_the_failure() {
 
 #[tokio::test]
 async fn a_spec_that_does_not_parse_says_why() {
-    let s = spec(
-        "a",
-        "1",
-        "a-%{version}.tar.gz",
-        "%{error:deliberately broken}\n",
-    );
-    let (m, log, _) = packaging_failure(&[("a.spec", s.as_bytes())]).await;
-    assert!(
-        m.starts_with("the spec does not parse: error: deliberately broken"),
-        "{m}\n{log}"
+    let (m, log) = spec_a_failure("%{error:deliberately broken}\n").await;
+    assert_starts(
+        &m,
+        "the spec does not parse: error: deliberately broken",
+        &log,
     );
 }
 
@@ -640,16 +633,12 @@ async fn a_spec_that_does_not_parse_says_why() {
 /// and no network in the sandbox): the SRPM cannot be made without it.
 #[tokio::test]
 async fn a_source_url_is_never_downloaded() {
-    let s = spec(
-        "a",
-        "1",
-        "a-%{version}.tar.gz",
-        "Source1: https://example.invalid/extra-%{version}.tar.gz\n",
-    );
-    let (m, log, _) = packaging_failure(&[("a.spec", s.as_bytes())]).await;
-    assert!(
-        m.starts_with("rpmbuild -bs failed: error: Bad file: /build/SOURCES/extra-1"),
-        "{m}\n{log}"
+    let (m, log) =
+        spec_a_failure("Source1: https://example.invalid/extra-%{version}.tar.gz\n").await;
+    assert_starts(
+        &m,
+        "rpmbuild -bs failed: error: Bad file: /build/SOURCES/extra-1",
+        &log,
     );
     assert!(log.contains("_disable_source_fetch 1"), "{log}");
 }
@@ -667,13 +656,7 @@ async fn a_spec_through_a_link_or_a_source0_kiln_cannot_make_is_refused() {
     pk.commit(&[], "empty");
     std::os::unix::fs::symlink("/etc/passwd", pk.dir.join("evil.spec")).unwrap();
     pk.commit(&[], "a link");
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            packaging_url: pk.url(),
-            ..p.ci()
-        })
-        .await;
-    let m = failure(&made, &log);
+    let (m, _) = p.fails(p.with_packaging(&pk)).await;
     assert!(m.contains("evil.spec is a symbolic link (refused)"), "{m}");
 }
 
@@ -745,11 +728,7 @@ async fn in_a_buildroot_the_srpm_is_made_inside_the_base_root() {
             ..Default::default()
         },
     );
-    let source = pb::GitSource {
-        packaging_url: pk.url(),
-        ..p.ci()
-    };
-    let (made, log, dir) = p.run_in(source, Some((rs, roots))).await;
+    let (made, log, dir) = p.run_in(p.with_packaging(&pk), Some((rs, roots))).await;
     let srpm = srpm_of(&made, &log);
     let info = kiln_core::srpm::inspect_srpm(&srpm).unwrap();
     assert_eq!(info.release, "7.kt1", "{log}");
@@ -760,12 +739,7 @@ async fn in_a_buildroot_the_srpm_is_made_inside_the_base_root() {
     );
     assert!(dir.join(crate::buildroot::ROOT_LOG).is_file());
     // On the worker's own system the same spec says 1.
-    let (made, log, _) = p
-        .run(pb::GitSource {
-            packaging_url: pk.url(),
-            ..p.ci()
-        })
-        .await;
+    let (made, log, _) = p.run(p.with_packaging(&pk)).await;
     let srpm = srpm_of(&made, &log);
     assert_eq!(
         kiln_core::srpm::inspect_srpm(&srpm).unwrap().release,
@@ -803,7 +777,7 @@ async fn submodules_go_in_the_tarball_when_asked() {
     let (a, log_a, dir_a) = p.run(with.clone()).await;
     srpm_of(&a, &log_a);
     assert_eq!(a.source.version, v);
-    let entries = tar_list(&dir_a.join("build/SOURCES").join(&tarball));
+    let entries = tar_list(&dir_a, &tarball);
     for e in ["README", ".gitmodules", "vendor/lib/lib.h"] {
         assert!(
             entries.contains(&format!("hello-{v}/{e}")),
@@ -820,8 +794,8 @@ async fn submodules_go_in_the_tarball_when_asked() {
     let (b, log_b, dir_b) = p.run(with.clone()).await;
     srpm_of(&b, &log_b);
     assert_eq!(
-        sha(&dir_a.join("build/SOURCES").join(&tarball)),
-        sha(&dir_b.join("build/SOURCES").join(&tarball)),
+        sha(&sources(&dir_a, &tarball)),
+        sha(&sources(&dir_b, &tarball)),
         "the same commits gave another tarball"
     );
     // Without: the submodule's folder is empty.
@@ -832,6 +806,6 @@ async fn submodules_go_in_the_tarball_when_asked() {
         })
         .await;
     srpm_of(&c, &log_c);
-    let entries = tar_list(&dir_c.join("build/SOURCES").join(&tarball));
+    let entries = tar_list(&dir_c, &tarball);
     assert!(!entries.iter().any(|e| e.ends_with("lib.h")), "{entries:?}");
 }
