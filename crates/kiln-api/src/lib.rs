@@ -45,6 +45,10 @@ pub enum ErrorCode {
     BadRequest,
     /// 401: no token, or not the right one.
     Unauthorized,
+    /// 403: the token (or session) is known but its role does not allow
+    /// this (a reader submitting, a submitter canceling another's build), or
+    /// a request signed in by the session cookie lacks its CSRF token.
+    Forbidden,
     /// 404: no such build, job, blob, target or file.
     NotFound,
     /// 404 on submit: the master lacks the SRPM; upload it, then submit again.
@@ -73,6 +77,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::BlobMissing => "blob_missing",
             Self::NotActive => "not_active",
@@ -252,6 +257,10 @@ pub struct BuildView {
     /// (`null` for an uploaded SRPM).
     #[serde(default)]
     pub source: Option<BuildSource>,
+    /// The name of the API token that submitted it (`null` for a build
+    /// started by a webhook or MQTT: its `source.sender` says who).
+    #[serde(default)]
+    pub submitter: Option<String>,
     /// One job per arch (a build from git: its srpm job, arch `src`, first).
     pub jobs: Vec<JobView>,
     /// The files its jobs produced.
@@ -538,6 +547,7 @@ mod tests {
         for c in [
             ErrorCode::BadRequest,
             ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
             ErrorCode::NotFound,
             ErrorCode::BlobMissing,
             ErrorCode::NotActive,
@@ -633,6 +643,7 @@ mod tests {
             batch: None,
             waits_for: vec![],
             source: None,
+            submitter: Some("alice".into()),
             jobs: vec![],
             artifacts: vec![],
         };
@@ -644,7 +655,7 @@ mod tests {
                 r#""scratch":false,"ci":false,"state":"queued","reason":null,"#,
                 r#""excluded_arches":[{"arch":"s390x","reason":"ExcludeArch"}],"created_at":7,"#,
                 r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"batch":null,"#,
-                r#""waits_for":[],"source":null,"jobs":[],"#,
+                r#""waits_for":[],"source":null,"submitter":"alice","jobs":[],"#,
                 r#""artifacts":[]}"#
             )
         );

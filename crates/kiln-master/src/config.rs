@@ -202,6 +202,9 @@ pub struct MasterConfig {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// The largest webhook body taken, in bytes.
     pub hook_max_bytes: u64,
+    /// Anyone may read the web pages and the API (false: reading needs a
+    /// token or a web session too; writes always need one).
+    pub web_public: bool,
 }
 
 impl Default for MasterConfig {
@@ -232,6 +235,7 @@ impl Default for MasterConfig {
             projects: Vec::new(),
             mqtt: None,
             hook_max_bytes: 2 << 20,
+            web_public: true,
         }
     }
 }

@@ -453,6 +453,10 @@ async fn session_loop(
                 tokio::spawn(async move {
                     use crate::result::Answer;
                     let (job_id, attempt) = (f.job_id, f.attempt);
+                    let inline: usize = f.artifacts.iter().map(|a| a.inline.len()).sum();
+                    core.metrics
+                        .upload_bytes
+                        .fetch_add(inline as u64, std::sync::atomic::Ordering::Relaxed);
                     let answer = crate::result::accept(&core, &name, report(f)).await;
                     let (accepted, message, retry) = match answer {
                         Answer::Accepted => (true, String::new(), false),

@@ -19,6 +19,7 @@ pub mod result;
 pub mod sched;
 mod shared;
 pub mod stats;
+pub mod stats_page;
 pub mod submit;
 pub mod syncer;
 mod tls;
@@ -211,6 +212,7 @@ impl Master {
             api_bound: Default::default(),
             web: Default::default(),
             metrics: Default::default(),
+            stats_cache: Default::default(),
             _lock: lock,
             cfg,
         });
@@ -219,6 +221,9 @@ impl Master {
         }
         // The API first: its address is where buildroot jobs find the
         // published repositories, which every Assign must say.
+        // The web UI's hub listens before the API serves: no event a page
+        // could miss.
+        web::start(&core);
         let api_addr = api::serve(core.clone()).await?;
         let _ = core.api_bound.set(api_addr);
         let roots = buildroots(&core.cfg, api_addr);
@@ -230,7 +235,6 @@ impl Master {
         check_waits(&core).await?;
         tokio::spawn(publication_task(core.clone(), publications));
         project::load_config_projects(&core).await?;
-        web::start(&core);
         tokio::spawn(project::expand_task(core.clone(), made_rx));
         if let Some(m) = core.cfg.mqtt.clone() {
             // Never waits for the broker: it connects (and reconnects) on

@@ -21,8 +21,10 @@ use crate::Core;
 /// repository builder's are read from them).
 #[derive(Default)]
 pub struct Metrics {
-    /// Bytes of artifacts received from workers.
+    /// Bytes of artifacts received from workers (streamed or inline).
     pub upload_bytes: AtomicU64,
+    /// Bytes of SRPMs received from clients.
+    pub client_upload_bytes: AtomicU64,
     /// Builds that reached each final state since the master started.
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -199,12 +201,17 @@ pub fn render(core: &Core) -> String {
         &mut out,
         "kiln_upload_bytes_total",
         "counter",
-        "Artifact bytes received from workers.",
+        "Bytes received: artifacts from workers, SRPMs from clients.",
     );
-    let _ = writeln!(
-        out,
-        "kiln_upload_bytes_total {}",
-        m.upload_bytes.load(Relaxed)
-    );
+    for (from, c) in [
+        ("worker", &m.upload_bytes),
+        ("client", &m.client_upload_bytes),
+    ] {
+        let _ = writeln!(
+            out,
+            "kiln_upload_bytes_total{{from=\"{from}\"}} {}",
+            c.load(Relaxed)
+        );
+    }
     out
 }

@@ -165,6 +165,17 @@ fn check_delivery(d: &str) -> Result<(), ProjectError> {
 /// delivery seen before starts nothing; queued builds of the same ref are
 /// replaced (and running ones canceled when the project says so).
 pub async fn trigger(core: &Arc<Core>, req: TriggerRequest) -> Result<Triggered, ProjectError> {
+    trigger_as(core, req, None).await
+}
+
+/// [`trigger`], the builds recording `submitter` (the name of the API
+/// token that asked; none for a webhook or MQTT, whose sender is in the
+/// build's source).
+pub async fn trigger_as(
+    core: &Arc<Core>,
+    req: TriggerRequest,
+    submitter: Option<String>,
+) -> Result<Triggered, ProjectError> {
     let _one_at_a_time = core.triggers.lock().await;
     if let Some(d) = &req.delivery {
         check_delivery(d)?;
@@ -259,6 +270,7 @@ pub async fn trigger(core: &Arc<Core>, req: TriggerRequest) -> Result<Triggered,
             batch: None,
             waits_for: Vec::new(),
             source: Some(source.clone()),
+            submitter: submitter.clone(),
         })
         .collect();
     let at = req

@@ -72,6 +72,10 @@ pub struct Core {
     pub web: crate::web::Hub,
     /// What `/metrics` shows.
     pub metrics: crate::metrics::Metrics,
+    /// The statistics last computed, and when (they are recomputed at most
+    /// every few seconds).
+    pub(crate) stats_cache:
+        tokio::sync::Mutex<Option<(std::time::Instant, kiln_api::stats::StatsView)>>,
 }
 
 impl Core {

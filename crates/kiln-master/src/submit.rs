@@ -47,8 +47,20 @@ pub struct Prepared {
     pub skip: Option<String>,
 }
 
+/// Submit a build without a submitter (tools and tests; a build from the
+/// API records its token's name: [`submit_as`]).
 pub async fn submit(core: &Core, req: &SubmitRequest) -> Result<Submitted, SubmitError> {
-    let p = prepare(core, req).await?;
+    submit_as(core, req, None).await
+}
+
+/// Submit a build that records `submitter` (the name of the caller's token).
+pub async fn submit_as(
+    core: &Core,
+    req: &SubmitRequest,
+    submitter: Option<String>,
+) -> Result<Submitted, SubmitError> {
+    let mut p = prepare(core, req).await?;
+    p.nb.submitter = submitter;
     if let Some(reason) = p.skip.clone() {
         return record_skipped(core, p, reason).await;
     }
@@ -163,6 +175,7 @@ pub async fn prepare(core: &Core, req: &SubmitRequest) -> Result<Prepared, Submi
         batch: None,
         waits_for: Vec::new(),
         source: None,
+        submitter: None,
     };
     Ok(Prepared { nb, info, skip })
 }

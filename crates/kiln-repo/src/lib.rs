@@ -195,8 +195,12 @@ impl RepoBuilder {
         let r = self
             .store
             .write(move |t| {
+                let now = kiln_store::now_ms();
                 for (b, state, err) in &b2 {
                     kiln_store::set_publish(t, *b, *state, err.as_deref())?;
+                    if *state == PublishState::Published {
+                        kiln_store::stats::set_published_at(t, *b, now)?;
+                    }
                 }
                 Ok(())
             })

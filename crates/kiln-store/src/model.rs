@@ -52,6 +52,9 @@ pub struct BuildRow {
     /// A build from git: where its SRPM comes from (its srpm job makes it;
     /// until then the `srpm_*` fields are empty and `evr` too).
     pub source: Option<BuildSource>,
+    /// The name of the API token that created it (none for a build from a
+    /// webhook or MQTT, or from before tokens had names).
+    pub submitter: Option<String>,
 }
 
 impl BuildRow {
@@ -128,6 +131,8 @@ pub struct NewBuild {
     pub waits_for: Vec<i64>,
     /// A build from git (its one job the srpm job).
     pub source: Option<BuildSource>,
+    /// The name of the API token that creates it.
+    pub submitter: Option<String>,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: String) -> rusqlite::Result<T> {
@@ -140,9 +145,11 @@ fn list(s: String) -> Vec<String> {
     kiln_core::names::split_list(&s)
 }
 
-const BUILD_COLS: &str = "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
+/// The columns [`build_row`] reads, in its order.
+pub(crate) const BUILD_COLS: &str =
+    "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
      disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at, publish, \
-     publish_error, batch, waits_for, source";
+     publish_error, batch, waits_for, source, submitter";
 
 fn json_col<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
     serde_json::from_str(s).map_err(|e| {
@@ -163,7 +170,7 @@ fn source_json(s: Option<&BuildSource>) -> Result<Option<String>> {
     .transpose()
 }
 
-fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
+pub(crate) fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
     let excluded: String = r.get(14)?;
     Ok(BuildRow {
         id: r.get(0)?,
@@ -191,6 +198,7 @@ fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
             .get::<_, Option<String>>(21)?
             .map(|s| json_col(21, &s))
             .transpose()?,
+        submitter: r.get(22)?,
     })
 }
 
@@ -287,6 +295,7 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
         batch: b.batch,
         waits_for: b.waits_for.clone(),
         source: b.source.clone(),
+        submitter: b.submitter.clone(),
     };
     let jobs = b
         .arches
@@ -321,8 +330,9 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         .map_err(|e| StoreError::Invalid(format!("cannot encode excluded arches: {e}")))?;
     c.prepare_cached(
         "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
-         disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for, source) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+         disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for, source, \
+         submitter) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         b.id,
@@ -342,7 +352,8 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         b.created_at,
         b.batch,
         ids_json(&b.waits_for),
-        source_json(b.source.as_ref())?
+        source_json(b.source.as_ref())?,
+        b.submitter
     ])?;
     insert_jobs(c, jobs)
 }
@@ -1057,6 +1068,7 @@ mod tests {
             batch: None,
             waits_for: vec![],
             source: None,
+            submitter: None,
         }
     }
 
@@ -1164,6 +1176,7 @@ mod tests {
             arch: "s390x".into(),
             reason: "ExcludeArch".into(),
         }];
+        b.submitter = Some("alice".into());
         let (build, jobs) = new_rows(&b, 7, &[20, 21]);
         let (bb, jj) = (build.clone(), jobs.clone());
         store
@@ -1171,6 +1184,7 @@ mod tests {
             .await
             .unwrap();
         let stored = store.read(|c| get_build(c, 7)).await.unwrap().unwrap();
+        assert_eq!(stored.submitter.as_deref(), Some("alice"));
         assert_eq!(
             serde_json::to_value(&stored).unwrap(),
             serde_json::to_value(&build).unwrap()
@@ -1196,6 +1210,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((b2.id, j2[0].id), (8, 22));
+        assert_eq!(b2.submitter, None);
+        // A skipped build keeps its submitter too.
+        let mut sk = nb(&["noarch"]);
+        sk.submitter = Some("bob".into());
+        let skipped = store
+            .write(move |t| insert_skipped(t, &sk, 9, "older"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (skipped.state, skipped.submitter.as_deref()),
+            (BuildState::Skipped, Some("bob"))
+        );
     }
 
     #[tokio::test]

@@ -163,12 +163,58 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 7: named API tokens with roles, web sessions, a build's submitter
-    // (issue 10, auth)
-    "SELECT 1;",
-    // 8: indexes for the web UI's listings (issue 10, web)
-    "SELECT 1;",
-    // 9: what the statistics need (issue 10, stats)
-    "SELECT 1;",
+    // (issue 10, auth). Only hashes are kept (sha256 of a token, of a
+    // session's cookie); a name is unique among the live tokens, so a
+    // revoked name can be given again. A session without `token_id` was
+    // opened with the master's admin token file.
+    r#"
+    CREATE TABLE api_tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL,
+        role         TEXT NOT NULL CHECK (role IN ('admin', 'submitter', 'reader')),
+        hash         TEXT NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at   INTEGER
+    );
+    CREATE UNIQUE INDEX api_tokens_live_name ON api_tokens(name) WHERE revoked_at IS NULL;
+    CREATE TABLE sessions (
+        hash       TEXT PRIMARY KEY,
+        token_id   INTEGER REFERENCES api_tokens(id),
+        token_hash TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'submitter', 'reader')),
+        csrf       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX sessions_token ON sessions(token_id);
+    CREATE INDEX sessions_expires ON sessions(expires_at);
+    ALTER TABLE builds ADD COLUMN submitter TEXT;
+    "#,
+    // 8: indexes for the web UI's listings (issue 10, web): the build list
+    // by target or package (an index on one column holds the rowid after
+    // it, so `col = ? AND id < ? ORDER BY id DESC` reads it in order), by
+    // date (and builds per hour, covering), builds from git (partial),
+    // what a build published, a target's packages by name, and jobs by
+    // when they ended
+    r#"
+    CREATE INDEX web_builds_target ON builds(target);
+    CREATE INDEX web_builds_package ON builds(package);
+    CREATE INDEX web_builds_created ON builds(created_at, state);
+    CREATE INDEX web_repo_packages_build ON repo_packages(build_id);
+    CREATE INDEX web_repo_packages_name ON repo_packages(target, name);
+    CREATE INDEX web_jobs_finished ON jobs(finished_at, worker, state);
+    CREATE INDEX web_builds_git ON builds(id) WHERE source IS NOT NULL;
+    "#,
+    // 9: what the statistics need (issue 10, stats): when a build was
+    // published, and the time windows they read
+    r#"
+    ALTER TABLE builds ADD COLUMN published_at INTEGER;
+    CREATE INDEX IF NOT EXISTS builds_finished ON builds(finished_at);
+    CREATE INDEX IF NOT EXISTS jobs_started ON jobs(started_at);
+    "#,
 ];
 
 /// Bring the schema up to date.
@@ -215,6 +261,7 @@ mod tests {
         assert_eq!(v as usize, MIGRATIONS.len());
         let b = crate::get_build(&conn, 3).unwrap().unwrap();
         assert_eq!((b.package.as_str(), b.batch), ("old", None));
+        assert_eq!(b.submitter, None, "a build from before tokens had names");
         assert!(b.waits_for.is_empty());
         // And the new table takes batches.
         let id = crate::insert_batch(&conn, "t", 9).unwrap();

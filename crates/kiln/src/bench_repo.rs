@@ -107,6 +107,7 @@ async fn land(store: &Store, layout: &Layout, rpms: &[PathBuf]) -> anyhow::Resul
         batch: None,
         waits_for: vec![],
         source: None,
+        submitter: None,
     };
     let (b, jobs) = store
         .write(move |t| kiln_store::insert_build(t, &nb))

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
+use kiln_api::auth::{ApiTokenCreated, ApiTokenRequest, ApiTokenRevoked, ApiTokenView, Role};
 use kiln_api::{
     BlobInfo, BuildState, BuildView, EmptyBody, ErrorCode, JobView, ListQuery, LogQuery,
     PackageView, RegenResponse, RevokeResponse, SubmitRequest, TokenRequest, TokenResponse,
@@ -650,6 +651,9 @@ pub fn format_build(b: &BuildView) -> String {
     if let Some(r) = &b.reason {
         let _ = writeln!(out, "  reason: {}", term_safe(r));
     }
+    if let Some(s) = &b.submitter {
+        let _ = writeln!(out, "  submitted by {}", term_safe(s));
+    }
     if let Some(s) = &b.source {
         let _ = writeln!(
             out,
@@ -915,6 +919,86 @@ pub async fn token_create(worker: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `kiln token create --name N --role R`: prints the token alone.
+pub async fn api_token_create(name: &str, role: &str) -> anyhow::Result<i32> {
+    kiln_core::names::check_ident("token", name)?;
+    let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let c = Client::from_env()?;
+    let req = ApiTokenRequest {
+        name: name.to_string(),
+        role,
+    };
+    let v: ApiTokenCreated = c.post("/api/v1/api-tokens", &req).await?;
+    emit(&format!("{}\n", term_safe(&v.token)))?;
+    Ok(0)
+}
+
+/// A time of the master (Unix ms) as UTC, to the minute.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// `kiln token ls [--json]`: never a token or its hash (the master has
+/// only the hash, and does not send it).
+pub async fn api_token_ls(json: bool) -> anyhow::Result<i32> {
+    let c = Client::from_env()?;
+    let v: Vec<ApiTokenView> = c.get("/api/v1/api-tokens").await?;
+    if json {
+        emit_value(&v)?;
+        return Ok(0);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:<17} {:<17} REVOKED",
+        "NAME", "ROLE", "CREATED (UTC)", "LAST USED"
+    );
+    for t in &v {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<10} {:<17} {:<17} {}",
+            term_safe(&t.name),
+            t.role,
+            utc(t.created_at),
+            t.last_used_at.map_or_else(|| "never".to_string(), utc),
+            t.revoked_at.map_or_else(|| "-".to_string(), utc)
+        );
+    }
+    emit(&out)?;
+    Ok(0)
+}
+
+/// `kiln token revoke NAME`.
+pub async fn api_token_revoke(name: &str) -> anyhow::Result<i32> {
+    kiln_core::names::check_ident("token", name)?;
+    let c = Client::from_env()?;
+    let v: ApiTokenRevoked = c
+        .post(&format!("/api/v1/api-tokens/{name}/revoke"), &EmptyBody {})
+        .await?;
+    emit(&format!(
+        "token {} revoked ({} web sessions ended)\n",
+        term_safe(&v.name),
+        v.sessions_ended
+    ))?;
+    Ok(0)
+}
+
 pub async fn revoke(name: &str) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
     let _: RevokeResponse = c
@@ -1158,6 +1242,7 @@ mod tests {
             batch: None,
             waits_for: vec![],
             source: None,
+            submitter: Some("mallory\u{1b}[8m".into()),
             jobs: vec![JobView {
                 id: 3,
                 build: 15,
@@ -1189,7 +1274,8 @@ mod tests {
         assert!(text.contains("evil\\x1b[2J-1.0-1\\u{202e}"), "{text}");
         assert!(text.contains("reason: bad\\x0anews\\x1b[31m"), "{text}");
         assert!(text.contains("built on the worker's host, not in a buildroot"));
-        assert_eq!(text.lines().count(), 8, "{text}");
+        assert!(text.contains("submitted by mallory\\x1b[8m"), "{text}");
+        assert_eq!(text.lines().count(), 9, "{text}");
     }
 
     #[test]
@@ -1198,7 +1284,7 @@ mod tests {
             "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
             "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
             "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,"batch":null,"waits_for":[],"source":null,
-            "jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
+            "submitter":null,"jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
             "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
             "artifacts":[]}"#;
         let mut raw: Value = serde_json::from_str(answer).unwrap();

@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod projects;
 mod settings;
+mod systemd;
 mod up;
 
 use anyhow::Context;
@@ -84,7 +85,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: projects::ProjectCmd,
     },
-    /// Enrollment tokens.
+    /// API tokens with names and roles, and worker enrollment tokens.
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
@@ -127,11 +128,28 @@ enum RepoCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a one-time enrollment token for a worker.
+    /// Create an API token with a name and a role (`--name N --role R`;
+    /// prints the token alone, shown this once), or a one-time enrollment
+    /// token for a worker (`--worker NAME`).
     Create {
-        #[arg(long)]
-        worker: String,
+        /// The worker a one-time enrollment token is for.
+        #[arg(long, conflicts_with_all = ["name", "role"], required_unless_present = "name")]
+        worker: Option<String>,
+        /// The API token's name.
+        #[arg(long, requires = "role")]
+        name: Option<String>,
+        /// What the API token may do: admin (everything), submitter (submit,
+        /// cancel and rebuild its own builds) or reader (read).
+        #[arg(long, requires = "name", value_parser = ["admin", "submitter", "reader"])]
+        role: Option<String>,
     },
+    /// List the API tokens (name, role, created, last used, revoked).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token: refused from now on, its web sessions end.
+    Revoke { name: String },
 }
 
 #[derive(Args)]
@@ -279,9 +297,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Logs(a) => commands::logs(a).await,
         Cmd::Cancel { id } => commands::cancel(id).await,
         Cmd::Workers(a) => commands::workers(a.json).await,
-        Cmd::Token {
-            cmd: TokenCmd::Create { worker },
-        } => commands::token_create(&worker).await,
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Create {
+                worker: Some(worker),
+                ..
+            } => commands::token_create(&worker).await,
+            TokenCmd::Create {
+                name: Some(name),
+                role: Some(role),
+                ..
+            } => commands::api_token_create(&name, &role).await,
+            TokenCmd::Create { .. } => {
+                anyhow::bail!("give --worker NAME, or --name NAME --role ROLE")
+            }
+            TokenCmd::Ls { json } => commands::api_token_ls(json).await,
+            TokenCmd::Revoke { name } => commands::api_token_revoke(&name).await,
+        },
     }
 }
 

@@ -620,6 +620,9 @@ impl Settings for MasterConfig {
                 "How workers and people reach the API (buildroots read the published repositories there)"
             }
             "hook_max_bytes" => "The largest webhook body taken, in bytes",
+            "web_public" => {
+                "Anyone may read the web pages and the API (false: reading needs a token or a web session)"
+            }
             _ => return None,
         })
     }
@@ -738,8 +741,10 @@ pub async fn run_master(a: MasterArgs) -> anyhow::Result<i32> {
         m.worker_addr
     );
     tracing::info!("admin token in {}", m.core.paths.admin_token().display());
+    crate::systemd::notify("READY=1");
     signals.wait().await;
     tracing::info!("stopping");
+    crate::systemd::notify("STOPPING=1");
     stop_store(&m.core.store).await;
     Ok(0)
 }
@@ -985,8 +990,12 @@ pub async fn run_worker(a: WorkerArgs) -> anyhow::Result<i32> {
     let signals = Signals::install()?;
     tokio::spawn(async move {
         signals.wait().await;
+        crate::systemd::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
+    // Ready once running: it connects (and reconnects) to the master on
+    // its own, so a master that is down does not hold up the unit.
+    crate::systemd::notify("READY=1");
     kiln_worker::run(cfg, stop_rx).await?;
     Ok(0)
 }

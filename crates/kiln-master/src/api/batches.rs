@@ -5,17 +5,17 @@ use axum::http::StatusCode;
 use axum::Json;
 use kiln_api::{BatchMember, BatchRequest, BatchSubmitted, BatchView};
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
+use super::session::Submitter;
 use super::views::build_of;
 use super::S;
 
 pub(super) async fn submit(
     State(core): S,
-    _: Admin,
+    Submitter(who): Submitter,
     Json(req): Json<BatchRequest>,
 ) -> ApiResult<(StatusCode, Json<BatchSubmitted>)> {
-    let done = crate::batch::submit_batch(&core, &req).await?;
+    let done = crate::batch::submit_batch_as(&core, &req, Some(who.name)).await?;
     let s = core.sched();
     let builds = done
         .builds

@@ -92,7 +92,12 @@ pub(super) async fn put_blob(
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     let size = match result {
-        Ok(size) => size,
+        Ok(size) => {
+            core.metrics
+                .client_upload_bytes
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            size
+        }
         Err(Receive::TooBig(n)) => return Err(too_big(n)),
         Err(Receive::Interrupted(e)) => {
             return Err(ApiError::bad(format!("upload interrupted: {e}")))

@@ -1,12 +1,12 @@
 //! Builds and jobs: list, show, wait, cancel, submit.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use kiln_api::{BuildView, ErrorCode, JobView, ListQuery, SubmitRequest};
 
-use super::auth::{auth, Admin};
 use super::error::{ApiError, ApiResult};
+use super::session::{Role, Submitter};
 use super::views::{build_of, build_view, job};
 use super::S;
 
@@ -65,12 +65,20 @@ pub(super) async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult
     }
 }
 
+/// Cancel a build: an admin any, a submitter its own (403 otherwise).
 pub(super) async fn cancel_build(
     State(core): S,
-    headers: HeaderMap,
+    Submitter(who): Submitter,
     Path(id): Path<i64>,
 ) -> ApiResult<Json<BuildView>> {
-    auth(&core, &headers)?;
+    if who.role != Role::Admin {
+        let b = core
+            .store
+            .read(move |c| kiln_store::get_build(c, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+        who.may_act_on(id, b.submitter.as_deref())?;
+    }
     let (r, fx) = core.decide(|s, fx| s.cancel(fx, id));
     core.apply(fx).await;
     if let Err(e) = r {
@@ -84,12 +92,13 @@ pub(super) async fn cancel_build(
     Ok(Json(build_view(&core, id).await?))
 }
 
+/// Submit a build; it records the caller's token name as its submitter.
 pub(super) async fn submit(
     State(core): S,
-    _: Admin,
+    Submitter(who): Submitter,
     Json(req): Json<SubmitRequest>,
 ) -> ApiResult<(StatusCode, Json<BuildView>)> {
-    let done = crate::submit::submit(&core, &req).await?;
+    let done = crate::submit::submit_as(&core, &req, Some(who.name)).await?;
     let view = build_of(&core.sched(), done.build, done.jobs, vec![]);
     Ok((StatusCode::CREATED, Json(view)))
 }

@@ -121,8 +121,9 @@ pub(super) async fn events(State(core): S) -> Response {
         .into_response()
 }
 
-/// A scheduler event as the event stream shows it.
-fn event(e: crate::sched::Event) -> Event {
+/// A scheduler event as the event stream (and the web UI's websocket)
+/// shows it.
+pub(crate) fn event(e: crate::sched::Event) -> Event {
     use crate::sched::Event as E;
     match e {
         E::Job {

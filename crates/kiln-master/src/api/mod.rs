@@ -1,6 +1,10 @@
 //! The HTTP API (`/api/v1`, JSON) used by the CLI: one resource per file.
-//! Reads are open; writes need the bearer token (checked before the body
-//! is read). Handlers translate HTTP to a call of a use case and back.
+//! Every request passes the gate (`auth`): who it is (a bearer token or
+//! the web session cookie, `session`), its CSRF token when it changes state
+//! with the cookie, and the security headers of its answer. Reads are open
+//! unless `web_public = false`; writes need a role (the extractors of
+//! `session`, checked before the body is read). Handlers translate HTTP to
+//! a call of a use case and back.
 //! Every JSON body is a type of `kiln_api` (the CLI reads the same types);
 //! `views` makes them from the store's rows.
 
@@ -13,6 +17,7 @@ mod hooks;
 mod logs;
 mod projects;
 mod repos;
+pub mod session;
 mod tokens;
 mod views;
 mod workers;
@@ -24,6 +29,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use error::ApiError;
+pub(crate) use logs::event;
 
 use crate::{io_err, Core, MasterError};
 
@@ -158,6 +164,17 @@ pub fn router(core: Arc<Core>) -> Router {
             post(workers::revoke_worker),
         )
         .route("/api/v1/tokens", post(tokens::create_token))
+        .route(
+            "/api/v1/api-tokens",
+            get(tokens::list_api_tokens).post(tokens::create_api_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{name}/revoke",
+            post(tokens::revoke_api_token),
+        )
+        .route("/api/v1/whoami", get(session::whoami))
+        .route("/login", post(session::login))
+        .route("/logout", post(session::logout))
         .route("/api/v1/projects", get(projects::list).post(projects::add))
         .route(
             "/api/v1/projects/{name}",
@@ -176,7 +193,10 @@ pub fn router(core: Arc<Core>) -> Router {
             "/api/v1/targets/{target}/packages",
             get(repos::repo_packages),
         )
-        .route("/api/v1/targets/{target}/regen", post(repos::repo_regen))
+        .route(
+            "/api/v1/targets/{target}/regen",
+            post(repos::repo_regen).route_layer(axum::middleware::from_fn(auth::need_admin)),
+        )
         .merge(crate::web::routes())
         .merge(crate::metrics::routes())
         .merge(crate::stats::routes())
@@ -189,5 +209,9 @@ pub fn router(core: Arc<Core>) -> Router {
                 ))
                 .service(tower_http::services::ServeDir::new(core.paths.repos())),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            auth::gate,
+        ))
         .with_state(core)
 }

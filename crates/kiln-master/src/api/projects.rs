@@ -9,8 +9,8 @@ use kiln_api::{
     ProjectView, TriggerKind,
 };
 
-use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
+use super::session::{Admin, Submitter};
 use super::views::build_view;
 use super::S;
 use crate::project::{self, ProjectError, TriggerRequest};
@@ -90,7 +90,7 @@ pub(super) async fn remove(
 
 pub(super) async fn build(
     State(core): S,
-    _: Admin,
+    Submitter(who): Submitter,
     Path(name): Path<String>,
     Json(req): Json<ProjectBuildRequest>,
 ) -> ApiResult<(StatusCode, Json<ProjectBuilt>)> {
@@ -98,7 +98,7 @@ pub(super) async fn build(
         Some(r) if kiln_core::git::is_commit_id(&r) => (None, Some(r)),
         r => (r, None),
     };
-    let t = project::trigger(
+    let t = project::trigger_as(
         &core,
         TriggerRequest {
             project: name,
@@ -109,6 +109,7 @@ pub(super) async fn build(
             delivery: None,
             sender: None,
         },
+        Some(who.name),
     )
     .await?;
     let mut builds = Vec::new();

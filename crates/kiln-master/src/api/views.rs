@@ -21,6 +21,7 @@ pub(super) fn build_of(
         batch: b.batch,
         waits_for: b.waits_for,
         source: b.source,
+        submitter: b.submitter,
         id: b.id,
         target: b.target,
         package: b.package,

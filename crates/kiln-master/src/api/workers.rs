@@ -1,12 +1,11 @@
 //! Workers: who is connected, and revocation.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use kiln_api::{RevokeResponse, WorkerView};
 
-use super::auth::auth;
 use super::error::{ApiError, ApiResult};
+use super::session::Admin;
 use super::S;
 use kiln_core::names::check_ident;
 
@@ -47,10 +46,9 @@ pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerVie
 
 pub(super) async fn revoke_worker(
     State(core): S,
-    headers: HeaderMap,
+    _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<RevokeResponse>> {
-    auth(&core, &headers)?;
     check_ident("worker", &name).map_err(|e| ApiError::bad(e.to_string()))?;
     let n = name.clone();
     let serial = core

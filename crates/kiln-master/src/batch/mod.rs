@@ -31,9 +31,21 @@ pub struct BatchSubmitted {
     pub builds: Vec<(BuildRow, Vec<JobRow>)>,
 }
 
+/// Submit a batch without a submitter (tools and tests; a batch from the
+/// API records its token's name: [`submit_batch_as`]).
 pub async fn submit_batch(
     core: &Arc<Core>,
     req: &BatchRequest,
+) -> Result<BatchSubmitted, SubmitError> {
+    submit_batch_as(core, req, None).await
+}
+
+/// Submit a batch whose builds record `submitter` (the name of the
+/// caller's token).
+pub async fn submit_batch_as(
+    core: &Arc<Core>,
+    req: &BatchRequest,
+    submitter: Option<String>,
 ) -> Result<BatchSubmitted, SubmitError> {
     let bad = |m: String| SubmitError::Bad(m);
     if req.builds.is_empty() {
@@ -49,7 +61,8 @@ pub async fn submit_batch(
     for b in &req.builds {
         let mut r = b.clone();
         r.target = req.target.clone();
-        let p = prepare(core, &r).await?;
+        let mut p = prepare(core, &r).await?;
+        p.nb.submitter = submitter.clone();
         if let Some(other) = prepared.iter().find(|o| o.info.name == p.info.name) {
             return Err(bad(format!(
                 "{} is in the batch twice ({} and {})",

@@ -148,6 +148,7 @@ impl T {
             batch: None,
             waits_for: vec![],
             source: None,
+            submitter: None,
         }
     }
 

@@ -1,20 +1,479 @@
 //! The web UI (issue 10): server-rendered pages, embedded assets, and the
 //! live updates over `/api/v1/ws`.
+//!
+//! Every page is HTML made on the server (maud: every value escaped) and
+//! works without JavaScript; one small script (`static/kiln.js`, no inline
+//! script anywhere, so a CSP of `script-src 'self'` holds) makes pages live:
+//! it subscribes over the websocket to what the page shows and resumes from
+//! the event id the page was made at ([`Hub`]). Pages read the store and
+//! the scheduler's memory; they change nothing except through the action
+//! forms, which need a signed-in user ([`signed_in`]) and its CSRF token.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`Hub`] (event ids, the ring kept for resuming), routes, who is signed in, HTML answers |
+//! | `ws.rs` | `/api/v1/ws`: subscriptions, resume, logs |
+//! | `layout.rs` | the frame of every page, formatters |
+//! | `assets.rs` | `/static/…` (embedded, ETag, cached) |
+//! | `dashboard.rs` | `/` |
+//! | `builds.rs` | `/builds`, `/builds/ID`, its files and actions |
+//! | `logpage.rs` | `/jobs/ID/log` |
+//! | `pages.rs` | `/workers`, `/targets[/T]`, `/stats`, `/submit` |
 
-use std::sync::Arc;
+mod assets;
+mod builds;
+mod dashboard;
+mod layout;
+mod logpage;
+mod pages;
+mod ws;
 
+/// The `.repo` file text (the same as `GET /api/v1/targets/T/repo`'s).
+pub use pages::repo_file_text;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Router;
+use kiln_api::live::{LiveEvent, ServerMsg};
+use maud::Markup;
+use tokio::sync::broadcast;
 
 use crate::Core;
 
-/// The live event hub (event ids, replay for resuming websockets).
-#[derive(Default)]
-pub struct Hub {}
+/// Events kept for pages that resume (a page that reconnects within that
+/// many events gets exactly what it missed; an older one reloads).
+pub const KEEP: usize = 10_000;
+
+/// The live event hub: numbers every committed event (ids increase, and
+/// start past the previous run's: they begin at the master's start time in
+/// ms × 1000), keeps the last [`KEEP`] for pages that resume, and fans them
+/// out to the websockets.
+pub struct Hub {
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<Fanout>,
+}
+
+struct Ring {
+    /// The id the next event gets.
+    next: u64,
+    /// The oldest event id a page may resume after: events before it were
+    /// lost (the hub fell behind the event stream) or are of an earlier run.
+    floor: u64,
+    events: VecDeque<Arc<Numbered>>,
+}
+
+/// An event with its id, serialized once for every websocket.
+pub(crate) struct Numbered {
+    pub id: u64,
+    /// The build it is about.
+    pub build: i64,
+    /// `{"event": {...}}`.
+    pub json: String,
+}
+
+/// What the hub sends its websockets.
+#[derive(Clone)]
+pub(crate) enum Fanout {
+    Event(Arc<Numbered>),
+    /// Events were lost: every page must reload.
+    Gap,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        let base = kiln_store::now_ms().max(1) as u64 * 1000;
+        let (tx, _) = broadcast::channel(1024);
+        Hub {
+            ring: Mutex::new(Ring {
+                next: base,
+                floor: base - 1,
+                events: VecDeque::new(),
+            }),
+            tx,
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id of the newest event (what a page made now resumes from).
+    pub fn last_id(&self) -> u64 {
+        self.lock().next - 1
+    }
+
+    /// Number an event, keep it and send it to the websockets (under the
+    /// ring's lock, so a page that resumes sees each event exactly once:
+    /// from the ring or from its receiver).
+    pub(crate) fn publish(&self, event: kiln_api::Event) {
+        let build = match &event {
+            kiln_api::Event::Job { build, .. }
+            | kiln_api::Event::Build { build, .. }
+            | kiln_api::Event::Publish { build, .. } => *build,
+            kiln_api::Event::Subscribed | kiln_api::Event::Lagged { .. } => 0,
+        };
+        let mut r = self.lock();
+        let id = r.next;
+        r.next += 1;
+        let json =
+            serde_json::to_string(&ServerMsg::Event(LiveEvent { id, event })).unwrap_or_default();
+        let n = Arc::new(Numbered { id, build, json });
+        r.events.push_back(n.clone());
+        while r.events.len() > KEEP {
+            r.events.pop_front();
+        }
+        let _ = self.tx.send(Fanout::Event(n));
+    }
+
+    /// The hub missed events: no page may resume from before now. An id is
+    /// skipped so that a page made after the gap can resume.
+    pub(crate) fn gap(&self) {
+        let mut r = self.lock();
+        r.floor = r.next;
+        r.next += 1;
+        r.events.clear();
+        let _ = self.tx.send(Fanout::Gap);
+    }
+
+    /// Follow the events from now: a receiver, and the newest id.
+    pub(crate) fn follow(&self) -> (broadcast::Receiver<Fanout>, u64) {
+        let r = self.lock();
+        (self.tx.subscribe(), r.next - 1)
+    }
+
+    /// Follow the events after `last`: a receiver, the newest id, and the
+    /// events after `last` up to it; None when they are not all kept (the
+    /// page must reload).
+    pub(crate) fn resume(
+        &self,
+        last: u64,
+    ) -> Option<(broadcast::Receiver<Fanout>, u64, Vec<Arc<Numbered>>)> {
+        let r = self.lock();
+        let newest = r.next - 1;
+        let first_kept = r.next - r.events.len() as u64;
+        if last < r.floor || last > newest || last + 1 < first_kept {
+            return None;
+        }
+        let skip = (last + 1 - first_kept) as usize;
+        let missed = r.events.iter().skip(skip).cloned().collect();
+        Some((self.tx.subscribe(), newest, missed))
+    }
+}
 
 /// The web UI's routes (merged into the master's router).
 pub fn routes() -> Router<Arc<Core>> {
     Router::new()
+        .route("/", get(dashboard::dashboard))
+        .route("/builds", get(builds::list))
+        .route("/builds/{id}", get(builds::show))
+        .route("/builds/{id}/files/{arch}/{name}", get(builds::file))
+        .route("/builds/{id}/cancel", post(builds::cancel))
+        .route("/builds/{id}/rebuild", post(builds::rebuild))
+        .route("/jobs/{id}/log", get(logpage::log))
+        .route("/workers", get(pages::workers))
+        .route("/targets", get(pages::targets))
+        .route("/targets/{target}", get(pages::target))
+        .route("/stats", get(pages::stats))
+        .route("/submit", get(pages::submit))
+        .route("/signin", get(pages::signin))
+        .route("/static/{name}", get(assets::serve))
+        .route("/api/v1/ws", get(ws::upgrade))
 }
 
-/// Start what the web UI runs in the background (called once at start).
-pub fn start(_core: &Arc<Core>) {}
+/// Start what the web UI runs in the background (called once at start):
+/// the task that numbers the events for the websockets.
+pub fn start(core: &Arc<Core>) {
+    let mut rx = core.events.subscribe();
+    let core = core.clone();
+    tokio::spawn(async move {
+        use broadcast::error::RecvError;
+        loop {
+            match rx.recv().await {
+                Ok(e) => core.web.publish(ws::event(e)),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!("web: {n} events passed unseen; open pages will reload");
+                    core.web.gap();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// Who is signed in, as the pages need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    pub name: String,
+    /// `admin`, `submitter` or `reader`.
+    pub role: String,
+    /// The session's CSRF token (hidden field `csrf` of every form); None
+    /// for a bearer token, which needs none.
+    pub csrf: Option<String>,
+}
+
+impl Viewer {
+    /// May submit builds (and cancel or rebuild its own).
+    pub fn may_submit(&self) -> bool {
+        matches!(self.role.as_str(), "admin" | "submitter")
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
+    /// May cancel or rebuild a build submitted by `submitter`.
+    pub fn may_act_on(&self, submitter: Option<&str>) -> bool {
+        self.is_admin() || (self.may_submit() && submitter == Some(self.name.as_str()))
+    }
+
+    /// What the forms of its pages carry as `csrf`.
+    pub fn csrf(&self) -> &str {
+        self.csrf.as_deref().unwrap_or_default()
+    }
+
+    /// The form's CSRF token is the session's (constant time); a bearer
+    /// token needs none.
+    pub fn csrf_ok(&self, given: &str) -> bool {
+        let Some(want) = &self.csrf else {
+            return true;
+        };
+        let (a, b) = (want.as_bytes(), given.as_bytes());
+        !a.is_empty()
+            && a.len() == b.len()
+            && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The signed-in user of a request (its session cookie, or a bearer
+/// token: then without a CSRF token, which a bearer request needs none of).
+pub(crate) async fn signed_in(core: &Core, headers: &HeaderMap) -> Option<Viewer> {
+    crate::api::session::current(core, headers)
+        .await
+        .map(|p| Viewer {
+            name: p.name,
+            role: p.role.to_string(),
+            csrf: p.csrf,
+        })
+}
+
+/// What a page handler answers when it cannot show its page.
+#[derive(Debug)]
+pub(crate) enum WebError {
+    NotFound(String),
+    BadRequest(String),
+    Forbidden(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<kiln_store::StoreError> for WebError {
+    fn from(e: kiln_store::StoreError) -> WebError {
+        use kiln_store::StoreError as E;
+        match e {
+            E::NotFound(m) => WebError::NotFound(m),
+            E::Invalid(m) => WebError::BadRequest(m),
+            E::CommitFailed(_) | E::Closed => {
+                WebError::Unavailable("the database is unavailable; try again".into())
+            }
+            other => {
+                tracing::error!("web: {other}");
+                WebError::Internal("the master failed to read its database".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, title, msg) = match self {
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            WebError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m),
+            WebError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", m),
+            WebError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error", m),
+        };
+        let mut r = html_response(&HeaderMap::new(), layout::error_page(title, &msg));
+        *r.status_mut() = status;
+        r
+    }
+}
+
+pub(crate) type WebResult<T = Response> = Result<T, WebError>;
+
+/// Whether the client takes `encoding` (`Accept-Encoding`, `q=0` refuses).
+fn accepts(headers: &HeaderMap, encoding: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|e| e.eq_ignore_ascii_case(encoding))
+                && !parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                })
+        })
+}
+
+/// A body, zstd-compressed when the client takes it (browsers and curl
+/// do; zstd is already in the master, gzip would need a new crate).
+pub(crate) fn encoded(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: Vec<u8>,
+    zstd: Option<&[u8]>,
+) -> Response {
+    let mut r = if let Some(z) = zstd.filter(|_| accepts(headers, "zstd")) {
+        let mut r = z.to_vec().into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        r
+    } else {
+        body.into_response()
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    r
+}
+
+/// A page as the answer (compressed when it pays; never cached: it shows
+/// the state of now).
+pub(crate) fn html_response(headers: &HeaderMap, page: Markup) -> Response {
+    let body = page.into_string().into_bytes();
+    let z = (body.len() > 1024 && accepts(headers, "zstd"))
+        .then(|| zstd::bulk::compress(&body, 3).ok())
+        .flatten();
+    let mut r = encoded(headers, "text/html; charset=utf-8", body, z.as_deref());
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The fields of an `application/x-www-form-urlencoded` body.
+pub(crate) fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(build: i64) -> kiln_api::Event {
+        kiln_api::Event::Build {
+            build,
+            state: kiln_api::BuildState::Queued,
+        }
+    }
+
+    #[test]
+    fn a_page_resumes_with_exactly_what_it_missed() {
+        let hub = Hub::default();
+        let start = hub.last_id();
+        // A page made before any event resumes with nothing missed.
+        let (_rx, newest, missed) = hub.resume(start).unwrap();
+        assert_eq!((newest, missed.len()), (start, 0));
+        for b in 1..=5 {
+            hub.publish(event(b));
+        }
+        let (mut rx, newest, missed) = hub.resume(start + 2).unwrap();
+        assert_eq!(newest, start + 5);
+        assert_eq!(
+            missed.iter().map(|n| n.build).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert!(missed[0].json.starts_with(r#"{"event":{"id":"#));
+        // What follows comes on the receiver, once.
+        hub.publish(event(6));
+        match rx.try_recv() {
+            Ok(Fanout::Event(n)) => assert_eq!((n.id, n.build), (start + 6, 6)),
+            _ => panic!("no event"),
+        }
+        assert!(rx.try_recv().is_err());
+        // From the future, or from an earlier run: reload.
+        assert!(hub.resume(start + 7).is_none());
+        assert!(hub.resume(start - 5).is_none());
+    }
+
+    #[test]
+    fn too_old_or_past_a_gap_means_reload() {
+        let hub = Hub::default();
+        let start = hub.last_id();
+        for b in 0..(KEEP as i64 + 3) {
+            hub.publish(event(b));
+        }
+        assert!(hub.resume(start).is_none(), "the oldest were dropped");
+        assert!(hub.resume(start + 2).is_none());
+        let (_, _, missed) = hub.resume(start + 3).unwrap();
+        assert_eq!(missed.len(), KEEP);
+        let before = hub.last_id();
+        let (mut rx, _) = hub.follow();
+        hub.gap();
+        assert!(matches!(rx.try_recv(), Ok(Fanout::Gap)));
+        assert!(hub.resume(before).is_none(), "events were lost after it");
+        // A page made after the gap resumes.
+        let after = hub.last_id();
+        hub.publish(event(1));
+        let (_, _, missed) = hub.resume(after).unwrap();
+        assert_eq!(missed.len(), 1);
+    }
+
+    #[test]
+    fn encodings_and_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, zstd;q=0.5"),
+        );
+        assert!(accepts(&h, "zstd"));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, zstd;q=0"),
+        );
+        assert!(!accepts(&h, "zstd"));
+        assert_eq!(
+            form_fields(b"csrf=a%2Bb&ci=1&x"),
+            [
+                ("csrf".to_string(), "a+b".to_string()),
+                ("ci".to_string(), "1".to_string()),
+                ("x".to_string(), String::new())
+            ]
+        );
+        let v = Viewer {
+            name: "u".into(),
+            role: "submitter".into(),
+            csrf: Some("tok".into()),
+        };
+        assert!(v.csrf_ok("tok") && !v.csrf_ok("tok2") && !v.csrf_ok(""));
+        let bearer = Viewer {
+            csrf: None,
+            ..v.clone()
+        };
+        assert!(bearer.csrf_ok(""));
+        assert!(v.may_act_on(Some("u")) && !v.may_act_on(Some("w")) && !v.may_act_on(None));
+    }
+}

@@ -15,6 +15,7 @@
 
 mod common;
 
+mod auth;
 mod bad_input;
 mod batch;
 mod build_basic;
@@ -27,6 +28,7 @@ mod failures;
 mod git_builds;
 mod master_safety;
 mod mqtt_trigger;
+mod ops;
 mod protocol;
 mod repo_gate;
 mod repo_publish;
@@ -35,3 +37,4 @@ mod repo_sign;
 mod routing;
 mod sandbox;
 mod soak;
+mod web;
