@@ -7,8 +7,10 @@ set -euo pipefail
 # patch, file, bzip2, xz-utils, unzip, zstd: packed (with rpm, bash, coreutils…) into the base
 # repository the buildroot tests make from this machine's own files.
 # mosquitto: the MQTT broker the trigger tests start on loopback.
+# chromium, chromium-driver: the headless browser (and its WebDriver server)
+# the web UI's browser tests drive.
 pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git
-  patch file bzip2 xz-utils unzip zstd mosquitto)
+  patch file bzip2 xz-utils unzip zstd mosquitto chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -413,25 +413,9 @@ pub fn tag_version(tag: &str) -> Result<String, String> {
     }
 }
 
-/// `(year, month, day, hour, minute, second)` of a Unix time, in UTC.
-fn utc(unix: i64) -> (i64, i64, i64, i64, i64, i64) {
-    // Howard Hinnant's civil_from_days.
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
 /// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (for logs).
 pub fn utc_iso(unix: i64) -> String {
-    let (y, mo, d, h, mi, s) = utc(unix);
+    let (y, mo, d, h, mi, s) = crate::time::utc(unix);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
@@ -446,7 +430,7 @@ pub fn short_commit(commit: &str) -> &str {
 /// `VERSION`, below the next version, and in commit-date order between
 /// snapshots of one version; the same commit gives the same string.
 pub fn snapshot_version(version: &str, unix: i64, n: u64, commit: &str) -> String {
-    let (y, mo, d, h, mi, s) = utc(unix);
+    let (y, mo, d, h, mi, s) = crate::time::utc(unix);
     format!(
         "{version}^{y:04}{mo:02}{d:02}.{h:02}{mi:02}{s:02}.{n}.g{}",
         short_commit(commit)
@@ -457,7 +441,7 @@ pub fn snapshot_version(version: &str, unix: i64, n: u64, commit: &str) -> Strin
 /// stays, the release becomes `0.N.YYYYMMDDgitSHA7` (the spec adds
 /// `%{?dist}`).
 pub fn snapshot_release(unix: i64, n: u64, commit: &str) -> String {
-    let (y, mo, d, ..) = utc(unix);
+    let (y, mo, d, ..) = crate::time::utc(unix);
     format!("0.{n}.{y:04}{mo:02}{d:02}git{}", short_commit(commit))
 }
 

@@ -16,3 +16,4 @@ pub mod pki;
 pub mod sig;
 pub mod srpm;
 pub mod state;
+pub mod time;

@@ -935,23 +935,8 @@ pub async fn api_token_create(name: &str, role: &str) -> anyhow::Result<i32> {
 
 /// A time of the master (Unix ms) as UTC, to the minute.
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    let (y, m, d, h, mi, _) = kiln_core::time::utc(ms.div_euclid(1000));
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}")
 }
 
 /// `kiln token ls [--json]`: never a token or its hash (the master has

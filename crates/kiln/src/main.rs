@@ -4,6 +4,7 @@ mod bench;
 mod bench_batch;
 mod bench_hook;
 mod bench_repo;
+mod bench_web;
 mod client;
 mod commands;
 mod projects;
@@ -80,6 +81,8 @@ enum Cmd {
     BenchBatch(bench_batch::BenchBatchArgs),
     /// Measure webhook → srpm job latency (see BENCHMARKS.md).
     BenchHook(bench_hook::BenchHookArgs),
+    /// Measure the web UI's pages over a big database (see BENCHMARKS.md).
+    BenchWeb(bench_web::BenchWebArgs),
     /// Projects: builds from git (an upstream and a packaging repository).
     Project {
         #[command(subcommand)]
@@ -279,6 +282,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
         Cmd::BenchBatch(a) => bench_batch::bench_batch(a).await,
         Cmd::BenchHook(a) => bench_hook::bench_hook(a).await,
+        Cmd::BenchWeb(a) => bench_web::bench_web(a).await,
         Cmd::Vercmp { a, b } => commands::vercmp(&a, &b),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,

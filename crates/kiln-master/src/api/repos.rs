@@ -82,45 +82,7 @@ pub(super) async fn repo_file(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| core.cfg.api_listen.to_string());
-    // With TLS, dnf wants the CA as a local file: the .repo file says how
-    // to fetch it once from /ca.crt and check it.
-    let (scheme, header_lines, ssl) = if core.cfg.api_tls {
-        let fp = core
-            .ca
-            .fingerprint()
-            .to_uppercase()
-            .as_bytes()
-            .chunks(2)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(":");
-        (
-            "https",
-            format!(
-                "# This master's CA: mkdir -p /etc/pki/kiln && curl -k -o /etc/pki/kiln/ca.crt https://{host}/ca.crt\n\
-                 # then check: openssl x509 -in /etc/pki/kiln/ca.crt -noout -fingerprint -sha256\n\
-                 # must print sha256 Fingerprint={fp}\n"
-            ),
-            "sslcacert=/etc/pki/kiln/ca.crt\n",
-        )
-    } else {
-        ("http", String::new(), "")
-    };
-    let base = format!("{scheme}://{host}/repos/{}", t.name);
-    let signed = t.sign_key.is_some();
-    let gpg = if signed {
-        format!(
-            "gpgcheck=1\nrepo_gpgcheck=1\ngpgkey={base}/RPM-GPG-KEY-kiln-{}\n",
-            t.name
-        )
-    } else {
-        "gpgcheck=0\nrepo_gpgcheck=0\n".to_string()
-    };
-    let text = format!(
-        "{header_lines}[kiln-{n}]\nname=Kiln {n} ($basearch)\nbaseurl={base}/$basearch/\nenabled=1\n{gpg}{ssl}metadata_expire=60\n\n\
-         [kiln-{n}-source]\nname=Kiln {n} (source)\nbaseurl={base}/source/\nenabled=0\n{gpg}{ssl}metadata_expire=60\n",
-        n = t.name
-    );
+    let text = crate::web::repo_file_text(&core, t, &host);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 

@@ -509,13 +509,19 @@ fn same_origin(public_url: Option<&str>, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    let public = public_url.map(|u| u.trim_end_matches('/'));
+    origin_is_host(origin, headers)
+        || public.is_some_and(|p| p.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+}
+
+/// Whether an `Origin` (`scheme://host[:port]`) names the host the request
+/// was sent to (its `Host` header).
+pub(crate) fn origin_is_host(origin: &str, headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin_host = origin
         .split_once("://")
         .map(|(_, h)| h.trim_end_matches('/'));
-    let public = public_url.map(|u| u.trim_end_matches('/'));
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
-        || public.is_some_and(|p| p.eq_ignore_ascii_case(origin.trim_end_matches('/')))
 }
 
 async fn read_body(body: Body) -> ApiResult<Bytes> {

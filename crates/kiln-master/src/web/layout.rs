@@ -115,16 +115,8 @@ pub(super) fn error_page(title: &str, message: &str) -> Markup {
 /// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's
 /// `civil_from_days`).
 fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let (y, m, d, ..) = kiln_core::time::utc(days * 86_400);
+    (y, m as u32, d as u32)
 }
 
 /// (year, month, day) → days since 1970-01-01 (`days_from_civil`).

@@ -362,22 +362,7 @@ pub(crate) fn html_response(headers: &HeaderMap, page: Markup) -> Response {
 }
 
 /// The fields of an `application/x-www-form-urlencoded` body.
-pub(crate) fn form_fields(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let s = s.replace('+', " ");
-        percent_encoding::percent_decode_str(&s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
-}
+pub(crate) use crate::api::session::form_fields;
 
 #[cfg(test)]
 mod tests {

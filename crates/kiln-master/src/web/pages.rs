@@ -131,6 +131,8 @@ pub(super) async fn targets(State(core): S, headers: HeaderMap) -> WebResult {
 /// The `.repo` file of a target as a client reaching this master at `host`
 /// sees it (the same text `GET /api/v1/targets/T/repo` answers).
 pub fn repo_file_text(core: &Core, t: &crate::Target, host: &str) -> String {
+    // With TLS, dnf wants the CA as a local file: the .repo file says how
+    // to fetch it once from /ca.crt and check it.
     let (scheme, header_lines, ssl) = if core.cfg.api_tls {
         let fp = core
             .ca

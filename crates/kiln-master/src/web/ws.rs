@@ -40,13 +40,9 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
+    origin
         .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, h)| h.trim_end_matches('/'));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+        .is_ok_and(|o| crate::api::session::origin_is_host(o, headers))
 }
 
 pub(super) async fn upgrade(
@@ -297,6 +293,19 @@ impl LogOut {
     fn known(&self) -> u64 {
         self.sent + self.pending.len() as u64
     }
+
+    /// Send all that is pending, then the end of the log.
+    async fn finish(&mut self) {
+        if self.flush(true).await.is_ok() {
+            let _ = self
+                .tx
+                .send(ServerMsg::LogEnd {
+                    job: self.job,
+                    length: self.sent,
+                })
+                .await;
+        }
+    }
 }
 
 /// Send job `job`'s log from byte `offset`, then what it writes until it
@@ -356,15 +365,7 @@ async fn follow_log(core: Arc<Core>, job: i64, offset: u64, tx: mpsc::Sender<Ser
     };
     drop(all);
     let Some(rx) = sub else {
-        if out.flush(true).await.is_ok() {
-            let _ = out
-                .tx
-                .send(ServerMsg::LogEnd {
-                    job,
-                    length: out.sent,
-                })
-                .await;
-        }
+        out.finish().await;
         return;
     };
     if out.flush(false).await.is_err() {
@@ -415,15 +416,7 @@ async fn stream_log(
                 if reread(core, build, job, &mut out).await.is_err() {
                     return;
                 }
-                if out.flush(true).await.is_ok() {
-                    let _ = out
-                        .tx
-                        .send(ServerMsg::LogEnd {
-                            job,
-                            length: out.sent,
-                        })
-                        .await;
-                }
+                out.finish().await;
                 return;
             }
         }

@@ -18,6 +18,7 @@ mod common;
 mod auth;
 mod bad_input;
 mod batch;
+mod browser;
 mod build_basic;
 mod buildroot;
 mod cancel;

@@ -30,10 +30,12 @@
 //! | `repo.rs` | the repository tests' farm, config and createrepo_c wrapper |
 //! | `repodata.rs` | what is published: `repo ls`, repomd.xml, primary.xml |
 //! | `http.rs` | `curl` |
+//! | `browser.rs` | headless Chromium over WebDriver (chromedriver) |
 //! | `dnf.rs` | dnf in an installroot |
 //! | `gpg.rs` | OpenPGP keys and signatures with gpg |
 //! | `git.rs` | git repositories made by a test, and `git daemon` |
 
+mod browser;
 mod dnf;
 mod git;
 mod gpg;
@@ -48,6 +50,7 @@ mod rpms;
 mod tmpfs;
 mod worker;
 
+pub use browser::*;
 pub use dnf::*;
 pub use git::*;
 pub use gpg::*;
