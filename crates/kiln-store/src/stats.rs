@@ -53,3 +53,34 @@ pub fn set_published_at(c: &Connection, build: i64, at: i64) -> Result<()> {
         .execute(params![build, at])?;
     Ok(())
 }
+
+/// A build that ended in the past, as a benchmark fills a database:
+/// inserted with its one job per arch, then given its times and states.
+/// Returns its id.
+pub fn seed_finished(
+    c: &Connection,
+    nb: &crate::NewBuild,
+    created_at: i64,
+    finished_at: i64,
+    state: kiln_core::state::BuildState,
+    job_state: kiln_core::state::JobState,
+    worker: &str,
+) -> Result<i64> {
+    let (b, _) = crate::insert_build(c, nb)?;
+    c.prepare_cached(
+        "UPDATE builds SET created_at = ?2, finished_at = ?3, state = ?4 WHERE id = ?1",
+    )?
+    .execute(params![b.id, created_at, finished_at, state.as_str()])?;
+    c.prepare_cached(
+        "UPDATE jobs SET created_at = ?2, started_at = ?2, finished_at = ?3, state = ?4, \
+         worker = ?5 WHERE build_id = ?1",
+    )?
+    .execute(params![
+        b.id,
+        created_at,
+        finished_at,
+        job_state.as_str(),
+        worker
+    ])?;
+    Ok(b.id)
+}

@@ -77,21 +77,22 @@ async fn fill(db: &Path, n: usize) -> anyhow::Result<()> {
                         source: None,
                         submitter: Some("bench".into()),
                     };
-                    let (b, mut jobs) = kiln_store::insert_build(t, &nb)?;
                     let at = now - span + (i as i64 * span / n as i64);
                     let state = STATES[i % 4];
-                    if let Some(j) = jobs.first_mut() {
-                        j.state = if state == BuildState::Failed {
-                            JobState::Failed
-                        } else {
-                            JobState::Succeeded
-                        };
-                        j.worker = Some("w1".into());
-                        j.started_at = Some(at - 60_000);
-                        j.finished_at = Some(at);
-                        kiln_store::save_job(t, j)?;
-                    }
-                    kiln_store::set_build_state(t, b.id, state, None, None)?;
+                    let job_state = if state == BuildState::Failed {
+                        JobState::Failed
+                    } else {
+                        JobState::Succeeded
+                    };
+                    kiln_store::stats::seed_finished(
+                        t,
+                        &nb,
+                        at - 90_000,
+                        at,
+                        state,
+                        job_state,
+                        "w1",
+                    )?;
                 }
                 Ok(())
             })

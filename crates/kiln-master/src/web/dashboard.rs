@@ -170,11 +170,25 @@ pub(super) async fn dashboard(State(core): State<Arc<Core>>, headers: HeaderMap)
                 running,
                 expected,
                 latest: kiln_store::list_builds(c, 15)?,
-                hours: kiln_store::browse::builds_per_hour(c, today)?,
+                hours: Vec::new(),
                 held,
             })
         })
         .await?;
+    let store = core.store.clone();
+    let per_hour = core
+        .web
+        .hours
+        .get(today, || async move {
+            store
+                .read(move |c| kiln_store::browse::builds_per_hour(c, today))
+                .await
+        })
+        .await?;
+    let d = Data {
+        hours: per_hour,
+        ..d
+    };
     let upto = ((now - today) / HOUR_MS) as usize;
     let body = html! {
         h1 { "Dashboard" }

@@ -55,6 +55,50 @@ pub const KEEP: usize = 10_000;
 pub struct Hub {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Fanout>,
+    /// Aggregates over many rows that pages show, recomputed at most every
+    /// [`AGGREGATE_TTL`]: builds per hour today (dashboard), job outcomes
+    /// per worker over 7 days (workers page).
+    pub(crate) hours: Cached<Vec<(i64, kiln_core::state::BuildState, u64)>>,
+    pub(crate) outcomes: Cached<Vec<kiln_store::browse::WorkerOutcomes>>,
+}
+
+/// How long an aggregate a page shows is reused. With a million builds,
+/// counting today's builds per hour reads tens of thousands of rows: done
+/// at most this often, not on every page view.
+pub(crate) const AGGREGATE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A value computed from the database, kept for a while, for one key (the
+/// day it is about, say).
+pub(crate) struct Cached<T> {
+    slot: tokio::sync::Mutex<Option<(std::time::Instant, i64, T)>>,
+}
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached {
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    /// The value for `key`, computed by `f` when absent, of another key or
+    /// older than [`AGGREGATE_TTL`]. One computation at a time.
+    pub(crate) async fn get<F, Fut, E>(&self, key: i64, f: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, k, v)) = slot.as_ref() {
+            if *k == key && at.elapsed() < AGGREGATE_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let v = f().await?;
+        *slot = Some((std::time::Instant::now(), key, v.clone()));
+        Ok(v)
+    }
 }
 
 struct Ring {
@@ -94,6 +138,8 @@ impl Default for Hub {
                 events: VecDeque::new(),
             }),
             tx,
+            hours: Cached::default(),
+            outcomes: Cached::default(),
         }
     }
 }

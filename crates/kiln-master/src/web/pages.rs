@@ -37,13 +37,17 @@ pub(super) async fn workers(State(core): S, headers: HeaderMap) -> WebResult {
     let last = core.web.last_id();
     let now = kiln_store::now_ms();
     let live = core.sched().worker_views();
-    let (rows, outcomes) = core
-        .store
-        .read(move |c| {
-            Ok((
-                kiln_store::list_workers(c)?,
-                kiln_store::browse::worker_outcomes(c, now - 7 * DAY_MS)?,
-            ))
+    let rows = core.store.read(kiln_store::list_workers).await?;
+    // Counted per hour: the same figures for a whole hour's views.
+    let hour = now - now.rem_euclid(3_600_000);
+    let store = core.store.clone();
+    let outcomes = core
+        .web
+        .outcomes
+        .get(hour, || async move {
+            store
+                .read(move |c| kiln_store::browse::worker_outcomes(c, hour - 7 * DAY_MS))
+                .await
         })
         .await?;
     let cert_ms = i64::from(core.cfg.cert_days) * DAY_MS;
