@@ -67,14 +67,18 @@ pub(super) async fn receive(
         tracing::warn!("{forge} webhook, delivery {shown}: refused: {e}");
         return Err(unauthorized(e.to_string()));
     }
-    // Which projects' secrets signed it (before anything is parsed).
-    let signed: Vec<String> = project::secrets(&core)
+    // The projects whose secret signed it (before anything is parsed),
+    // read once.
+    let projects: Vec<Project> = project::list(&core)
         .await?
         .into_iter()
-        .filter(|(_, secret)| hooks::verify(forge, &headers, &body, secret.as_bytes()).is_ok())
-        .map(|(name, _)| name)
+        .filter(|p| {
+            p.secret.as_ref().is_some_and(|secret| {
+                hooks::verify(forge, &headers, &body, secret.as_bytes()).is_ok()
+            })
+        })
         .collect();
-    if signed.is_empty() {
+    if projects.is_empty() {
         tracing::warn!("{forge} webhook, delivery {shown}: refused: no project's secret signed it");
         return Err(unauthorized(format!(
             "{} (no project's secret signed this body)",
@@ -85,12 +89,6 @@ pub(super) async fn receive(
         tracing::warn!("{forge} webhook, delivery {shown}: {e}");
         ApiError::bad(e.to_string())
     })?;
-    let mut projects: Vec<Project> = Vec::new();
-    for name in &signed {
-        if let Ok(p) = project::get(&core, name).await {
-            projects.push(p);
-        }
-    }
     let push = match event {
         HookEvent::Other { event } => {
             return Ok(answer(

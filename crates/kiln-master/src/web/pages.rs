@@ -92,8 +92,8 @@ pub(super) async fn workers(State(core): S, headers: HeaderMap) -> WebResult {
         @if viewer.as_ref().is_some_and(|v| v.is_admin()) {
             section.actions {
                 h2 { "Enroll a worker" }
-                // TODO(auth): an admin form issuing an enrollment token and
-                // showing the `kiln worker enroll` command; until then:
+                // Issuing the token from this page is not built (issue 10):
+                // the page says how to enroll with the CLI.
                 p { "Run " code { "kiln token create --worker NAME" } " and, on the worker, "
                     code { "kiln worker enroll --master https://THIS-HOST:" (core.cfg.worker_listen.port()) " --token TOKEN --dir DIR" } "." }
             }
