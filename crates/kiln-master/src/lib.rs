@@ -12,6 +12,7 @@ mod intake;
 pub mod logs;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod paths;
 pub mod project;
 pub mod query;

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod browse;
 mod model;
+pub mod notify;
 mod schema;
 pub mod stats;
 

@@ -200,6 +200,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .merge(crate::web::routes())
         .merge(crate::metrics::routes())
         .merge(crate::stats::routes())
+        .merge(crate::notify::routes())
         .nest_service(
             "/repos",
             tower::ServiceBuilder::new()

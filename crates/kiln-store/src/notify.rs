@@ -1,0 +1,1 @@
+//! The notification outbox (issue 11, being written).
