@@ -9,8 +9,12 @@ set -euo pipefail
 # mosquitto: the MQTT broker the trigger tests start on loopback.
 # chromium, chromium-driver: the headless browser (and its WebDriver server)
 # the web UI's browser tests drive.
+# ngircd, python3-aiosmtpd: the IRC and SMTP servers the notification tests start on loopback.
+# e2fsprogs, squashfs-tools, qemu-utils, qemu-system-x86, cpio: what images are made and
+# boot-tested with (mkfs.ext4 -d, mksquashfs, qemu-img, qemu-system-x86_64 -accel tcg).
 pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git
-  patch file bzip2 xz-utils unzip zstd mosquitto chromium chromium-driver)
+  patch file bzip2 xz-utils unzip zstd mosquitto chromium chromium-driver
+  ngircd python3-aiosmtpd e2fsprogs squashfs-tools qemu-utils qemu-system-x86 cpio)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,1 +1,2 @@
-//! (being written)
+//! Slack (and Mattermost) incoming webhooks, and signed plain webhooks
+//! (being written).
