@@ -11,10 +11,11 @@ set -euo pipefail
 # the web UI's browser tests drive.
 # ngircd, python3-aiosmtpd: the IRC and SMTP servers the notification tests start on loopback.
 # e2fsprogs, squashfs-tools, qemu-utils, qemu-system-x86, cpio: what images are made and
-# boot-tested with (mkfs.ext4 -d, mksquashfs, qemu-img, qemu-system-x86_64 -accel tcg).
+# boot-tested with (mkfs.ext4 -d, mksquashfs, qemu-img, qemu-system-x86_64 -accel tcg);
+# busybox-static: the /init of the initramfs the boot test makes.
 pkgs=(rpm createrepo-c dnf bubblewrap gnupg protobuf-compiler gcc make pkg-config ca-certificates curl git
   patch file bzip2 xz-utils unzip zstd mosquitto chromium chromium-driver
-  ngircd python3-aiosmtpd e2fsprogs squashfs-tools qemu-utils qemu-system-x86 cpio)
+  ngircd python3-aiosmtpd e2fsprogs squashfs-tools qemu-utils qemu-system-x86 cpio busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,19 @@ use serde::{Deserialize, Serialize};
 
 /// What a token (and a session opened with it) may do. Ordered: each role
 /// may do what the roles before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read the web pages and the API (needed only with `web_public = false`).
@@ -67,7 +79,7 @@ impl std::str::FromStr for Role {
 }
 
 /// `POST /api/v1/api-tokens`: a new named token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenRequest {
     /// Its name (letters, digits, `._+-`; unique among the live tokens;
@@ -75,11 +87,14 @@ pub struct ApiTokenRequest {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// Its owner's e-mail address (notifications with `to_submitter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// The answer of `POST /api/v1/api-tokens` (201): the only time the token
 /// is shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiTokenCreated {
     /// Its name.
     pub name: String,
@@ -93,7 +108,7 @@ pub struct ApiTokenCreated {
 }
 
 /// One token in `GET /api/v1/api-tokens` (never the token or its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiTokenView {
     /// Its name.
     pub name: String,
@@ -110,7 +125,7 @@ pub struct ApiTokenView {
 }
 
 /// The answer of `POST /api/v1/api-tokens/NAME/revoke`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiTokenRevoked {
     /// The token's name.
     pub name: String,
@@ -121,7 +136,7 @@ pub struct ApiTokenRevoked {
 }
 
 /// `POST /login` as JSON (a form posts the field `token` instead).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// A named token, or the master's admin token.
@@ -130,7 +145,7 @@ pub struct LoginRequest {
 
 /// The answer of a JSON `POST /login` (a form is answered with a redirect);
 /// the session itself is the `kiln_session` cookie.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionView {
     /// The token's name.
     pub name: String,
@@ -144,7 +159,7 @@ pub struct SessionView {
 }
 
 /// `GET /api/v1/whoami`: who the request is signed in as (401 when no one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     /// The token's name (`admin` for the master's admin token file).
     pub name: String,

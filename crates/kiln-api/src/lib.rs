@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+pub mod image;
 pub mod live;
+pub mod notify;
+pub mod release;
 pub mod stats;
 
 pub use kiln_core::git::{BuildSource, GitMode, Project, TriggerKind};
@@ -28,7 +31,7 @@ pub const NOW_PRIORITY: i64 = 100;
 // ---------------------------------------------------------------- errors
 
 /// The body of every error answer: `{"code": "not_found", "error": "no build 7"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What kind of failure, for programs.
     #[serde(default)]
@@ -38,7 +41,9 @@ pub struct ErrorBody {
 }
 
 /// The machine-readable kind of an error answer (its HTTP status goes with it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: the request is wrong; the message names the field and why.
@@ -100,7 +105,8 @@ impl std::fmt::Display for ErrorCode {
 // ---------------------------------------------------------------- builds and jobs
 
 /// Query of `GET /api/v1/builds` and `GET /api/v1/jobs`: how many, newest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many (the master's default 100, its cap 10 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +115,7 @@ pub struct ListQuery {
 
 /// `POST /api/v1/builds`: build an SRPM the master holds (by sha256);
 /// answered with the [`BuildView`] (201), or [`ErrorCode::BlobMissing`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The SRPM's content, uploaded to `PUT /api/v1/blobs/<sha256>`.
@@ -145,7 +151,7 @@ pub struct SubmitRequest {
 /// worker); with it, group by group (indexes into `builds`). A build waits
 /// until the builds it needs are published. Answered with
 /// [`BatchSubmitted`] (201); a cycle is refused (400).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// Default: the master's `default_target`, or its only target.
@@ -160,7 +166,7 @@ pub struct BatchRequest {
 }
 
 /// The answer of a batch submit: its id and its builds, in the order asked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchSubmitted {
     /// The batch id.
     pub batch: i64,
@@ -169,7 +175,7 @@ pub struct BatchSubmitted {
 }
 
 /// `GET /api/v1/batches/<id>`: a batch and the graph of its builds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchView {
     /// The batch id.
     pub id: i64,
@@ -182,7 +188,7 @@ pub struct BatchView {
 }
 
 /// One build of a batch, and what it waits for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchMember {
     /// The build id.
     pub id: i64,
@@ -203,7 +209,7 @@ pub struct BatchMember {
 /// A build with its jobs and artifacts: the answer of submit (also when the
 /// version gate skipped it: `state` `skipped`, `reason` why), show, wait,
 /// cancel and the build list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildView {
     /// The build id.
     pub id: i64,
@@ -261,6 +267,10 @@ pub struct BuildView {
     /// started by a webhook or MQTT: its `source.sender` says who).
     #[serde(default)]
     pub submitter: Option<String>,
+    /// An image build: the recipe's name (its files are image artifacts;
+    /// it is never published to the repositories); `null` for a package.
+    #[serde(default)]
+    pub image: Option<String>,
     /// One job per arch (a build from git: its srpm job, arch `src`, first).
     pub jobs: Vec<JobView>,
     /// The files its jobs produced.
@@ -268,7 +278,7 @@ pub struct BuildView {
 }
 
 /// An arch a build was not planned for (`BuildArch`, `ExclusiveArch`, `ExcludeArch`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExcludedArch {
     /// The arch asked for.
     pub arch: String,
@@ -277,7 +287,7 @@ pub struct ExcludedArch {
 }
 
 /// One job (a build on one arch), in a [`BuildView`] and in `GET /api/v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     /// The job id.
     pub id: i64,
@@ -305,7 +315,7 @@ pub struct JobView {
 }
 
 /// A file a job produced, kept in `incoming/<build>/<arch>/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactView {
     /// The job that produced it.
     pub job: i64,
@@ -325,7 +335,8 @@ pub struct ArtifactView {
 
 /// Query of `GET /api/v1/jobs/<id>/log`: the log so far, or (`follow`) a
 /// stream of it until the job ends. The log itself is `text/plain`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Keep the answer open and stream new output until the job ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -333,13 +344,13 @@ pub struct LogQuery {
 }
 
 /// The body of a POST that takes no arguments (cancel, revoke, regen): `{}`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EmptyBody {}
 
 // ---------------------------------------------------------------- blobs
 
 /// `PUT` (201 when new, 200 when already held) and `GET /api/v1/blobs/<sha256>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobInfo {
     /// The content's sha256.
     pub sha256: String,
@@ -353,7 +364,7 @@ pub struct BlobInfo {
 
 /// One worker in `GET /api/v1/workers`: live data while it is connected,
 /// what it last said otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// The worker's name (its certificate's).
     pub name: String,
@@ -378,7 +389,7 @@ pub struct WorkerView {
 }
 
 /// The answer of `POST /api/v1/workers/<name>/revoke`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevokeResponse {
     /// The worker.
     pub name: String,
@@ -387,7 +398,7 @@ pub struct RevokeResponse {
 }
 
 /// `POST /api/v1/tokens`: a one-time enrollment token for a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The name the worker will have.
@@ -395,7 +406,7 @@ pub struct TokenRequest {
 }
 
 /// The answer of `POST /api/v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     /// Unix time in ms after which the token is refused.
     pub expires_at: i64,
@@ -408,7 +419,7 @@ pub struct TokenResponse {
 // ---------------------------------------------------------------- targets and repositories
 
 /// One target in `GET /api/v1/targets`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TargetView {
     /// The target's name.
     pub name: String,
@@ -421,8 +432,10 @@ pub struct TargetView {
     /// Versions of each package kept in its repositories.
     pub keep: u32,
     /// The signing key's file on the master, if it signs.
+    #[schema(value_type = Option<String>)]
     pub sign_key: Option<PathBuf>,
     /// Where published packages are also copied for an outside signer.
+    #[schema(value_type = Option<String>)]
     pub tosign_dir: Option<PathBuf>,
     /// The root its builds run in (none: on the workers' own systems).
     #[serde(default)]
@@ -430,7 +443,7 @@ pub struct TargetView {
 }
 
 /// A target's `[target.buildroot]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildrootView {
     /// Base repositories.
     pub repos: Vec<String>,
@@ -447,7 +460,7 @@ pub struct BuildrootView {
 }
 
 /// One live package in `GET /api/v1/targets/<target>/packages`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackageView {
     /// The target.
     pub target: String,
@@ -472,7 +485,7 @@ pub struct PackageView {
 }
 
 /// The answer of `POST /api/v1/targets/<target>/regen` (202).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegenResponse {
     /// Always `queued`.
     pub regen: String,
@@ -483,7 +496,7 @@ pub struct RegenResponse {
 // ---------------------------------------------------------------- events
 
 /// One line of `GET /api/v1/events` (newline-delimited JSON, tagged by `kind`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Event {
     /// The first line: every event after it is complete.
@@ -644,6 +657,7 @@ mod tests {
             waits_for: vec![],
             source: None,
             submitter: Some("alice".into()),
+            image: None,
             jobs: vec![],
             artifacts: vec![],
         };
@@ -655,7 +669,7 @@ mod tests {
                 r#""scratch":false,"ci":false,"state":"queued","reason":null,"#,
                 r#""excluded_arches":[{"arch":"s390x","reason":"ExcludeArch"}],"created_at":7,"#,
                 r#""finished_at":null,"publish":null,"publish_error":null,"buildroot":true,"batch":null,"#,
-                r#""waits_for":[],"source":null,"submitter":"alice","jobs":[],"#,
+                r#""waits_for":[],"source":null,"submitter":"alice","image":null,"jobs":[],"#,
                 r#""artifacts":[]}"#
             )
         );
@@ -666,7 +680,7 @@ mod tests {
 
 /// A project as `GET /api/v1/projects[/NAME]` shows it: its secret is
 /// never shown (`has_secret` says whether it has one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectView {
     /// The project's name.
     pub name: String,
@@ -735,7 +749,8 @@ impl ProjectView {
 
 /// Query of `PUT /api/v1/projects/NAME`: a body without a secret keeps the
 /// stored one unless `clear_secret`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EditQuery {
     /// Remove the project's secret (it then takes no webhook or MQTT trigger).
     #[serde(default)]
@@ -743,7 +758,7 @@ pub struct EditQuery {
 }
 
 /// Body of `POST /api/v1/projects/NAME/build`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectBuildRequest {
     /// A branch, a tag (`refs/tags/v1.2` or, with mode release, `v1.2`) or
     /// a commit id; `null`: the project's ref.
@@ -756,7 +771,7 @@ pub struct ProjectBuildRequest {
 
 /// Answer of `POST /api/v1/projects/NAME/build` and of a webhook that
 /// started builds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectBuilt {
     /// One build per target, each starting with its srpm job.
     pub builds: Vec<BuildView>,
@@ -766,7 +781,7 @@ pub struct ProjectBuilt {
 
 /// Answer of `GET /api/v1/projects/NAME/hooks`: what to paste into a
 /// forge's webhook settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HooksInfo {
     /// The project.
     pub project: String,
@@ -783,7 +798,7 @@ pub struct HooksInfo {
 }
 
 /// What a webhook delivery did (`POST /hooks/FORGE`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HookAnswer {
     /// `queued`, `duplicate`, `ignored` or `ping`.
     pub status: String,

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::Event;
 
 /// A message from the page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Follow a topic (adds to what the connection follows).
@@ -39,7 +39,7 @@ pub enum ClientMsg {
 }
 
 /// What a page follows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Topic {
     /// A page that follows every event (`"dashboard"`).
@@ -60,7 +60,7 @@ pub enum Topic {
 }
 
 /// A topic that is a whole page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Page {
     /// Every event.
@@ -68,7 +68,7 @@ pub enum Page {
 }
 
 /// A message from the master.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerMsg {
     /// A subscription or resume is in place: events after `last` follow.
@@ -94,7 +94,7 @@ pub enum ServerMsg {
 }
 
 /// An event with its id (`{"id": 5, "kind": "build", "build": 1, ...}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveEvent {
     /// Increasing; what a page resumes from.
     pub id: u64,
@@ -104,7 +104,7 @@ pub struct LiveEvent {
 }
 
 /// A piece of a job's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogChunk {
     /// The job.
     pub job: i64,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Everything `/stats` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatsView {
     /// When these figures were computed.
     pub generated_at: i64,
@@ -23,7 +23,7 @@ pub struct StatsView {
 }
 
 /// One day.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DayStats {
     /// `YYYY-MM-DD` (UTC).
     pub date: String,
@@ -42,7 +42,7 @@ pub struct DayStats {
 }
 
 /// Durations of a group (a target, a package, publications).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DurationStats {
     /// The target or package (empty for publications).
     pub name: String,
@@ -57,7 +57,7 @@ pub struct DurationStats {
 }
 
 /// One hour of worker time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HourUse {
     /// The hour's start.
     pub hour: i64,

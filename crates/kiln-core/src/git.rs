@@ -184,7 +184,17 @@ pub fn split_source(s: &str) -> Result<(RepoUrl, Option<String>), GitNameError> 
 }
 
 /// How a build from git picks its version and gates it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GitMode {
     /// A snapshot version of a commit (`VERSION^YYYYMMDD.HHMMSS.N.gSHA7`);
@@ -216,7 +226,17 @@ impl std::str::FromStr for GitMode {
 }
 
 /// What started a build from git.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TriggerKind {
     #[default]
@@ -240,7 +260,9 @@ impl TriggerKind {
 /// Where a build from git takes its sources, and what it found there: its
 /// request (project, URLs, ref, mode, trigger) when queued, completed with
 /// the commit ids and the version once its srpm job has made the SRPM.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct BuildSource {
     pub project: String,
     pub mode: GitMode,
@@ -285,7 +307,9 @@ pub struct BuildSource {
 
 /// A project: sources tied to targets. One build per target when it is
 /// built, each with its own version gate.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
     pub name: String,
@@ -323,6 +347,7 @@ pub struct Project {
     /// The secret from a file (the master's `[[project]]` tables): read at
     /// start, never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub secret_file: Option<std::path::PathBuf>,
 }
 

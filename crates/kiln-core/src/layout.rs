@@ -11,6 +11,7 @@
 //! <data>/uploads/<job>-<attempt>-<name>[.part]
 //! <data>/incoming/<build>/<arch>/     verified artifacts
 //! <data>/logs/<build>/<job>.log.zst   big build logs
+//! <data>/images/<name>/<build>/<arch>/ an image build's files
 //! <data>/repos/<target>/<repo>/       published repositories (served)
 //! <data>/repos/<target>/RPM-GPG-KEY-kiln-<target>
 //! <data>/repowork/<target>/<repo>/    createrepo_c's own output
@@ -29,7 +30,9 @@ pub struct Layout {
 
 /// The directories a master creates at start (the others come when first
 /// needed).
-const CREATED: &[&str] = &["cas", "uploads", "incoming", "logs", "tmp", "repos"];
+const CREATED: &[&str] = &[
+    "cas", "uploads", "incoming", "logs", "tmp", "repos", "releases",
+];
 
 impl Layout {
     pub fn new(root: impl AsRef<Path>) -> Layout {
@@ -105,6 +108,32 @@ impl Layout {
     /// builder.
     pub fn incoming(&self, build: i64, arch: &str) -> PathBuf {
         self.incoming_dir().join(build.to_string()).join(arch)
+    }
+
+    /// The files of every image build (issue 12).
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// The files of one image build and arch: `images/<name>/<build>/<arch>/`
+    /// (`name` a validated recipe name).
+    pub fn image_files(&self, name: &str, build: i64, arch: &str) -> PathBuf {
+        self.images_dir()
+            .join(name)
+            .join(build.to_string())
+            .join(arch)
+    }
+
+    /// Every release (issue 12), served at `/releases/`.
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+
+    /// One channel of a release: `releases/<name>/<channel>/` (both
+    /// validated identifiers), holding one directory per version and the
+    /// `latest` symlink.
+    pub fn release_channel(&self, name: &str, channel: &str) -> PathBuf {
+        self.releases().join(name).join(channel)
     }
 
     /// Build logs too big for the database.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod fsutil;
 pub mod git;
 pub mod header;
+pub mod image;
 pub mod layout;
 pub mod listing;
 pub mod logcap;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 macro_rules! string_enum {
     ($name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "lowercase")]
         pub enum $name { $($variant),+ }
 
@@ -67,6 +67,7 @@ string_enum!(ArtifactKind {
     Log => "log",
     Listing => "listing",
     Other => "other",
+    Image => "image",
 });
 
 impl BuildState {

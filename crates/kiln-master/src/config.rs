@@ -205,6 +205,17 @@ pub struct MasterConfig {
     /// Anyone may read the web pages and the API (false: reading needs a
     /// token or a web session too; writes always need one).
     pub web_public: bool,
+    /// Notification sinks: `[[notify]]` tables (see `notify::config`).
+    #[serde(rename = "notify", skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::SinkConfig>,
+    /// Delivered and dead notifications are pruned after this many days.
+    pub notify_retention_days: u64,
+    /// Image recipes: `[[image]]` tables (see `crate::image`).
+    #[serde(rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<kiln_core::image::ImageRecipe>,
+    /// Old versions kept per channel of a release besides the one `latest`
+    /// points at (older ones are removed after a promotion).
+    pub keep_releases: u64,
 }
 
 impl Default for MasterConfig {
@@ -236,6 +247,10 @@ impl Default for MasterConfig {
             mqtt: None,
             hook_max_bytes: 2 << 20,
             web_public: true,
+            notify: Vec::new(),
+            notify_retention_days: 30,
+            images: Vec::new(),
+            keep_releases: 5,
         }
     }
 }
@@ -353,6 +368,18 @@ impl MasterConfig {
                 )));
             }
         }
+        let mut sinks = std::collections::HashSet::new();
+        for n in &mut self.notify {
+            n.prepare(&|k| std::env::var(k).ok())
+                .map_err(|e| ConfigError::Bad(format!("[[notify]] {}: {e}", n.name)))?;
+            if !sinks.insert(n.name.clone()) {
+                return Err(ConfigError::Bad(format!(
+                    "[[notify]] {} is declared twice",
+                    n.name
+                )));
+            }
+        }
+        crate::image::prepare_recipes(self)?;
         if self.lease_secs == 0 || self.max_attempts == 0 {
             return Err(ConfigError::Bad(
                 "lease_secs and max_attempts must be at least 1".into(),

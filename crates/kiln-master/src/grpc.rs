@@ -198,6 +198,7 @@ impl Farm for FarmService {
                 tracing::info!("worker {name} disconnected");
                 let n = name.clone();
                 std::mem::drop(core.store.write(move |t| kiln_store::touch_worker(t, &n)));
+                crate::notify::worker_left(&core, &name);
             }
         });
         let out = UnboundedReceiverStream::new(rx).map(Ok);

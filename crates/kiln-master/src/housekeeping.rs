@@ -80,7 +80,10 @@ pub fn lock_data_dir(paths: &Paths) -> Result<std::fs::File, MasterError> {
 /// `logs/`, and published metadata under `repos/`).
 fn content_entries(paths: &Paths) -> usize {
     let count = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
-    let mut n = count(&paths.cas_dir()) + count(&paths.incoming_dir()) + count(&paths.logs());
+    let mut n = count(&paths.cas_dir())
+        + count(&paths.incoming_dir())
+        + count(&paths.logs())
+        + count(&paths.images_dir());
     if let Ok(targets) = std::fs::read_dir(paths.repos()) {
         for t in targets.flatten() {
             if let Ok(repos) = std::fs::read_dir(t.path()) {
@@ -107,10 +110,10 @@ pub fn check_not_lost(paths: &Paths, db_holds_nothing: bool) -> Result<(), Maste
     }
     Err(MasterError::LostDatabase(format!(
         "the database {} records no build and no upload, but {} holds {n} entries in cas/, \
-         incoming/, logs/ or repos/: the database (or its -wal file) was lost or replaced. \
+         incoming/, images/, logs/ or repos/: the database (or its -wal file) was lost or replaced. \
          Stop here and restore kiln.db from a backup (`kiln backup`, see README), removing any \
          kiln.db-wal and kiln.db-shm beside it; to start an empty farm instead, move cas/, \
-         incoming/, logs/ and repos/ out of the data directory",
+         incoming/, images/, logs/ and repos/ out of the data directory",
         paths.db().display(),
         paths.root.display()
     )))
@@ -122,6 +125,19 @@ pub fn check_not_lost(paths: &Paths, db_holds_nothing: bool) -> Result<(), Maste
 pub fn check_db_present(paths: &Paths) -> Result<(), MasterError> {
     let empty = std::fs::metadata(paths.db()).map_or(true, |m| m.len() == 0);
     check_not_lost(paths, empty)
+}
+
+/// Remove the delivered and dead notifications older than the retention
+/// period (`notify_retention_days`): at start, then once a day (a timer
+/// started by `notify::start`). How many.
+pub async fn prune_notifications(
+    store: &kiln_store::Store,
+    retention: std::time::Duration,
+) -> Result<u64, kiln_store::StoreError> {
+    let before = kiln_store::now_ms() - retention.as_millis() as i64;
+    store
+        .write(move |t| kiln_store::notify::prune(t, before))
+        .await
 }
 
 /// Remove everything in `tmp/`: partial files of a killed master and of

@@ -40,7 +40,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> IntakeError {
 #[derive(Debug, Clone)]
 pub struct Reported {
     pub name: String,
-    /// rpm | srpm | log | listing | other
+    /// rpm | srpm | log | listing | other | image
     pub kind: String,
     pub size: u64,
     pub sha256: String,
@@ -59,12 +59,12 @@ pub struct JobRef {
 
 /// Where an artifact of this attempt is now: still staged, or already filed
 /// (a resent result after a master restart).
-fn locate(paths: &Paths, j: &JobRef, name: &str) -> Option<PathBuf> {
+fn locate(paths: &Paths, j: &JobRef, dest: &std::path::Path, name: &str) -> Option<PathBuf> {
     let staged = paths.staged(j.job, j.attempt, name);
     if staged.is_file() {
         return Some(staged);
     }
-    let filed = paths.incoming(j.build, &j.arch).join(name);
+    let filed = dest.join(name);
     filed.is_file().then_some(filed)
 }
 
@@ -72,15 +72,28 @@ fn arch_ok(job_arch: &str, pkg_arch: &str) -> bool {
     pkg_arch == job_arch || pkg_arch == "noarch" || compatible_arches(job_arch).contains(&pkg_arch)
 }
 
-/// Verify and file a job's artifacts. Blocking (hashes files): run it on a
-/// blocking thread.
+/// Where a job's verified artifacts go: `incoming/<build>/<arch>/`, or
+/// for a job of an image build (`image`: the recipe's name)
+/// `images/<name>/<build>/<arch>/`.
+pub fn job_files(paths: &Paths, j: &JobRef, image: Option<&str>) -> PathBuf {
+    match image {
+        Some(name) => paths.image_files(name, j.build, &j.arch),
+        None => paths.incoming(j.build, &j.arch),
+    }
+}
+
+/// Verify and file a job's artifacts (`image`: the recipe name of an image
+/// build's job, whose artifacts are image files, never packages). Blocking
+/// (hashes files): run it on a blocking thread.
 pub fn verify_and_file(
     paths: &Paths,
     j: &JobRef,
     package: &str,
+    image: Option<&str>,
     artifacts: &[Reported],
     verified: &std::collections::HashMap<String, String>,
 ) -> Result<(Vec<ArtifactRow>, Vec<Unsynced>), IntakeError> {
+    let dest = job_files(paths, j, image);
     // Small artifacts come inline in the result: checked in memory and
     // written once, straight into their place.
     let mut inline: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
@@ -121,6 +134,21 @@ pub fn verify_and_file(
         if !is_sha256(&a.sha256) {
             return Err(refused(format!("artifact {:?}: malformed sha256", a.name)));
         }
+        match kind {
+            ArtifactKind::Rpm | ArtifactKind::Srpm if image.is_some() => {
+                return Err(refused(format!(
+                    "artifact {:?}: an image job returns image files, not packages",
+                    a.name
+                )))
+            }
+            ArtifactKind::Image if image.is_none() => {
+                return Err(refused(format!(
+                    "artifact {:?}: only an image job returns image files",
+                    a.name
+                )))
+            }
+            _ => {}
+        }
         let (place, size, sha) = match inline.get(a.name.as_str()) {
             Some(data) => {
                 if kiln_core::fsutil::sha256_bytes(data) != a.sha256 {
@@ -131,7 +159,7 @@ pub fn verify_and_file(
                 }
                 (Place::Inline(data), a.size, a.sha256.clone())
             }
-            None => on_disk(paths, j, a, &mut verified)?,
+            None => on_disk(paths, j, &dest, a, &mut verified)?,
         };
         let nevra = match kind {
             ArtifactKind::Rpm | ArtifactKind::Srpm => {
@@ -171,7 +199,7 @@ pub fn verify_and_file(
     let listing =
         listing.ok_or_else(|| refused(format!("no {LISTING_NAME} among the artifacts")))?;
     check_listing(&listing, j, &rows)?;
-    let unsynced = file(paths, j, &located)?;
+    let unsynced = file(paths, j, &dest, &located)?;
     Ok((rows, unsynced))
 }
 
@@ -183,10 +211,11 @@ pub fn verify_and_file(
 fn on_disk<'a>(
     paths: &Paths,
     j: &JobRef,
+    dest: &std::path::Path,
     a: &Reported,
     verified: &mut std::collections::HashMap<String, String>,
 ) -> Result<(Place<'a>, u64, String), IntakeError> {
-    let (path, from_cas) = match locate(paths, j, &a.name) {
+    let (path, from_cas) = match locate(paths, j, dest, &a.name) {
         Some(p) => (p, false),
         None => {
             let staged = paths.staged(j.job, j.attempt, &a.name);
@@ -364,10 +393,10 @@ pub struct Unsynced {
 fn file(
     paths: &Paths,
     j: &JobRef,
+    dest: &std::path::Path,
     files: &[(Place<'_>, String)],
 ) -> Result<Vec<Unsynced>, IntakeError> {
-    let dest = paths.incoming(j.build, &j.arch);
-    std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
+    std::fs::create_dir_all(dest).map_err(io(format!("creating {}", dest.display())))?;
     let rel = |to: &std::path::Path| {
         to.strip_prefix(&paths.root)
             .unwrap_or(to)
@@ -411,7 +440,7 @@ fn file(
         }
     }
     if uploaded {
-        if let Ok(d) = std::fs::File::open(&dest) {
+        if let Ok(d) = std::fs::File::open(dest) {
             let _ = d.sync_all();
         }
     }

@@ -8,6 +8,7 @@ pub mod config;
 mod grpc;
 pub mod hooks;
 pub mod housekeeping;
+pub mod image;
 mod intake;
 pub mod logs;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod notify;
 pub mod paths;
 pub mod project;
 pub mod query;
+pub mod release;
 pub mod result;
 pub mod sched;
 mod shared;
@@ -110,6 +112,12 @@ impl Master {
         if cleaned > 0 {
             tracing::info!("removed {cleaned} partial files from tmp/");
         }
+        let releases = store.read(kiln_store::release::all).await?;
+        let fixed = release::recover(&paths, &releases)
+            .map_err(|e| MasterError::Recovery(format!("checking releases/: {e}")))?;
+        if fixed > 0 {
+            tracing::info!("releases/: {fixed} entries brought in line with the database");
+        }
         let ca = Ca::load_or_create(&paths.ca_dir())?;
         let admin_token = read_or_create_token(&paths.admin_token())?;
         let revoked = RevocationList::new();
@@ -190,6 +198,7 @@ impl Master {
         }
         tokio::spawn(repo.clone().run());
         let (srpms_made, made_rx) = tokio::sync::mpsc::unbounded_channel();
+        let notify = Arc::new(notify::Notifier::new(&cfg).map_err(config::ConfigError::Bad)?);
         let core = Arc::new(Core {
             logs: Logs::new(paths.clone(), store.clone(), cfg.log_cap),
             syncer,
@@ -211,9 +220,11 @@ impl Master {
             srpms_made,
             triggers: Default::default(),
             api_bound: Default::default(),
+            worker_bound: Default::default(),
             web: Default::default(),
             metrics: Default::default(),
             stats_cache: Default::default(),
+            notify,
             _lock: lock,
             cfg,
         });
@@ -227,8 +238,14 @@ impl Master {
         web::start(&core);
         let api_addr = api::serve(core.clone()).await?;
         let _ = core.api_bound.set(api_addr);
+        // Its public URL known, notifications can be made and sent.
+        notify::start(&core);
         let roots = buildroots(&core.cfg, api_addr);
-        let ((), fx) = core.decide(|s, _| s.set_buildroots(roots));
+        let images = image::image_bases(&core.cfg, api_addr);
+        let ((), fx) = core.decide(|s, _| {
+            s.set_buildroots(roots);
+            s.set_image_bases(images);
+        });
         core.apply(fx).await;
         // Builds restored `waiting` may wait for builds that ended (or were
         // published) while the master was down: settled once every queue is
@@ -243,6 +260,7 @@ impl Master {
             mqtt::spawn(core.clone(), m);
         }
         let worker_addr = tls::serve_workers(core.clone()).await?;
+        let _ = core.worker_bound.set(worker_addr);
         tokio::spawn(lease_task(core.clone()));
         Ok(Master {
             core,

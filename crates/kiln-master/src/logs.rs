@@ -58,7 +58,14 @@ pub struct Logs {
     store: Store,
     cap: u64,
     open: Mutex<HashMap<i64, Open>>,
+    /// Reads of stored logs at once: each decompresses a whole log, so
+    /// many readers at once (a thousand pages catching up) are queued
+    /// instead of all holding their buffers together.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Stored logs decoded at once (see [`Logs::read_from`]).
+const READS_AT_ONCE: usize = 4;
 
 impl Logs {
     pub fn new(paths: Paths, store: Store, cap: u64) -> Logs {
@@ -67,6 +74,7 @@ impl Logs {
             store,
             cap,
             open: Mutex::new(HashMap::new()),
+            reads: tokio::sync::Semaphore::new(READS_AT_ONCE),
         }
     }
 
@@ -88,7 +96,7 @@ impl Logs {
             // goes on there, where it was.
             let path = self.paths.log_zst(build, job);
             let (sink, written) = match std::fs::OpenOptions::new().append(true).open(&path) {
-                Ok(file) => (Sink::File(file), decode_file(&path)?.len() as u64),
+                Ok(file) => (Sink::File(file), decode_file(&path, u64::MAX)?.1),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     (Sink::Mem(Vec::new()), 0)
                 }
@@ -266,6 +274,19 @@ impl Logs {
     /// The whole log as text: live in memory, or saved in the database,
     /// or in its file.
     pub async fn read(&self, build: i64, job: i64) -> std::io::Result<Vec<u8>> {
+        Ok(self.read_from(build, job, 0).await?.0)
+    }
+
+    /// The log's text from byte `from` on, and the log's whole length:
+    /// decoded as a stream, the bytes before `from` dropped as they come
+    /// (a page catching up holds only what it lacks, not the whole log).
+    pub async fn read_from(
+        &self,
+        build: i64,
+        job: i64,
+        from: u64,
+    ) -> std::io::Result<(Vec<u8>, u64)> {
+        let _slot = self.reads.acquire().await.map_err(std::io::Error::other)?;
         let live = match self.table()?.get(&job) {
             Some(Open {
                 sink: Sink::Mem(v), ..
@@ -281,11 +302,11 @@ impl Logs {
                 .map_err(std::io::Error::other)?,
         };
         if let Some(z) = z {
-            return Ok(decode(std::io::Cursor::new(z)));
+            return Ok(decode(std::io::Cursor::new(z), from));
         }
         let path = self.paths.log_zst(build, job);
-        tokio::task::spawn_blocking(move || match decode_file(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        tokio::task::spawn_blocking(move || match decode_file(&path, from) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), 0)),
             r => r,
         })
         .await
@@ -295,26 +316,35 @@ impl Logs {
 
 /// Decode a stream of zstd frames; a frame cut short by a crash ends the
 /// text instead of failing the whole read.
-fn decode_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+fn decode_file(path: &std::path::Path, from: u64) -> std::io::Result<(Vec<u8>, u64)> {
     let f = std::fs::File::open(path)?;
-    Ok(decode(std::io::BufReader::new(f)))
+    Ok(decode(std::io::BufReader::new(f), from))
 }
 
-fn decode(r: impl std::io::BufRead) -> Vec<u8> {
+/// The text past byte `from`, and the text's whole length.
+fn decode(r: impl std::io::BufRead, from: u64) -> (Vec<u8>, u64) {
     let mut out = Vec::new();
+    let mut at: u64 = 0;
     let Ok(mut dec) = zstd::stream::read::Decoder::with_buffer(r) else {
-        return out;
+        return (out, 0);
     };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match dec.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                let end = at + n as u64;
+                if end > from {
+                    let skip = from.saturating_sub(at) as usize;
+                    out.extend_from_slice(&buf[skip..n]);
+                }
+                at = end;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
-    out
+    (out, at)
 }
 
 #[cfg(test)]
@@ -375,6 +405,13 @@ mod tests {
         let logs = logs(dir.path(), 10);
         logs.append(1, 2, b"0123456789").unwrap();
         assert_eq!(logs.read(1, 2).await.unwrap(), b"0123456789");
+        // From an offset: only the rest, and the whole length.
+        assert_eq!(
+            logs.read_from(1, 2, 4).await.unwrap(),
+            (b"456789".to_vec(), 10)
+        );
+        assert_eq!(logs.read_from(1, 2, 10).await.unwrap(), (Vec::new(), 10));
+        assert_eq!(logs.read_from(1, 2, 99).await.unwrap(), (Vec::new(), 10));
         logs.append(1, 2, b"x").unwrap();
         let text = String::from_utf8(logs.read(1, 2).await.unwrap()).unwrap();
         assert!(
@@ -399,6 +436,12 @@ mod tests {
         let text = again.read(1, 2).await.unwrap();
         assert_eq!(&text[..big.len()], &big[..]);
         assert_eq!(&text[big.len()..], b"tail");
+        // From its file, from an offset inside a frame.
+        let from = big.len() as u64 - 3;
+        let (rest, len) = again.read_from(1, 2, from).await.unwrap();
+        assert_eq!(len, big.len() as u64 + 4);
+        assert_eq!(&rest[..3], &big[big.len() - 3..]);
+        assert_eq!(&rest[3..], b"tail");
     }
 
     #[tokio::test]

@@ -53,6 +53,11 @@ pub fn routes() -> Router<Arc<Core>> {
     Router::new().route("/metrics", get(scrape))
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text exposition (version 0.0.4)", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 async fn scrape(State(core): State<Arc<Core>>) -> impl IntoResponse {
     (
         [(

@@ -70,6 +70,8 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
             let paths = core.paths.clone();
             let arts = f.artifacts.clone();
             let package = core.sched().package_of(build).unwrap_or_default();
+            let image = core.sched().image_of(build);
+            let files_dir = crate::intake::job_files(&core.paths, &jr, image.as_deref());
             let known: std::collections::HashMap<String, String> = core
                 .verified
                 .lock()
@@ -83,7 +85,7 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
                 })
                 .unwrap_or_default();
             let verified = tokio::task::spawn_blocking(move || {
-                verify_and_file(&paths, &jr, &package, &arts, &known)
+                verify_and_file(&paths, &jr, &package, image.as_deref(), &arts, &known)
             })
             .await
             .unwrap_or_else(|e| {
@@ -99,7 +101,7 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
                     if let Some(sy) = core.syncer.as_ref().filter(|_| !unsynced.is_empty()) {
                         journaled = Some((sy.clone(), sy.journal(unsynced)));
                     }
-                    complete_log(core, build, job, &rows).await;
+                    complete_log(core, build, job, &files_dir, &rows).await;
                     (f.success, f.message.clone(), rows)
                 }
                 Err(IntakeError::Refused(e)) => {
@@ -143,7 +145,13 @@ pub async fn accept(core: &Arc<Core>, name: &str, f: Report) -> Answer {
 
 /// If the live log missed chunks (the session dropped during the build),
 /// keep the complete `build.log` of the result as the job's log.
-async fn complete_log(core: &Arc<Core>, build: i64, job: i64, rows: &[kiln_store::ArtifactRow]) {
+async fn complete_log(
+    core: &Arc<Core>,
+    build: i64,
+    job: i64,
+    dir: &std::path::Path,
+    rows: &[kiln_store::ArtifactRow],
+) {
     let Some(log) = rows
         .iter()
         .find(|r| r.kind == kiln_core::state::ArtifactKind::Log && r.name == "build.log")
@@ -153,7 +161,7 @@ async fn complete_log(core: &Arc<Core>, build: i64, job: i64, rows: &[kiln_store
     if core.logs.written(job) == Some(log.size) {
         return;
     }
-    let path = core.paths.incoming(build, &log.arch).join(&log.name);
+    let path = dir.join(&log.name);
     let c = core.clone();
     let r = tokio::task::spawn_blocking(move || c.logs.replace(build, job, &path)).await;
     if let Ok(Err(e)) = r {

@@ -68,10 +68,14 @@ pub struct Core {
     pub(crate) triggers: tokio::sync::Mutex<()>,
     /// Where the API listens, once it does.
     pub(crate) api_bound: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The worker listener's bound address, once it is bound.
+    pub(crate) worker_bound: std::sync::OnceLock<std::net::SocketAddr>,
     /// The web UI's live event hub.
     pub web: crate::web::Hub,
     /// What `/metrics` shows.
     pub metrics: crate::metrics::Metrics,
+    /// Notification sinks; the outbox rows of a write are queued in it.
+    pub notify: Arc<crate::notify::Notifier>,
     /// The statistics last computed, and when (they are recomputed at most
     /// every few seconds).
     pub(crate) stats_cache:
@@ -82,6 +86,15 @@ impl Core {
     /// The API's address (the configured one until it is bound).
     pub fn api_addr(&self) -> std::net::SocketAddr {
         self.api_bound.get().copied().unwrap_or(self.cfg.api_listen)
+    }
+
+    /// The worker listener's address (the configured one until it is
+    /// bound).
+    pub fn worker_addr(&self) -> std::net::SocketAddr {
+        self.worker_bound
+            .get()
+            .copied()
+            .unwrap_or(self.cfg.worker_listen)
     }
 }
 
@@ -232,14 +245,19 @@ impl Core {
     /// Hand the decided writes to the database writer (in order).
     pub(crate) fn queue_writes(&self, fx: &mut Effects) {
         for w in std::mem::take(&mut fx.writes) {
+            // The notifications a write announces are queued in its own
+            // closure: the same commit as the state change.
+            let nq = self.notify.plan(&w);
+            let queued = nq.is_some();
             let c: Commit = match w {
-                Write::InsertBuild { build, jobs } => Box::pin(
-                    self.store
-                        .write(move |t| kiln_store::insert_rows(t, &build, &jobs)),
-                ),
-                Write::SaveJob(row) => {
-                    Box::pin(self.store.write(move |t| kiln_store::save_job(t, &row)))
-                }
+                Write::InsertBuild { build, jobs } => Box::pin(self.store.write(move |t| {
+                    kiln_store::insert_rows(t, &build, &jobs)?;
+                    crate::notify::queue(t, &nq)
+                })),
+                Write::SaveJob(row) => Box::pin(self.store.write(move |t| {
+                    kiln_store::save_job(t, &row)?;
+                    crate::notify::queue(t, &nq)
+                })),
                 Write::FinishJob {
                     build,
                     artifacts,
@@ -248,7 +266,8 @@ impl Core {
                     for a in &artifacts {
                         kiln_store::add_artifact(t, build, a)?;
                     }
-                    kiln_store::save_job(t, &job)
+                    kiln_store::save_job(t, &job)?;
+                    crate::notify::queue(t, &nq)
                 })),
                 Write::SetBuildState {
                     build,
@@ -256,7 +275,8 @@ impl Core {
                     reason,
                     publish,
                 } => Box::pin(self.store.write(move |t| {
-                    kiln_store::set_build_state(t, build, state, reason.as_deref(), publish)
+                    kiln_store::set_build_state(t, build, state, reason.as_deref(), publish)?;
+                    crate::notify::queue(t, &nq)
                 })),
                 Write::SetSource { build, source } => Box::pin(
                     self.store
@@ -271,7 +291,7 @@ impl Core {
                         .write(move |t| kiln_store::put_delivery(t, &id, &builds)),
                 ),
             };
-            fx.commits.push(c);
+            fx.commits.push(self.notify.after_commit(c, queued));
         }
     }
 

@@ -28,6 +28,11 @@ pub fn routes() -> Router<Arc<Core>> {
     Router::new().route("/api/v1/stats", get(stats_json))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/stats", tag = "stats",
+    responses((status = 200, description = "Figures from the database (cached 10 s)", body = StatsView)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 async fn stats_json(State(core): State<Arc<Core>>) -> Result<Json<StatsView>, ApiError> {
     Ok(Json(stats(&core).await?))
 }

@@ -282,7 +282,12 @@ async fn sign(
     let signer = core.clone();
     let csr = req.csr_pem;
     let days = core.cfg.cert_days;
-    core.store
+    // The worker's name is known inside the write only: the event is made
+    // there (worker.enrolled, same commit).
+    let nq = core.notify.worker("worker.enrolled", "");
+    let queued = nq.is_some();
+    let r = core
+        .store
         .write(move |t| {
             let name = kiln_store::consume_token(t, &hash)?;
             let serial = kiln_store::next_serial(t)?;
@@ -291,7 +296,12 @@ async fn sign(
                 .sign_worker_csr(&csr, &name, serial, days)
                 .map_err(|e| kiln_store::StoreError::Invalid(format!("bad CSR: {e}")))?;
             kiln_store::enroll_worker(t, &name, serial)?;
+            crate::notify::queue(t, &nq.map(|p| p.for_worker(&name)))?;
             Ok((name, cert))
         })
-        .await
+        .await;
+    if queued && r.is_ok() {
+        core.notify.wake();
+    }
+    r
 }

@@ -31,6 +31,8 @@ pub struct BuildFilter {
     pub package: Option<String>,
     pub package_prefix: bool,
     pub source: Option<SourceKind>,
+    /// The name of the API token that submitted it.
+    pub submitter: Option<String>,
     /// Created at or after (Unix ms).
     pub from_ms: Option<i64>,
     /// Created before (Unix ms).
@@ -131,6 +133,9 @@ fn matching_ids(c: &Connection, f: &BuildFilter, part: Part, n: usize) -> Result
             }
         }
         _ => {}
+    }
+    if let Some(who) = &f.submitter {
+        arg(&mut sql, " AND submitter = ?", Value::Text(who.clone()));
     }
     match f.source {
         // The git builds have a partial index of their own.
@@ -327,21 +332,39 @@ pub fn find_packages(
 }
 
 /// The newest builds of a target that were published, newest first.
-pub fn recent_publications(c: &Connection, target: &str, limit: u32) -> Result<Vec<BuildRow>> {
-    let ids: Vec<i64> = c
+pub fn recent_publications(c: &Connection, target: &str, limit: u32) -> Result<Vec<Publication>> {
+    let rows: Vec<(i64, Option<i64>)> = c
         .prepare_cached(
-            "SELECT id FROM builds WHERE target = ?1 AND publish = 'published' \
+            "SELECT id, published_at FROM builds WHERE target = ?1 AND publish = 'published' \
              ORDER BY id DESC LIMIT ?2",
         )?
-        .query_map(params![target, limit], |r| r.get(0))?
+        .query_map(params![target, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(b) = get_build(c, id)? {
-            out.push(b);
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, published_at) in rows {
+        if let Some(build) = get_build(c, id)? {
+            out.push(Publication {
+                build,
+                published_at,
+            });
         }
     }
     Ok(out)
+}
+
+/// A build that was published, and when (Unix ms; `None` for a build
+/// published before migration 9 recorded it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    pub build: BuildRow,
+    pub published_at: Option<i64>,
+}
+
+impl Publication {
+    /// From the build's end to its packages in the repository (ms).
+    pub fn latency_ms(&self) -> Option<i64> {
+        Some(self.published_at? - self.build.finished_at?)
+    }
 }
 
 /// What one worker did since a moment: jobs ended, and how many failed.
@@ -715,7 +738,8 @@ mod tests {
             ]
         );
         let p = recent_publications(&c, "t", 5).unwrap();
-        assert_eq!(p.iter().map(|b| b.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(p.iter().map(|p| p.build.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(p[0].published_at, None, "not recorded in this test");
     }
 
     #[test]

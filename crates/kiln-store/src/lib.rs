@@ -12,6 +12,7 @@ pub mod auth;
 pub mod browse;
 mod model;
 pub mod notify;
+pub mod release;
 mod schema;
 pub mod stats;
 

@@ -55,6 +55,10 @@ pub struct BuildRow {
     /// The name of the API token that created it (none for a build from a
     /// webhook or MQTT, or from before tokens had names).
     pub submitter: Option<String>,
+    /// An image build: the recipe (`kiln_core::image::ImageRecipe` as
+    /// JSON) it builds; never published to the repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl BuildRow {
@@ -149,7 +153,7 @@ fn list(s: String) -> Vec<String> {
 pub(crate) const BUILD_COLS: &str =
     "id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
      disttag, priority, scratch, ci, state, reason, excluded, created_at, finished_at, publish, \
-     publish_error, batch, waits_for, source, submitter";
+     publish_error, batch, waits_for, source, submitter, image";
 
 fn json_col<T: serde::de::DeserializeOwned>(idx: usize, s: &str) -> rusqlite::Result<T> {
     serde_json::from_str(s).map_err(|e| {
@@ -199,6 +203,7 @@ pub(crate) fn build_row(r: &Row<'_>) -> rusqlite::Result<BuildRow> {
             .map(|s| json_col(21, &s))
             .transpose()?,
         submitter: r.get(22)?,
+        image: r.get(23)?,
     })
 }
 
@@ -296,6 +301,7 @@ pub fn new_rows(b: &NewBuild, id: i64, job_ids: &[i64]) -> (BuildRow, Vec<JobRow
         waits_for: b.waits_for.clone(),
         source: b.source.clone(),
         submitter: b.submitter.clone(),
+        image: None,
     };
     let jobs = b
         .arches
@@ -331,8 +337,8 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
     c.prepare_cached(
         "INSERT INTO builds (id, target, package, evr, srpm_name, srpm_sha256, srpm_size, channel, \
          disttag, priority, scratch, ci, state, excluded, created_at, batch, waits_for, source, \
-         submitter) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+         submitter, image) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?
     .execute(params![
         b.id,
@@ -353,7 +359,8 @@ pub fn insert_rows(c: &Connection, b: &BuildRow, jobs: &[JobRow]) -> Result<()> 
         b.batch,
         ids_json(&b.waits_for),
         source_json(b.source.as_ref())?,
-        b.submitter
+        b.submitter,
+        b.image
     ])?;
     insert_jobs(c, jobs)
 }
@@ -445,6 +452,26 @@ pub fn build_states(
 // ---- batches ----
 
 /// Record a new batch; its id (the next of the table's own sequence).
+/// The versions (evr) of every build of the image `name`.
+pub fn image_versions(c: &Connection, name: &str) -> Result<Vec<String>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT evr FROM builds WHERE image IS NOT NULL AND package = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([name], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// The newest builds of the image `name` (every image with `None`), newest
+/// first.
+pub fn image_builds(c: &Connection, name: Option<&str>, limit: u32) -> Result<Vec<BuildRow>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {BUILD_COLS} FROM builds WHERE image IS NOT NULL \
+         AND (?1 IS NULL OR package = ?1) ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![name, limit], build_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 pub fn insert_batch(c: &Connection, target: &str, created_at: i64) -> Result<i64> {
     c.prepare_cached("INSERT INTO batches (target, created_at) VALUES (?1, ?2)")?
         .execute(params![target, created_at])?;

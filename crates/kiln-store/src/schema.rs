@@ -215,6 +215,77 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS builds_finished ON builds(finished_at);
     CREATE INDEX IF NOT EXISTS jobs_started ON jobs(started_at);
     "#,
+    // 10: the build listing's submitter filter (issue 10, web)
+    r#"
+    CREATE INDEX IF NOT EXISTS web_builds_submitter ON builds(submitter);
+    "#,
+    // 11: the notification outbox (issue 11): one row per event and sink,
+    // written in the commit of the state change that causes it. A row of
+    // sink '' is an event still to be fanned out to the sinks (the
+    // triggers below write one in the commit that marks a build published,
+    // which the repository builder makes, and in the commit that marks a
+    // build skipped, at submit or once its SRPM was made). The e-mail
+    // address of a token's owner (`to_submitter`).
+    r#"
+    CREATE TABLE notify_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        sink         TEXT NOT NULL,
+        event_id     TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        build_id     INTEGER,
+        notice       TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'dead')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        last_error   TEXT,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX notify_outbox_queued ON notify_outbox(sink, id) WHERE state = 'queued';
+    CREATE INDEX notify_outbox_sink_state ON notify_outbox(sink, state);
+    CREATE INDEX notify_outbox_ended ON notify_outbox(created_at) WHERE state <> 'queued';
+    CREATE TRIGGER notify_build_published AFTER UPDATE OF publish ON builds
+        WHEN NEW.publish = 'published' AND OLD.publish IS NOT 'published'
+    BEGIN
+        INSERT INTO notify_outbox (sink, event_id, event, build_id, notice, state, next_at, created_at)
+        VALUES ('', lower(hex(randomblob(12))), 'build.published', NEW.id, '{}', 'queued', 0,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    CREATE TRIGGER notify_build_skipped AFTER UPDATE OF state ON builds
+        WHEN NEW.state = 'skipped' AND OLD.state IS NOT 'skipped'
+    BEGIN
+        INSERT INTO notify_outbox (sink, event_id, event, build_id, notice, state, next_at, created_at)
+        VALUES ('', lower(hex(randomblob(12))), 'build.skipped', NEW.id, '{}', 'queued', 0,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    ALTER TABLE api_tokens ADD COLUMN email TEXT;
+    "#,
+    // Image builds (issue 12): the recipe (JSON) a build of an image was
+    // made from; NULL for a package build. Its package is the recipe's
+    // name and its evr the image's version.
+    r#"
+    ALTER TABLE builds ADD COLUMN image TEXT;
+    CREATE INDEX builds_image ON builds(package, id) WHERE image IS NOT NULL;
+    "#,
+    // Releases (issue 12): every promotion of an image build to a channel
+    // of a release, and every rollback; `current` marks the row the
+    // channel's `latest` points at (one per channel).
+    r#"
+    CREATE TABLE release_promotions (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        release    TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        build_id   INTEGER NOT NULL REFERENCES builds(id),
+        action     TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+        who        TEXT,
+        created_at INTEGER NOT NULL,
+        current    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX release_promotions_channel ON release_promotions(release, channel, id);
+    CREATE UNIQUE INDEX release_promotions_current
+        ON release_promotions(release, channel) WHERE current = 1;
+    "#,
 ];
 
 /// Bring the schema up to date.

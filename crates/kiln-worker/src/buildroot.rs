@@ -48,7 +48,7 @@ pub struct Roots {
     /// `work/roots`: one folder per base root.
     dir: PathBuf,
     /// dnf's metadata and package cache, shared by all roots and jobs.
-    cache: PathBuf,
+    pub(crate) cache: PathBuf,
     /// `HOME` for dnf: its `.rpmmacros` puts a root's rpm database inside
     /// the root (`/var/lib/rpm`).
     home: PathBuf,
@@ -148,7 +148,7 @@ impl RootSpec {
 
     /// dnf's name of the `i`th base repository (named after its URL, so
     /// targets sharing a mirror share its cached metadata).
-    fn base_repo_id(&self, i: usize) -> String {
+    pub(crate) fn base_repo_id(&self, i: usize) -> String {
         let h = kiln_core::fsutil::sha256_bytes(self.repos[i].as_bytes());
         format!("{}-base{}-{}", self.target, i, &h[..8])
     }
@@ -282,7 +282,7 @@ impl Roots {
         list_roots(&self.dir)
     }
 
-    fn prepare_dirs(&self) -> Result<(), kiln_core::error::IoError> {
+    pub(crate) fn prepare_dirs(&self) -> Result<(), kiln_core::error::IoError> {
         let _one = self.prep.lock().unwrap_or_else(|p| p.into_inner());
         for d in [&self.dir, &self.cache, &self.home] {
             make_private_dir(d).map_err(io_err(format!("creating {}", d.display())))?;
@@ -488,7 +488,7 @@ fn changed(then: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> b
     now.iter().any(|(k, v)| then.get(k).is_some_and(|t| t != v))
 }
 
-fn describe(end: &RunEnd) -> String {
+pub(crate) fn describe(end: &RunEnd) -> String {
     match end {
         RunEnd::Exited(c) => format!("exited with status {c}"),
         RunEnd::Signaled => "was killed by a signal".into(),
@@ -576,7 +576,7 @@ async fn installed_packages(root: &Path) -> Vec<String> {
 /// cache, the base repos (checked every few minutes) and, for a job, Kiln's
 /// own repositories (checked every time, and skipped while not yet
 /// published).
-fn write_dnf_conf(
+pub(crate) fn write_dnf_conf(
     path: &Path,
     spec: &RootSpec,
     cache: &Path,
@@ -623,7 +623,7 @@ fn write_dnf_conf(
 
 /// `dnf install` into `root` (through `overlay` when given), run from
 /// `cwd`, with nothing of the worker's environment but a proxy.
-fn dnf_invocation(
+pub(crate) fn dnf_invocation(
     roots: &Roots,
     conf: &Path,
     root: &Path,

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod buildroot;
 pub mod conn;
 pub mod enroll;
+pub mod image;
 pub mod query;
 mod run;
 pub mod srpm;

@@ -31,6 +31,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::backend::{make_private_dir, Backend, JobSpec, LogSink, SandboxStatus};
+
+mod image_job;
 use crate::{files, io_err, parse_master_url, WorkerError};
 
 /// Tries of a request that fails on a live session (an upload the master
@@ -1378,6 +1380,9 @@ async fn build(
         )
         .as_bytes(),
     );
+    if let Some(image) = &a.image {
+        return image_job::run(shared, a, image, dir, &log, cancel).await;
+    }
     let ran = match &a.source {
         Some(source) => Ok(run_srpm(shared, a, source, dir, &log, cancel).await),
         None => run_backend(shared, a, dir, &log, cancel).await,

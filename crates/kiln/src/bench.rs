@@ -66,11 +66,11 @@ pub struct BenchArgs {
     durability: String,
 }
 
-struct Master {
-    child: std::process::Child,
-    api: String,
-    worker_url: String,
-    token: String,
+pub(crate) struct Master {
+    pub(crate) child: std::process::Child,
+    pub(crate) api: String,
+    pub(crate) worker_url: String,
+    pub(crate) token: String,
 }
 
 impl Drop for Master {
@@ -80,7 +80,7 @@ impl Drop for Master {
     }
 }
 
-fn start_master(data: &Path, durability: &str) -> anyhow::Result<Master> {
+pub(crate) fn start_master(data: &Path, durability: &str) -> anyhow::Result<Master> {
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let mut child = std::process::Command::new(exe)
         .args([
@@ -124,7 +124,7 @@ fn start_master(data: &Path, durability: &str) -> anyhow::Result<Master> {
     })
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -136,7 +136,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// CPU time (user + system, all threads) the process `pid` has used, in
 /// clock ticks: fields 14 and 15 of `/proc/PID/stat`.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold spaces.
@@ -152,7 +152,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-fn clock_ticks_per_sec() -> u64 {
+pub(crate) fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf reads a constant of the system.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
@@ -191,9 +191,9 @@ impl Backend for Gated {
 
 /// Arrival times of job events seen on the master's event stream.
 #[derive(Default)]
-struct Seen {
-    running: HashMap<i64, Instant>,
-    succeeded: HashMap<i64, Instant>,
+pub(crate) struct Seen {
+    pub(crate) running: HashMap<i64, Instant>,
+    pub(crate) succeeded: HashMap<i64, Instant>,
 }
 
 /// What a bench has seen on the event stream so far (`T`), and a wait
@@ -233,13 +233,13 @@ impl<T: Default> Watched<T> {
     }
 }
 
-type Events = Watched<Seen>;
+pub(crate) type Events = Watched<Seen>;
 
 impl Events {
-    async fn wait_succeeded(&self, job: i64) -> Instant {
+    pub(crate) async fn wait_succeeded(&self, job: i64) -> Instant {
         self.wait(|s| s.succeeded.get(&job).copied()).await
     }
-    async fn wait_count(&self, count: usize) {
+    pub(crate) async fn wait_count(&self, count: usize) {
         self.wait(|s| (s.succeeded.len() >= count).then_some(()))
             .await
     }
@@ -279,7 +279,7 @@ pub(crate) async fn follow_stream(
     Ok(())
 }
 
-async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
+pub(crate) async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
     let ev = Events::new();
     let ev2 = ev.clone();
     follow_stream(c, move |e, now| {
@@ -307,7 +307,7 @@ async fn follow_events(c: &Client) -> anyhow::Result<Arc<Events>> {
 
 /// Submits a scratch build of the example SRPM; `now` puts it ahead of
 /// everything submitted without. Returns its job's id.
-async fn submit(c: &Client, sha: &str, channel: &str, now: bool) -> anyhow::Result<i64> {
+pub(crate) async fn submit(c: &Client, sha: &str, channel: &str, now: bool) -> anyhow::Result<i64> {
     let req = SubmitRequest {
         srpm_sha256: sha.to_string(),
         srpm_name: "hello-kiln-1.0-1.src.rpm".into(),
@@ -322,7 +322,7 @@ async fn submit(c: &Client, sha: &str, channel: &str, now: bool) -> anyhow::Resu
 
 /// Submit-to-start latencies in ms, sorted: one build at a time, each
 /// waited for to the end.
-async fn latency(
+pub(crate) async fn latency(
     c: &Client,
     ev: &Events,
     sha: &str,
@@ -341,7 +341,7 @@ async fn latency(
     Ok(out)
 }
 
-fn pct(v: &[f64], p: usize) -> f64 {
+pub(crate) fn pct(v: &[f64], p: usize) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -360,28 +360,18 @@ async fn spawn_workers(
     gate: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     for i in from..to {
-        let name = format!("bench{i}");
-        let req = TokenRequest {
-            worker: name.clone(),
-        };
-        let t: TokenResponse = c.post("/api/v1/tokens", &req).await?;
-        let dir = base.join(&name);
-        kiln_worker::enroll::enroll(&master.worker_url, &t.token, &dir).await?;
-        let cfg = kiln_worker::WorkerConfig {
-            work: dir.join("work"),
-            dir,
-            name: Some(name),
-            master: None,
-            arches: vec!["x86_64".into(), "noarch".into()],
-            channels: vec!["default".into()],
-            capacity: slots,
-            backend: Arc::new(Gated { open: gate.clone() }),
-            announce: false,
-            dnf_cache_mb: 1024,
-            no_host_builds: false,
-            git_ssh_key: None,
-        };
-        tokio::spawn(kiln_worker::run(cfg, stop.clone()));
+        let backend = Arc::new(Gated { open: gate.clone() });
+        spawn_worker(
+            c,
+            master,
+            base,
+            &format!("bench{i}"),
+            "default",
+            slots,
+            backend,
+            stop,
+        )
+        .await?;
     }
     // Wait until the master sees them all.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -398,8 +388,45 @@ async fn spawn_workers(
     }
 }
 
+/// Enrolls a worker `name` under `base` and runs it in this process with
+/// `backend` (x86_64 and noarch, on `channel`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn spawn_worker(
+    c: &Client,
+    master: &Master,
+    base: &Path,
+    name: &str,
+    channel: &str,
+    slots: u32,
+    backend: Arc<dyn Backend>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let req = TokenRequest {
+        worker: name.to_string(),
+    };
+    let t: TokenResponse = c.post("/api/v1/tokens", &req).await?;
+    let dir = base.join(name);
+    kiln_worker::enroll::enroll(&master.worker_url, &t.token, &dir).await?;
+    let cfg = kiln_worker::WorkerConfig {
+        work: dir.join("work"),
+        dir,
+        name: Some(name.to_string()),
+        master: None,
+        arches: vec!["x86_64".into(), "noarch".into()],
+        channels: vec![channel.to_string()],
+        capacity: slots,
+        backend,
+        announce: false,
+        dnf_cache_mb: 1024,
+        no_host_builds: false,
+        git_ssh_key: None,
+    };
+    tokio::spawn(kiln_worker::run(cfg, stop.clone()));
+    Ok(())
+}
+
 /// Submits `n` builds, `parallel` at a time; returns their jobs' ids.
-async fn submit_many(
+pub(crate) async fn submit_many(
     c: &Arc<Client>,
     sha: &str,
     channel: &str,
@@ -459,7 +486,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<i32> {
 /// Deletes `dir` with `rm -rf` in a detached process (its own session, at
 /// the lowest CPU and I/O priority) so the bench ends at once; if `rm`
 /// cannot be started, deletes it here.
-fn remove_in_background(dir: &Path) {
+pub(crate) fn remove_in_background(dir: &Path) {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new("rm");
     cmd.arg("-rf")
@@ -497,15 +524,13 @@ fn remove_in_background(dir: &Path) {
     }
 }
 
-async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
+/// Makes the noarch example SRPM under `tmp` and uploads it once (every
+/// build of a bench reuses it by sha256); its sha256.
+pub(crate) async fn upload_example(c: &Client, tmp: &Path) -> anyhow::Result<String> {
     let srpm: PathBuf = crate::up::make_srpms(&tmp.join("examples"))?
         .into_iter()
         .find(|p| p.to_string_lossy().contains("hello-kiln"))
         .context("no noarch example")?;
-    let master = start_master(&tmp.join("master"), &a.durability)?;
-    let pid = master.child.id();
-    let c = Arc::new(Client::new(&master.api, Some(master.token.clone()))?);
-    // Upload the SRPM once; every build below reuses it by sha256.
     let args = crate::commands::SubmitArgs {
         file: srpm,
         more: Vec::new(),
@@ -521,8 +546,15 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
         wait: false,
         json: false,
     };
-    let (b, _) = crate::commands::submit_build(&c, &args).await?;
-    let sha = b.srpm_sha256;
+    let (b, _) = crate::commands::submit_build(c, &args).await?;
+    Ok(b.srpm_sha256)
+}
+
+async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
+    let master = start_master(&tmp.join("master"), &a.durability)?;
+    let pid = master.child.id();
+    let c = Arc::new(Client::new(&master.api, Some(master.token.clone()))?);
+    let sha = upload_example(&c, tmp).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(pid)?;
     println!("master idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
@@ -630,7 +662,7 @@ async fn run(a: &BenchArgs, tmp: &Path) -> anyhow::Result<i32> {
 }
 
 /// Waits until exactly `n` workers are connected (the others have left).
-async fn wait_connected(c: &Client, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_connected(c: &Client, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let ws: Vec<WorkerView> = c.get("/api/v1/workers").await?;

@@ -920,13 +920,14 @@ pub async fn token_create(worker: &str) -> anyhow::Result<i32> {
 }
 
 /// `kiln token create --name N --role R`: prints the token alone.
-pub async fn api_token_create(name: &str, role: &str) -> anyhow::Result<i32> {
+pub async fn api_token_create(name: &str, role: &str, email: Option<&str>) -> anyhow::Result<i32> {
     kiln_core::names::check_ident("token", name)?;
     let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let c = Client::from_env()?;
     let req = ApiTokenRequest {
         name: name.to_string(),
         role,
+        email: email.map(str::to_string),
     };
     let v: ApiTokenCreated = c.post("/api/v1/api-tokens", &req).await?;
     emit(&format!("{}\n", term_safe(&v.token)))?;
@@ -1228,6 +1229,7 @@ mod tests {
             waits_for: vec![],
             source: None,
             submitter: Some("mallory\u{1b}[8m".into()),
+            image: None,
             jobs: vec![JobView {
                 id: 3,
                 build: 15,
@@ -1269,7 +1271,7 @@ mod tests {
             "srpm_sha256":"ab","srpm_size":10,"channel":"default","disttag":".t","priority":0,
             "scratch":false,"ci":false,"state":"queued","reason":null,"excluded_arches":[],
             "created_at":7,"finished_at":null,"publish":null,"publish_error":null,"buildroot":false,"batch":null,"waits_for":[],"source":null,
-            "submitter":null,"jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
+            "submitter":null,"image":null,"jobs":[{"id":9,"build":4,"arch":"x86_64","state":"pending","worker":null,"attempt":0,
             "message":null,"created_at":7,"started_at":null,"finished_at":null,"waiting":"no worker"}],
             "artifacts":[]}"#;
         let mut raw: Value = serde_json::from_str(answer).unwrap();

@@ -3,11 +3,18 @@
 mod bench;
 mod bench_batch;
 mod bench_hook;
+mod bench_notify;
+mod bench_release;
 mod bench_repo;
 mod bench_web;
+mod bench_ws;
 mod client;
 mod commands;
+mod notify;
+mod image_cmds;
+mod images;
 mod projects;
+mod release_cmds;
 mod settings;
 mod systemd;
 mod up;
@@ -77,16 +84,39 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Measure the repository builder (see BENCHMARKS.md).
     BenchRepo(bench_repo::BenchRepoArgs),
+    /// Measure the promotion of a 1 GiB image to a release (see BENCHMARKS.md).
+    BenchRelease(bench_release::BenchReleaseArgs),
     /// Measure a batch of SRPMs in a dependency chain (see BENCHMARKS.md).
     BenchBatch(bench_batch::BenchBatchArgs),
     /// Measure webhook → srpm job latency (see BENCHMARKS.md).
     BenchHook(bench_hook::BenchHookArgs),
+    /// Measure notifications: commit -> webhook, a down sink's queue, a hanging sink (see BENCHMARKS.md).
+    BenchNotify(bench_notify::BenchNotifyArgs),
     /// Measure the web UI's pages over a big database (see BENCHMARKS.md).
     BenchWeb(bench_web::BenchWebArgs),
+    /// Measure the websocket fan-out: N clients following a log (see BENCHMARKS.md).
+    BenchWs(bench_ws::BenchWsArgs),
+    /// Images: `kiln image build NAME` on the farm, `ls`, `show BUILD`;
+    /// `kiln image build-local` builds a recipe on this machine.
+    Image {
+        #[command(subcommand)]
+        cmd: images::ImageCmd,
+    },
+    /// Releases: `kiln release promote BUILD --release NAME`, `ls NAME`,
+    /// `rollback NAME --channel C`.
+    Release {
+        #[command(subcommand)]
+        cmd: release_cmds::ReleaseCmd,
+    },
     /// Projects: builds from git (an upstream and a packaging repository).
     Project {
         #[command(subcommand)]
         cmd: projects::ProjectCmd,
+    },
+    /// Notification sinks: list them, send a test event, retry dead ones.
+    Notify {
+        #[command(subcommand)]
+        cmd: notify::NotifyCmd,
     },
     /// API tokens with names and roles, and worker enrollment tokens.
     Token {
@@ -145,6 +175,9 @@ enum TokenCmd {
         /// cancel and rebuild its own builds) or reader (read).
         #[arg(long, requires = "name", value_parser = ["admin", "submitter", "reader"])]
         role: Option<String>,
+        /// The token owner's e-mail address (notifications to the submitter).
+        #[arg(long, requires = "name", value_name = "ADDR")]
+        email: Option<String>,
     },
     /// List the API tokens (name, role, created, last used, revoked).
     Ls {
@@ -280,9 +313,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Bench(a) => bench::bench(a).await,
         Cmd::BenchRepo(a) => bench_repo::bench_repo(a).await,
+        Cmd::BenchRelease(a) => bench_release::bench_release(a).await,
         Cmd::BenchBatch(a) => bench_batch::bench_batch(a).await,
         Cmd::BenchHook(a) => bench_hook::bench_hook(a).await,
+        Cmd::BenchNotify(a) => bench_notify::bench_notify(a).await,
         Cmd::BenchWeb(a) => bench_web::bench_web(a).await,
+        Cmd::BenchWs(a) => bench_ws::bench_ws(a).await,
         Cmd::Vercmp { a, b } => commands::vercmp(&a, &b),
         Cmd::Repo { cmd } => match cmd {
             RepoCmd::File { target } => commands::repo_file(&target).await,
@@ -298,6 +334,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => commands::batch_show(id, json).await,
         Cmd::Jobs(a) => commands::jobs(a).await,
         Cmd::Project { cmd } => projects::run(cmd).await,
+        Cmd::Notify { cmd } => notify::run(cmd).await,
+        Cmd::Image { cmd } => images::run(cmd).await,
+        Cmd::Release { cmd } => release_cmds::run(cmd).await,
         Cmd::Logs(a) => commands::logs(a).await,
         Cmd::Cancel { id } => commands::cancel(id).await,
         Cmd::Workers(a) => commands::workers(a.json).await,
@@ -309,8 +348,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             TokenCmd::Create {
                 name: Some(name),
                 role: Some(role),
+                email,
                 ..
-            } => commands::api_token_create(&name, &role).await,
+            } => commands::api_token_create(&name, &role, email.as_deref()).await,
             TokenCmd::Create { .. } => {
                 anyhow::bail!("give --worker NAME, or --name NAME --role ROLE")
             }

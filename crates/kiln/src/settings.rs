@@ -611,6 +611,9 @@ impl Settings for MasterConfig {
             }
             "api_max_connections" => "API connections served at once; past it a new one is closed",
             "log_cap" => "Build log cap per job, in bytes",
+            "notify_retention_days" => {
+                "Days delivered and dead notifications are kept before they are pruned"
+            }
             "job_timeout_secs" => "Per-job timeout, in seconds",
             "token_ttl_secs" => "How long an enrollment token stays valid, in seconds",
             "cert_days" => "Validity of worker certificates, in days",
@@ -620,6 +623,7 @@ impl Settings for MasterConfig {
                 "How workers and people reach the API (buildroots read the published repositories there)"
             }
             "hook_max_bytes" => "The largest webhook body taken, in bytes",
+            "keep_releases" => "Old versions kept per channel of a release besides `latest`",
             "web_public" => {
                 "Anyone may read the web pages and the API (false: reading needs a token or a web session)"
             }

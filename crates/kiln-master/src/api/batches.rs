@@ -10,6 +10,16 @@ use super::session::Submitter;
 use super::views::build_of;
 use super::S;
 
+#[utoipa::path(
+    post, path = "/api/v1/batches", tag = "batches", operation_id = "submit_batch",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, body = BatchSubmitted),
+        (status = 400, description = "bad_request: a request is wrong, or the order has a cycle", body = kiln_api::ErrorBody),
+        (status = 404, description = "blob_missing or not_found", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = []))
+)]
 pub(super) async fn submit(
     State(core): S,
     Submitter(who): Submitter,
@@ -31,6 +41,12 @@ pub(super) async fn submit(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/batches/{id}", tag = "batches", operation_id = "show_batch",
+    params(("id" = i64, Path, description = "The batch id")),
+    responses((status = 200, body = BatchView), (status = 404, description = "No such batch", body = kiln_api::ErrorBody)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn show(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BatchView>> {
     let (batch, builds) = core
         .store

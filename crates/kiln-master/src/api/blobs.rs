@@ -15,6 +15,17 @@ use tokio::io::AsyncWriteExt;
 use crate::paths::{is_sha256, sha256_file};
 use kiln_core::srpm::inspect_srpm;
 
+#[utoipa::path(
+    get, path = "/api/v1/blobs/{sha}", tag = "blobs",
+    description = "Whether the master holds this content (HEAD answers the same without a body).",
+    params(("sha" = String, Path, description = "The content's sha256 (64 lowercase hex digits)")),
+    responses(
+        (status = 200, body = BlobInfo),
+        (status = 400, description = "Not a sha256", body = kiln_api::ErrorBody),
+        (status = 404, description = "The master does not hold it", body = kiln_api::ErrorBody),
+    ),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn head_blob(
     State(core): S,
     Path(sha): Path<String>,
@@ -39,6 +50,19 @@ pub(super) async fn head_blob(
 
 /// Stream an SRPM into the content-addressed store. Checked for size (while
 /// it streams), sha256 and a valid source rpm header before it is kept.
+#[utoipa::path(
+    put, path = "/api/v1/blobs/{sha}", tag = "blobs",
+    params(("sha" = String, Path, description = "The content's sha256 (64 lowercase hex digits)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The SRPM's bytes"),
+    responses(
+        (status = 200, description = "Already held", body = BlobInfo),
+        (status = 201, description = "Kept", body = BlobInfo),
+        (status = 400, description = "Not a sha256, a digest that does not match, not a source rpm, or an interrupted upload", body = kiln_api::ErrorBody),
+        (status = 413, description = "too_large: past max_upload", body = kiln_api::ErrorBody),
+        (status = 507, description = "no_space: the master's disk is full", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = []))
+)]
 pub(super) async fn put_blob(
     State(core): S,
     headers: HeaderMap,

@@ -15,6 +15,12 @@ fn limit(q: &ListQuery) -> u32 {
     q.limit.unwrap_or(100).min(10_000)
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/builds", tag = "builds",
+    params(kiln_api::ListQuery),
+    responses((status = 200, description = "Builds, newest first", body = Vec<BuildView>)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn list_builds(
     State(core): S,
     Query(q): Query<ListQuery>,
@@ -42,11 +48,23 @@ pub(super) async fn list_builds(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/builds/{id}", tag = "builds",
+    params(("id" = i64, Path, description = "The build id")),
+    responses((status = 200, body = BuildView), (status = 404, description = "No such build", body = kiln_api::ErrorBody)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn show_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
     Ok(Json(build_view(&core, id).await?))
 }
 
 /// Answer once the build has reached a final state.
+#[utoipa::path(
+    get, path = "/api/v1/builds/{id}/wait", tag = "builds",
+    params(("id" = i64, Path, description = "The build id")),
+    responses((status = 200, description = "The build, once final", body = BuildView), (status = 404, description = "No such build", body = kiln_api::ErrorBody)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult<Json<BuildView>> {
     let mut rx = core.build_done.subscribe();
     loop {
@@ -66,6 +84,16 @@ pub(super) async fn wait_build(State(core): S, Path(id): Path<i64>) -> ApiResult
 }
 
 /// Cancel a build: an admin any, a submitter its own (403 otherwise).
+#[utoipa::path(
+    post, path = "/api/v1/builds/{id}/cancel", tag = "builds",
+    params(("id" = i64, Path, description = "The build id")),
+    responses(
+        (status = 200, description = "The build, canceled", body = BuildView),
+        (status = 404, description = "No such build", body = kiln_api::ErrorBody),
+        (status = 409, description = "not_active: the build has already ended", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = []))
+)]
 pub(super) async fn cancel_build(
     State(core): S,
     Submitter(who): Submitter,
@@ -93,6 +121,16 @@ pub(super) async fn cancel_build(
 }
 
 /// Submit a build; it records the caller's token name as its submitter.
+#[utoipa::path(
+    post, path = "/api/v1/builds", tag = "builds", operation_id = "submit_build",
+    request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "The build (state skipped, with its reason, when the version gate skipped it)", body = BuildView),
+        (status = 400, description = "bad_request: the request or the SRPM is wrong", body = kiln_api::ErrorBody),
+        (status = 404, description = "blob_missing: upload the SRPM (PUT /api/v1/blobs/{sha256}), then submit again; or not_found", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = []))
+)]
 pub(super) async fn submit(
     State(core): S,
     Submitter(who): Submitter,
@@ -103,6 +141,12 @@ pub(super) async fn submit(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/jobs", tag = "jobs",
+    params(kiln_api::ListQuery),
+    responses((status = 200, description = "Jobs, newest first", body = Vec<JobView>)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn list_jobs(
     State(core): S,
     Query(q): Query<ListQuery>,

@@ -22,6 +22,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// The HTTP status it answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// What it says.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
     pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }

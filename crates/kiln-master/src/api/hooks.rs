@@ -37,6 +37,21 @@ fn unauthorized(m: String) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, m)
 }
 
+#[utoipa::path(
+    post, path = "/hooks/{forge}", tag = "webhooks", operation_id = "receive_webhook",
+    description = "A forge's push, tag push or ping. The raw body must be signed with a project's secret (GitHub and Gitea/Forgejo: HMAC-SHA256 in X-Hub-Signature-256 / X-Gitea-Signature; GitLab: X-Gitlab-Token); no other credential is asked.",
+    params(("forge" = String, Path, description = "github, gitlab, gitea or forgejo")),
+    request_body(description = "The forge's event, as it sends it", content(("application/json"))),
+    responses(
+        (status = 200, description = "queued, duplicate or ping", body = HookAnswer),
+        (status = 202, description = "ignored (another event, a deleted ref, a ref no project watches)", body = HookAnswer),
+        (status = 400, description = "A body that is not the forge's event", body = kiln_api::ErrorBody),
+        (status = 401, description = "No signature, or none of a project's secret", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such forge", body = kiln_api::ErrorBody),
+        (status = 413, description = "too_large: past hook_max_bytes", body = kiln_api::ErrorBody),
+    ),
+    security(())
+)]
 pub(super) async fn receive(
     State(core): S,
     Path(forge): Path<String>,

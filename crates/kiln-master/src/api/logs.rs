@@ -12,6 +12,15 @@ use axum::body::Body;
 
 /// The build log of a job; with `follow`, the response stays open and
 /// streams new lines until the job ends.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}/log", tag = "jobs",
+    params(("id" = i64, Path, description = "The job id"), kiln_api::LogQuery),
+    responses(
+        (status = 200, description = "The log so far; with follow, streamed until the job ends", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "No such job", body = kiln_api::ErrorBody),
+    ),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn job_log(
     State(core): S,
     Path(id): Path<i64>,
@@ -94,6 +103,11 @@ where
 }
 
 /// Every durable state change as newline-delimited JSON, live.
+#[utoipa::path(
+    get, path = "/api/v1/events", tag = "events",
+    responses((status = 200, description = "Newline-delimited JSON, one Event a line, kept open: `subscribed` first, then every durable state change", body = Event, content_type = "application/x-ndjson")),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn events(State(core): S) -> Response {
     let mut rx = core.events.subscribe();
     let stream = async_stream(move |tx| async move {

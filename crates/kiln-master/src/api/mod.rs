@@ -12,21 +12,25 @@ mod auth;
 mod batches;
 mod blobs;
 mod builds;
-mod error;
+pub(crate) mod error;
 mod hooks;
+mod images;
 mod logs;
+pub mod openapi;
 mod projects;
+mod releases;
 mod repos;
 pub mod session;
-mod tokens;
+pub(crate) mod tokens;
 mod views;
-mod workers;
+pub(crate) mod workers;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post, put};
 use axum::Router;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub(crate) use logs::event;
@@ -135,84 +139,93 @@ pub async fn serve(core: Arc<Core>) -> Result<std::net::SocketAddr, MasterError>
     Ok(addr)
 }
 
-pub fn router(core: Arc<Core>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/ca.crt", get(repos::ca_cert))
-        .route("/api/v1/targets", get(repos::targets))
-        .route(
-            "/api/v1/builds",
-            get(builds::list_builds).post(builds::submit),
+/// Whether the master answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain; charset=utf-8")),
+    security(())
+)]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Every route of the API listener but `/repos` (which needs the data
+/// directory), with the OpenAPI document of those it documents. A handler
+/// is registered with `routes!`, which reads its path and methods from its
+/// `#[utoipa::path]`: the route and its description are one (see
+/// `openapi.rs`, "How to add a route").
+pub(crate) fn routes() -> OpenApiRouter<Arc<Core>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(repos::ca_cert))
+        .routes(routes!(repos::targets))
+        .routes(routes!(builds::list_builds, builds::submit))
+        .routes(routes!(batches::submit))
+        .routes(routes!(batches::show))
+        .routes(routes!(builds::show_build))
+        .routes(routes!(builds::wait_build))
+        .routes(routes!(builds::cancel_build))
+        .routes(routes!(blobs::put_blob, blobs::head_blob).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(builds::list_jobs))
+        .routes(routes!(logs::job_log))
+        .routes(routes!(workers::list_workers))
+        .routes(routes!(logs::events))
+        .routes(routes!(workers::revoke_worker))
+        .routes(routes!(tokens::create_token))
+        .routes(routes!(tokens::list_api_tokens, tokens::create_api_token))
+        .routes(routes!(tokens::revoke_api_token))
+        .routes(routes!(session::whoami))
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(projects::list, projects::add))
+        .routes(routes!(projects::show, projects::edit, projects::remove))
+        .routes(routes!(projects::build))
+        .routes(routes!(projects::hooks))
+        .routes(routes!(images::list))
+        .routes(routes!(images::build))
+        .routes(routes!(images::show))
+        .routes(routes!(releases::promote))
+        .routes(routes!(releases::rollback))
+        .routes(routes!(releases::show))
+        .routes(routes!(hooks::receive).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(repos::repo_file))
+        .routes(routes!(repos::repo_packages))
+        .routes(
+            routes!(repos::repo_regen)
+                .map(|r| r.route_layer(axum::middleware::from_fn(auth::need_admin))),
         )
-        .route("/api/v1/batches", post(batches::submit))
-        .route("/api/v1/batches/{id}", get(batches::show))
-        .route("/api/v1/builds/{id}", get(builds::show_build))
-        .route("/api/v1/builds/{id}/wait", get(builds::wait_build))
-        .route("/api/v1/builds/{id}/cancel", post(builds::cancel_build))
-        .route(
-            "/api/v1/blobs/{sha}",
-            put(blobs::put_blob)
-                .get(blobs::head_blob)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/jobs", get(builds::list_jobs))
-        .route("/api/v1/jobs/{id}/log", get(logs::job_log))
-        .route("/api/v1/workers", get(workers::list_workers))
-        .route("/api/v1/events", get(logs::events))
-        .route(
-            "/api/v1/workers/{name}/revoke",
-            post(workers::revoke_worker),
-        )
-        .route("/api/v1/tokens", post(tokens::create_token))
-        .route(
-            "/api/v1/api-tokens",
-            get(tokens::list_api_tokens).post(tokens::create_api_token),
-        )
-        .route(
-            "/api/v1/api-tokens/{name}/revoke",
-            post(tokens::revoke_api_token),
-        )
-        .route("/api/v1/whoami", get(session::whoami))
-        .route("/login", post(session::login))
-        .route("/logout", post(session::logout))
-        .route("/api/v1/projects", get(projects::list).post(projects::add))
-        .route(
-            "/api/v1/projects/{name}",
-            get(projects::show)
-                .put(projects::edit)
-                .delete(projects::remove),
-        )
-        .route("/api/v1/projects/{name}/build", post(projects::build))
-        .route("/api/v1/projects/{name}/hooks", get(projects::hooks))
-        .route(
-            "/hooks/{forge}",
-            post(hooks::receive).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v1/targets/{target}/repo", get(repos::repo_file))
-        .route(
-            "/api/v1/targets/{target}/packages",
-            get(repos::repo_packages),
-        )
-        .route(
-            "/api/v1/targets/{target}/regen",
-            post(repos::repo_regen).route_layer(axum::middleware::from_fn(auth::need_admin)),
-        )
-        .merge(crate::web::routes())
-        .merge(crate::metrics::routes())
-        .merge(crate::stats::routes())
+        // Plain axum routers: their paths are checked against the document
+        // by the scan in openapi.rs's tests.
+        .merge(crate::web::routes().into())
+        .merge(crate::metrics::routes().into())
+        .merge(crate::stats::routes().into())
         .merge(crate::notify::routes())
-        .nest_service(
-            "/repos",
-            tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    core.clone(),
-                    repos::only_regular_files,
-                ))
-                .service(tower_http::services::ServeDir::new(core.paths.repos())),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            core.clone(),
-            auth::gate,
-        ))
-        .with_state(core)
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    let (api, _document) = routes().split_for_parts();
+    api.nest_service(
+        "/repos",
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                core.clone(),
+                repos::only_regular_files,
+            ))
+            .service(tower_http::services::ServeDir::new(core.paths.repos())),
+    )
+    .nest_service(
+        "/releases",
+        tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                core.clone(),
+                releases::only_release_files,
+            ))
+            .service(tower_http::services::ServeDir::new(core.paths.releases())),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        core.clone(),
+        auth::gate,
+    ))
+    .with_state(core)
 }

@@ -28,6 +28,11 @@ impl From<ProjectError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/projects", tag = "projects", operation_id = "list_projects",
+    responses((status = 200, body = Vec<ProjectView>)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn list(State(core): S) -> ApiResult<Json<Vec<ProjectView>>> {
     Ok(Json(
         project::list(&core)
@@ -38,10 +43,26 @@ pub(super) async fn list(State(core): S) -> ApiResult<Json<Vec<ProjectView>>> {
     ))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/projects/{name}", tag = "projects", operation_id = "show_project",
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, body = ProjectView), (status = 404, description = "No such project", body = kiln_api::ErrorBody)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn show(State(core): S, Path(name): Path<String>) -> ApiResult<Json<ProjectView>> {
     Ok(Json(ProjectView::of(&project::get(&core, &name).await?)))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/projects", tag = "projects", operation_id = "add_project",
+    request_body = Project,
+    responses(
+        (status = 201, body = ProjectView),
+        (status = 400, description = "A name, URL, ref or target that is not valid", body = kiln_api::ErrorBody),
+        (status = 409, description = "exists: a project of that name exists", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn add(
     State(core): S,
     _: Admin,
@@ -55,6 +76,17 @@ pub(super) async fn add(
 
 /// Replace a project; a body without a secret keeps the stored one (unless
 /// `clear_secret`).
+#[utoipa::path(
+    put, path = "/api/v1/projects/{name}", tag = "projects", operation_id = "edit_project",
+    params(("name" = String, Path, description = "The project's name"), EditQuery),
+    request_body = Project,
+    responses(
+        (status = 200, body = ProjectView),
+        (status = 400, description = "Not valid, or the body names another project", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such project", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn edit(
     State(core): S,
     _: Admin,
@@ -78,6 +110,12 @@ pub(super) async fn edit(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/projects/{name}", tag = "projects", operation_id = "remove_project",
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, body = EmptyBody), (status = 404, description = "No such project", body = kiln_api::ErrorBody)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn remove(
     State(core): S,
     _: Admin,
@@ -88,6 +126,17 @@ pub(super) async fn remove(
     Ok(Json(EmptyBody {}))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/projects/{name}/build", tag = "projects", operation_id = "build_project",
+    params(("name" = String, Path, description = "The project's name")),
+    request_body = ProjectBuildRequest,
+    responses(
+        (status = 201, body = ProjectBuilt),
+        (status = 400, description = "A ref or mode that is not valid", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such project", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["submitter"]), ("session" = ["submitter"], "csrf" = []))
+)]
 pub(super) async fn build(
     State(core): S,
     Submitter(who): Submitter,
@@ -127,6 +176,12 @@ pub(super) async fn build(
 
 /// What to paste into GitHub, GitLab, Gitea or Forgejo (the secret
 /// included: admin only).
+#[utoipa::path(
+    get, path = "/api/v1/projects/{name}/hooks", tag = "projects", operation_id = "project_hooks",
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, body = HooksInfo), (status = 404, description = "No such project", body = kiln_api::ErrorBody)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"]))
+)]
 pub(super) async fn hooks(
     State(core): S,
     _: Admin,

@@ -12,6 +12,11 @@ use super::error::{ApiError, ApiResult};
 use super::S;
 use crate::Core;
 
+#[utoipa::path(
+    get, path = "/api/v1/targets", tag = "targets", operation_id = "list_targets",
+    responses((status = 200, body = Vec<TargetView>)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn targets(State(core): S) -> Json<Vec<TargetView>> {
     Json(core.cfg.targets.iter().map(target_view).collect())
 }
@@ -61,6 +66,11 @@ pub(super) fn target_of<'a>(core: &'a Core, name: &str) -> ApiResult<&'a crate::
 
 /// The master's CA certificate (public): what clients of an `https://` API
 /// and dnf (`sslcacert`) trust.
+#[utoipa::path(
+    get, path = "/ca.crt", tag = "meta",
+    responses((status = 200, description = "The CA certificate (PEM) the master's certificates chain to", body = String, content_type = "application/x-pem-file")),
+    security(())
+)]
 pub(super) async fn ca_cert(State(core): S) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
@@ -71,6 +81,15 @@ pub(super) async fn ca_cert(State(core): S) -> Response {
 
 /// A `.repo` file for a target, pointing at this master as the client
 /// reached it.
+#[utoipa::path(
+    get, path = "/api/v1/targets/{target}/repo", tag = "targets",
+    params(("target" = String, Path, description = "The target's name")),
+    responses(
+        (status = 200, description = "A dnf .repo file for the target, pointing at this master", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "No such target", body = kiln_api::ErrorBody),
+    ),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn repo_file(
     State(core): S,
     headers: HeaderMap,
@@ -86,6 +105,12 @@ pub(super) async fn repo_file(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/targets/{target}/packages", tag = "targets",
+    params(("target" = String, Path, description = "The target's name")),
+    responses((status = 200, description = "The live packages of its repositories", body = Vec<PackageView>), (status = 404, description = "No such target", body = kiln_api::ErrorBody)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn repo_packages(
     State(core): S,
     Path(target): Path<String>,
@@ -103,6 +128,16 @@ pub(super) async fn repo_packages(
     ))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/targets/{target}/regen", tag = "targets",
+    params(("target" = String, Path, description = "The target's name")),
+    responses(
+        (status = 202, body = RegenResponse),
+        (status = 400, description = "The repository builder cannot take it", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such target", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn repo_regen(
     State(core): S,
     headers: HeaderMap,

@@ -538,6 +538,21 @@ async fn read_body(body: Body) -> ApiResult<Bytes> {
 /// A form is answered with a redirect (to its `next` field, a path of this
 /// site, or `/`; a refused token to `/signin?failed=1`), JSON with a
 /// [`SessionView`]; both set the cookie.
+#[utoipa::path(
+    post, path = "/login", tag = "auth",
+    request_body(description = "A token: JSON, or the form field `token` (a form may add `next`, where to go)", content(
+        (kiln_api::auth::LoginRequest = "application/json"),
+        ("application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "JSON: the session (its cookie `kiln_session` is set)", body = kiln_api::auth::SessionView,
+            headers(("set-cookie" = String, description = "kiln_session=…; HttpOnly; SameSite=Strict; Path=/"))),
+        (status = 303, description = "A form: to its `next` (the cookie set), or to /signin?failed=1"),
+        (status = 401, description = "No token, or not a valid one", body = kiln_api::ErrorBody),
+        (status = 403, description = "A sign-in from another site", body = kiln_api::ErrorBody),
+    ),
+    security(())
+)]
 pub(super) async fn login(State(core): S, headers: HeaderMap, body: Body) -> Response {
     match open_session(&core, &headers, body).await {
         Ok(r) => r,
@@ -631,6 +646,14 @@ async fn open_session(core: &Core, headers: &HeaderMap, body: Body) -> ApiResult
 /// `POST /logout`: ends the request's session (its CSRF token checked by
 /// the gate) and clears the cookie. A form is answered with a redirect to
 /// `/`, anything else with `{}`.
+#[utoipa::path(
+    post, path = "/logout", tag = "auth",
+    responses(
+        (status = 200, description = "The session ended, the cookie cleared", body = kiln_api::EmptyBody),
+        (status = 303, description = "A form: to /"),
+    ),
+    security((), ("session" = [], "csrf" = []))
+)]
 pub(super) async fn logout(
     State(core): S,
     MaybePrincipal(who): MaybePrincipal,
@@ -656,6 +679,11 @@ pub(super) async fn logout(
 }
 
 /// `GET /api/v1/whoami`.
+#[utoipa::path(
+    get, path = "/api/v1/whoami", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, description = "Not signed in", body = kiln_api::ErrorBody)),
+    security(("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn whoami(Reader(p): Reader) -> Json<WhoAmI> {
     Json(WhoAmI {
         session: p.by_session(),

@@ -13,23 +13,36 @@ use super::session::{new_token, sha256_hex, Admin, Role, ADMIN_NAME};
 use super::S;
 use kiln_core::names::check_ident;
 
+#[utoipa::path(
+    post, path = "/api/v1/tokens", tag = "tokens",
+    request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, description = "Not a valid worker name", body = kiln_api::ErrorBody)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn create_token(
     State(core): S,
     _: Admin,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
-    check_ident("worker", &req.worker).map_err(|e| ApiError::bad(e.to_string()))?;
-    let (token, hash) = crate::tls::make_token(&core);
-    let expires = kiln_store::now_ms() + (core.cfg.token_ttl_secs as i64) * 1000;
-    let w = req.worker.clone();
-    core.store
-        .write(move |t| kiln_store::add_token(t, &hash, &w, expires))
-        .await?;
+    let (token, expires) = enrollment_token(&core, &req.worker).await?;
     Ok(Json(TokenResponse {
         expires_at: expires,
         token,
         worker: req.worker,
     }))
+}
+
+/// A one-time enrollment token for worker `name` and when it expires
+/// (Unix ms): the API and the workers page.
+pub(crate) async fn enrollment_token(core: &crate::Core, name: &str) -> ApiResult<(String, i64)> {
+    check_ident("worker", name).map_err(|e| ApiError::bad(e.to_string()))?;
+    let (token, hash) = crate::tls::make_token(core);
+    let expires = kiln_store::now_ms() + (core.cfg.token_ttl_secs as i64) * 1000;
+    let w = name.to_string();
+    core.store
+        .write(move |t| kiln_store::add_token(t, &hash, &w, expires))
+        .await?;
+    Ok((token, expires))
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -55,19 +68,44 @@ fn view(t: kiln_store::auth::ApiTokenRow) -> ApiResult<ApiTokenView> {
 
 /// `POST /api/v1/api-tokens`: a named token with a role; the token is in
 /// this answer only.
+#[utoipa::path(
+    post, path = "/api/v1/api-tokens", tag = "tokens",
+    request_body = ApiTokenRequest,
+    responses(
+        (status = 201, description = "The token, shown this once", body = ApiTokenCreated),
+        (status = 400, description = "Not a valid name, or one a live token has", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn create_api_token(
     State(core): S,
     Admin(who): Admin,
     Json(req): Json<ApiTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
     check_name(&req.name)?;
+    if let Some(e) = &req.email {
+        if !e.contains('@')
+            || e.len() > 320
+            || e.chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == ',')
+        {
+            return Err(ApiError::bad(format!("{e:?} is not an e-mail address")));
+        }
+    }
     let token = new_token();
     let hash = sha256_hex(&token);
     let (name, role) = (req.name.clone(), req.role);
+    let email = req.email.clone();
     let now = kiln_store::now_ms();
     let row = core
         .store
-        .write(move |t| kiln_store::auth::add_api_token(t, &name, role.as_str(), &hash, now))
+        .write(move |t| {
+            let row = kiln_store::auth::add_api_token(t, &name, role.as_str(), &hash, now)?;
+            if email.is_some() {
+                kiln_store::notify::set_token_email(t, &name, email.as_deref())?;
+            }
+            Ok(row)
+        })
         .await?;
     tracing::info!("token {} ({}) created by {}", row.name, req.role, who.name);
     Ok((
@@ -83,6 +121,11 @@ pub(super) async fn create_api_token(
 
 /// `GET /api/v1/api-tokens`: every token, revoked ones included (never a
 /// token or its hash).
+#[utoipa::path(
+    get, path = "/api/v1/api-tokens", tag = "tokens",
+    responses((status = 200, body = Vec<ApiTokenView>)),
+    security(("bearer" = ["admin"]), ("session" = ["admin"]))
+)]
 pub(super) async fn list_api_tokens(
     State(core): S,
     _: Admin,
@@ -93,6 +136,16 @@ pub(super) async fn list_api_tokens(
 
 /// `POST /api/v1/api-tokens/NAME/revoke`: refused from now on, and its web
 /// sessions end.
+#[utoipa::path(
+    post, path = "/api/v1/api-tokens/{name}/revoke", tag = "tokens",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, body = ApiTokenRevoked),
+        (status = 400, description = "Not a valid name, or the admin token file's", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such live token", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn revoke_api_token(
     State(core): S,
     Admin(who): Admin,

@@ -22,6 +22,7 @@ pub(super) fn build_of(
         waits_for: b.waits_for,
         source: b.source,
         submitter: b.submitter,
+        image: b.image.as_ref().map(|_| b.package.clone()),
         id: b.id,
         target: b.target,
         package: b.package,

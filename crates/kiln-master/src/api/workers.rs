@@ -9,6 +9,11 @@ use super::session::Admin;
 use super::S;
 use kiln_core::names::check_ident;
 
+#[utoipa::path(
+    get, path = "/api/v1/workers", tag = "workers",
+    responses((status = 200, body = Vec<WorkerView>)),
+    security((), ("bearer" = ["reader"]), ("session" = ["reader"]))
+)]
 pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerView>>> {
     let rows = core.store.read(kiln_store::list_workers).await?;
     let live = core.sched().worker_views();
@@ -44,25 +49,55 @@ pub(super) async fn list_workers(State(core): S) -> ApiResult<Json<Vec<WorkerVie
     ))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/workers/{name}/revoke", tag = "workers",
+    params(("name" = String, Path, description = "The worker's name")),
+    responses(
+        (status = 200, body = RevokeResponse),
+        (status = 400, description = "Not a valid worker name", body = kiln_api::ErrorBody),
+        (status = 404, description = "No such worker", body = kiln_api::ErrorBody),
+    ),
+    security(("bearer" = ["admin"]), ("session" = ["admin"], "csrf" = []))
+)]
 pub(super) async fn revoke_worker(
     State(core): S,
     _: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<RevokeResponse>> {
-    check_ident("worker", &name).map_err(|e| ApiError::bad(e.to_string()))?;
-    let n = name.clone();
-    let serial = core
-        .store
-        .write(move |t| kiln_store::revoke_worker(t, &n))
-        .await?;
-    if let Some(s) = serial {
-        core.revoked.revoke(s);
-    }
-    let ((), fx) = core.decide(|s, fx| s.evict(fx, &name));
-    core.apply(fx).await;
-    tracing::info!("worker {name} revoked");
+    revoke(&core, &name).await?;
     Ok(Json(RevokeResponse {
         name,
         revoked: true,
     }))
+}
+
+/// Revoke a worker: its certificate refused from now on, its connection
+/// dropped, its jobs back in the queue (the API and the web page's
+/// button).
+pub(crate) async fn revoke(core: &crate::Core, name: &str) -> ApiResult<()> {
+    check_ident("worker", name).map_err(|e| ApiError::bad(e.to_string()))?;
+    let n = name.to_string();
+    let nq = core.notify.worker("worker.revoked", name);
+    let queued = nq.is_some();
+    let serial = core
+        .store
+        .write(move |t| {
+            let serial = kiln_store::revoke_worker(t, &n)?;
+            // worker.revoked, in the same commit, when it revoked something.
+            if serial.is_some() {
+                crate::notify::queue(t, &nq)?;
+            }
+            Ok(serial)
+        })
+        .await?;
+    if queued && serial.is_some() {
+        core.notify.wake();
+    }
+    if let Some(s) = serial {
+        core.revoked.revoke(s);
+    }
+    let ((), fx) = core.decide(|s, fx| s.evict(fx, name));
+    core.apply(fx).await;
+    tracing::info!("worker {name} revoked");
+    Ok(())
 }

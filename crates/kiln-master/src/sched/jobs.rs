@@ -177,6 +177,8 @@ impl Sched {
         }
         let changed = new != b.row.state;
         let scratch = b.row.scratch;
+        // An image build is never published to the repositories.
+        let image = b.row.image.is_some();
         // A failed build says which job failed and why.
         let reason = (changed && new == BuildState::Failed)
             .then(|| {
@@ -200,7 +202,7 @@ impl Sched {
                 build,
                 state: new,
                 reason: reason.clone(),
-                publish: new.publication(scratch),
+                publish: new.publication(scratch || image),
             });
         }
         if new.is_final() {

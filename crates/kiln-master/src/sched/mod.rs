@@ -249,6 +249,9 @@ pub struct Sched {
     job_timeout_secs: u64,
     log_cap: u64,
     buildroots: HashMap<String, pb::Buildroot>,
+    /// Per target: where its image jobs take packages (recipe and version
+    /// filled in per build).
+    image_bases: HashMap<String, pb::ImageJob>,
     builds: HashMap<i64, ActiveBuild>,
     jobs: HashMap<i64, ActiveJob>,
     queues: HashMap<QKey, BinaryHeap<QEntry>>,
@@ -283,6 +286,7 @@ impl Sched {
             job_timeout_secs: cfg.job_timeout_secs,
             log_cap: cfg.log_cap,
             buildroots: cfg.buildroots,
+            image_bases: HashMap::new(),
             builds: HashMap::new(),
             jobs: HashMap::new(),
             queues: HashMap::new(),
@@ -350,6 +354,34 @@ impl Sched {
     /// Whether a target's jobs build on the worker's own system.
     pub(crate) fn host_build(&self, target: &str) -> bool {
         !self.buildroots.contains_key(target)
+    }
+
+    /// Where the image jobs of each target take their packages (sent in
+    /// their Assign).
+    pub fn set_image_bases(&mut self, b: HashMap<String, pb::ImageJob>) {
+        self.image_bases = b;
+    }
+
+    /// The image job of an image build (its recipe, version and target's
+    /// repositories).
+    pub(crate) fn image_job(
+        bases: &HashMap<String, pb::ImageJob>,
+        b: &BuildRow,
+    ) -> Option<pb::ImageJob> {
+        let recipe = b.image.as_ref()?;
+        let mut j = bases.get(&b.target).cloned().unwrap_or_default();
+        j.recipe_json = recipe.clone();
+        j.version = b.evr.clone();
+        Some(j)
+    }
+
+    /// The recipe name of an active image build (`None`: not active, or a
+    /// package build).
+    pub fn image_of(&self, build: i64) -> Option<String> {
+        self.builds
+            .get(&build)
+            .filter(|b| b.row.image.is_some())
+            .map(|b| b.row.package.clone())
     }
 
     /// The package an active build builds.

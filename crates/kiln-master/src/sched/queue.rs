@@ -76,6 +76,7 @@ impl Sched {
             source: (j.row.arch == SRC_ARCH)
                 .then(|| b.row.source.as_ref().map(git_source))
                 .flatten(),
+            image: Sched::image_job(&self.image_bases, &b.row),
         });
         fx.send(worker, &w.tx, msg);
         let row = j.row.clone();

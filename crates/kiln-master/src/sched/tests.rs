@@ -487,6 +487,46 @@ fn a_succeeded_build_is_queued_for_publication_unless_scratch() {
     }
 }
 
+/// An image build (issue 12): its Assign carries the recipe, its version
+/// and the target's repositories; it succeeds without being queued for
+/// publication.
+#[test]
+fn an_image_build_is_assigned_with_its_recipe_and_never_published() {
+    let mut t = T::new();
+    let mut base = pb::ImageJob {
+        repos: vec!["http://m/repos/t/$basearch/".into()],
+        ..Default::default()
+    };
+    t.s.set_image_bases(HashMap::from([("t".to_string(), base.clone())]));
+    let mut f = fx();
+    t.connect(&mut f, "w", &["x86_64"], &["default"], 1, &[]);
+    let mut nb = t.new_build("default", &["x86_64"], 0);
+    (nb.package, nb.evr) = ("img".into(), "img-20260101.1".into());
+    let (id, job_ids) = t.s.allocate_ids(1);
+    let (mut b, jobs) = kiln_store::new_rows(&nb, id, &job_ids);
+    b.image = Some("{\"name\":\"img\"}".into());
+    let mut f = fx();
+    t.s.submit(&mut f, b, jobs);
+    let image = f.sends.iter().find_map(|o| match &o.msg.msg {
+        Some(Msg::Assign(a)) => a.image.clone(),
+        _ => None,
+    });
+    (base.recipe_json, base.version) = ("{\"name\":\"img\"}".into(), "img-20260101.1".into());
+    assert_eq!(image, Some(base));
+    assert_eq!(t.s.image_of(id).as_deref(), Some("img"));
+    let mut f = fx();
+    t.ok(&mut f, "w", job_ids[0]).unwrap();
+    let publish = f.writes.iter().find_map(|w| match w {
+        Write::SetBuildState {
+            state: BuildState::Succeeded,
+            publish,
+            ..
+        } => Some(*publish),
+        _ => None,
+    });
+    assert_eq!(publish, Some(None), "an image build is never published");
+}
+
 /// The rows a submit wrote (as the database would hold them).
 fn inserted(f: &Effects) -> (BuildRow, Vec<JobRow>) {
     f.writes

@@ -130,6 +130,11 @@ impl Sched {
         self.workers.remove(name);
     }
 
+    /// Whether `name` has a session now.
+    pub fn worker_connected(&self, name: &str) -> bool {
+        self.workers.contains_key(name)
+    }
+
     pub fn is_current(&self, name: &str, conn: u64) -> bool {
         self.workers.get(name).is_some_and(|w| w.conn == conn)
     }

@@ -27,7 +27,7 @@ pub(super) fn table(builds: &[BuildRow], now: i64) -> Markup {
     html! {
         div.scroll {
             table.builds {
-                thead { tr { th { "Build" } th { "Package" } th { "Target" } th { "State" } th { "Source" } th { "Created" } th { "Took" } } }
+                thead { tr { th { "Build" } th { "Package" } th { "Target" } th { "State" } th { "Source" } th { "By" } th { "Created" } th { "Took" } } }
                 tbody {
                     @for b in builds {
                         tr data-build=(b.id) {
@@ -36,6 +36,13 @@ pub(super) fn table(builds: &[BuildRow], now: i64) -> Markup {
                             td { a href={ "/targets/" (layout::q(&b.target)) } { (b.target) } }
                             td { span class={ "st bstate st-" (b.state) } { (b.state) } }
                             td { @if let Some(s) = &b.source { "git: " (s.project) } @else { "upload" } }
+                            td {
+                                @if let Some(who) = &b.submitter {
+                                    a href={ "/builds?submitter=" (layout::q(who)) } { (who) }
+                                } @else if let Some(s) = &b.source {
+                                    span.muted { (s.trigger.as_str()) }
+                                }
+                            }
                             td { (layout::time(b.created_at)) }
                             td {
                                 @if let Some(f) = b.finished_at {
@@ -63,6 +70,8 @@ pub(super) struct ListQuery {
     #[serde(default)]
     source: String,
     #[serde(default)]
+    submitter: String,
+    #[serde(default)]
     from: String,
     #[serde(default)]
     to: String,
@@ -77,6 +86,7 @@ impl ListQuery {
             ("target", &self.target),
             ("package", &self.package),
             ("source", &self.source),
+            ("submitter", &self.submitter),
             ("from", &self.from),
             ("to", &self.to),
         ]
@@ -148,6 +158,10 @@ fn filter_of(q: &ListQuery) -> Result<BuildFilter, WebError> {
             )))
         }
     };
+    if !q.submitter.is_empty() {
+        kiln_core::names::check_ident("submitter", &q.submitter).map_err(|e| bad(e.to_string()))?;
+        f.submitter = Some(q.submitter.clone());
+    }
     if !q.from.is_empty() {
         f.from_ms = Some(day_ms(&q.from)?);
     }
@@ -201,6 +215,7 @@ pub(super) async fn list(
                 option value="upload" selected[q.source == "upload"] { "upload" }
                 option value="git" selected[q.source == "git"] { "git" }
             } }
+            label { "Submitter " input type="text" name="submitter" value=(q.submitter) placeholder="token name" size="10"; }
             label { "From " input type="date" name="from" value=(q.from); }
             label { "To " input type="date" name="to" value=(q.to); }
             button type="submit" { "Filter" }
@@ -528,16 +543,28 @@ pub(super) async fn file(
         kiln_core::names::check_arch(&arch).map_err(|e| WebError::BadRequest(e.to_string()))?;
     }
     let (a, n) = (arch.clone(), name.clone());
-    let art = core
+    let (art, image) = core
         .store
         .read(move |c| {
-            Ok(kiln_store::artifacts_of(c, id)?
+            let art = kiln_store::artifacts_of(c, id)?
                 .into_iter()
-                .find(|x| x.arch == a && x.name == n))
+                .find(|x| x.arch == a && x.name == n);
+            // An image build's files are kept under images/, by recipe.
+            let image = match &art {
+                Some(_) => kiln_store::get_build(c, id)?
+                    .filter(|b| b.image.is_some())
+                    .map(|b| b.package),
+                None => None,
+            };
+            Ok(art.map(|art| (art, image)))
         })
         .await?
         .ok_or_else(|| WebError::NotFound(format!("build {id} has no file {arch}/{name}")))?;
-    let path = core.paths.incoming(id, &arch).join(&name);
+    let dir = match &image {
+        Some(recipe) => core.paths.image_files(recipe, id, &arch),
+        None => core.paths.incoming(id, &arch),
+    };
+    let path = dir.join(&name);
     let p = path.clone();
     let ok = tokio::task::spawn_blocking(move || {
         std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_file())
@@ -585,7 +612,7 @@ pub(super) async fn file(
 }
 
 /// The signed-in user of an action, with the form's CSRF token checked.
-async fn actor(core: &Core, headers: &HeaderMap, body: &[u8]) -> WebResult<Viewer> {
+pub(super) async fn actor(core: &Core, headers: &HeaderMap, body: &[u8]) -> WebResult<Viewer> {
     let v = signed_in(core, headers)
         .await
         .ok_or_else(|| WebError::Forbidden("sign in to do this".into()))?;
@@ -602,7 +629,7 @@ async fn actor(core: &Core, headers: &HeaderMap, body: &[u8]) -> WebResult<Viewe
     Ok(v)
 }
 
-fn see_other(to: String) -> Response {
+pub(super) fn see_other(to: String) -> Response {
     Redirect::to(&to).into_response()
 }
 

@@ -25,6 +25,7 @@ pub(super) struct Frame<'a> {
 const NAV: &[(&str, &str, &str)] = &[
     ("dashboard", "/", "Dashboard"),
     ("builds", "/builds", "Builds"),
+    ("projects", "/projects", "Projects"),
     ("workers", "/workers", "Workers"),
     ("targets", "/targets", "Targets"),
     ("stats", "/stats", "Stats"),
@@ -143,7 +144,8 @@ pub(super) fn datetime(ms: i64) -> String {
     )
 }
 
-/// Unix ms as a `<time>` element (the script shows it in local time).
+/// Unix ms as a `<time>` element, in UTC (every page says so in its
+/// footer: one clock for everyone reading a link pasted in chat).
 pub(super) fn time(ms: i64) -> Markup {
     let text = datetime(ms);
     let iso = format!("{}Z", text.replace(' ', "T"));

@@ -25,8 +25,10 @@ mod builds;
 mod dashboard;
 mod layout;
 mod logpage;
+mod notify;
 mod pages;
-mod ws;
+mod projects;
+pub(crate) mod ws;
 
 /// The `.repo` file text (the same as `GET /api/v1/targets/T/repo`'s).
 pub use pages::repo_file_text;
@@ -60,6 +62,8 @@ pub struct Hub {
     /// per worker over 7 days (workers page).
     pub(crate) hours: Cached<Vec<(i64, kiln_core::state::BuildState, u64)>>,
     pub(crate) outcomes: Cached<Vec<kiln_store::browse::WorkerOutcomes>>,
+    /// Followed logs' last messages, shared by the pages in step.
+    pub(crate) log_frames: Arc<ws::LogFrames>,
 }
 
 /// How long an aggregate a page shows is reused. With a million builds,
@@ -140,6 +144,7 @@ impl Default for Hub {
             tx,
             hours: Cached::default(),
             outcomes: Cached::default(),
+            log_frames: Arc::default(),
         }
     }
 }
@@ -223,6 +228,14 @@ pub fn routes() -> Router<Arc<Core>> {
         .route("/builds/{id}/rebuild", post(builds::rebuild))
         .route("/jobs/{id}/log", get(logpage::log))
         .route("/workers", get(pages::workers))
+        .route("/projects", get(projects::list))
+        .route("/notify", get(notify::list))
+        .route("/notify/{name}/test", post(notify::test))
+        .route("/notify/{name}/retry", post(notify::retry))
+        .route("/projects/{name}", get(projects::show))
+        .route("/projects/{name}/build", post(projects::build))
+        .route("/workers/enroll", post(pages::enroll))
+        .route("/workers/{name}/revoke", post(pages::revoke))
         .route("/targets", get(pages::targets))
         .route("/targets/{target}", get(pages::target))
         .route("/stats", get(pages::stats))
@@ -331,6 +344,19 @@ impl From<kiln_store::StoreError> for WebError {
                 tracing::error!("web: {other}");
                 WebError::Internal("the master failed to read its database".into())
             }
+        }
+    }
+}
+
+impl From<crate::api::error::ApiError> for WebError {
+    fn from(e: crate::api::error::ApiError) -> WebError {
+        let m = e.message().to_string();
+        match e.status() {
+            StatusCode::NOT_FOUND => WebError::NotFound(m),
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => WebError::Forbidden(m),
+            StatusCode::SERVICE_UNAVAILABLE => WebError::Unavailable(m),
+            s if s.is_client_error() => WebError::BadRequest(m),
+            _ => WebError::Internal(m),
         }
     }
 }

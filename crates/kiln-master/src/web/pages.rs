@@ -61,6 +61,7 @@ pub(super) async fn workers(State(core): S, headers: HeaderMap) -> WebResult {
                 thead { tr {
                     th { "Worker" } th { "State" } th { "Arches" } th { "Channels" } th { "Slots" }
                     th { "Running" } th { "Seen" } th { "Certificate" } th.num { "Jobs (7 days)" } th.num { "Failed" }
+                    @if viewer.as_ref().is_some_and(|v| v.is_admin()) { th { } }
                 } }
                 tbody { @for w in &rows {
                     @let l = live.get(&w.name);
@@ -85,17 +86,29 @@ pub(super) async fn workers(State(core): S, headers: HeaderMap) -> WebResult {
                                 (o.failed) " (" (o.failed * 100 / (o.succeeded + o.failed)) "%)"
                             } @else { "–" }
                         }
+                        @if let Some(v) = viewer.as_ref().filter(|v| v.is_admin()) {
+                            td { @if !w.revoked {
+                                form.inline method="post" action={ "/workers/" (layout::q(&w.name)) "/revoke" } {
+                                    input type="hidden" name="csrf" value=(v.csrf());
+                                    button.danger type="submit" title="Refuse its certificate from now on; its jobs go back to the queue" { "Revoke" }
+                                }
+                            } }
+                        }
                     }
                 } }
             } }
         }
-        @if viewer.as_ref().is_some_and(|v| v.is_admin()) {
+        @if let Some(v) = viewer.as_ref().filter(|v| v.is_admin()) {
             section.actions {
                 h2 { "Enroll a worker" }
-                // Issuing the token from this page is not built (issue 10):
-                // the page says how to enroll with the CLI.
-                p { "Run " code { "kiln token create --worker NAME" } " and, on the worker, "
-                    code { "kiln worker enroll --master https://THIS-HOST:" (core.cfg.worker_listen.port()) " --token TOKEN --dir DIR" } "." }
+                form method="post" action="/workers/enroll" {
+                    input type="hidden" name="csrf" value=(v.csrf());
+                    label { "Worker name " input type="text" name="name" required pattern="[A-Za-z0-9._+-]+" size="16"; }
+                    " "
+                    button type="submit" { "Issue an enrollment token" }
+                }
+                p.muted { "The token is shown once, with the command to run on the worker; it works once, within "
+                    (layout::duration(core.cfg.token_ttl_secs as i64 * 1000)) "." }
             }
         }
     };
@@ -103,6 +116,102 @@ pub(super) async fn workers(State(core): S, headers: HeaderMap) -> WebResult {
         &headers,
         layout::page(frame("Workers", "workers", viewer.as_ref(), last), body),
     ))
+}
+
+/// The admin behind a form post, or why not.
+pub(super) async fn admin_form(core: &Core, headers: &HeaderMap, body: &[u8]) -> WebResult<Viewer> {
+    let v = super::builds::actor(core, headers, body).await?;
+    if !v.is_admin() {
+        return Err(WebError::Forbidden(format!(
+            "{} is not an admin; only an admin may do this",
+            v.name
+        )));
+    }
+    Ok(v)
+}
+
+/// `POST /workers/NAME/revoke` (form: `csrf`; admin).
+pub(super) async fn revoke(
+    State(core): S,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> WebResult {
+    admin_form(&core, &headers, &body).await?;
+    crate::api::workers::revoke(&core, &name).await?;
+    Ok(super::builds::see_other("/workers".into()))
+}
+
+/// The host name the browser reached the master by (for the command to
+/// paste): the configured `public_url`'s, else the request's `Host`.
+fn master_host(core: &Core, headers: &HeaderMap) -> String {
+    let from_url = core.cfg.public_url.as_deref().and_then(|u| {
+        let rest = u.split_once("://")?.1;
+        let auth = rest.split('/').next()?;
+        Some(strip_port(auth).to_string())
+    });
+    let from_header = || {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| strip_port(h).to_string())
+    };
+    from_url
+        .or_else(from_header)
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+        })
+        .unwrap_or_else(|| "MASTER-HOST".into())
+}
+
+/// `host:port` or `[v6]:port` → the host.
+fn strip_port(auth: &str) -> &str {
+    if let Some(end) = auth.find(']') {
+        return &auth[..=end];
+    }
+    auth.split(':').next().unwrap_or(auth)
+}
+
+/// `POST /workers/enroll` (form: `csrf`, `name`; admin): a one-time
+/// enrollment token, shown once with the command to paste on the worker.
+pub(super) async fn enroll(
+    State(core): S,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> WebResult {
+    let v = admin_form(&core, &headers, &body).await?;
+    let name = super::form_fields(&body)
+        .into_iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let (token, expires) = crate::api::tokens::enrollment_token(&core, &name).await?;
+    tracing::info!("{} issued an enrollment token for worker {name}", v.name);
+    let command = format!(
+        "kiln worker enroll --master https://{}:{} --token {token} --dir /var/lib/kiln-worker",
+        master_host(&core, &headers),
+        core.worker_addr().port()
+    );
+    let last = core.web.last_id();
+    let body = html! {
+        h1 { "Enrollment token for " (name) }
+        p { "Run this on the worker, as the user that runs it, before "
+            (layout::datetime(expires)) " (the token works once):" }
+        pre.command { code id="enroll-command" { (command) } }
+        p { "Then start it with " code { "kiln worker --dir /var/lib/kiln-worker" }
+            ". This token is not shown again; " a href="/workers" { "back to the workers" } "." }
+    };
+    let mut r = html_response(
+        &headers,
+        layout::page(frame("Enroll a worker", "workers", Some(&v), last), body),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
 }
 
 /// `GET /targets`.
@@ -261,9 +370,17 @@ pub(super) async fn target(
         section {
             h2 { "Last publications" }
             @if recent.is_empty() { p.empty { "Nothing published yet." } } @else {
-                ul { @for b in &recent {
-                    li { a href={ "/builds/" (b.id) } { (b.id) } " " (layout::nevr(&b.package, &b.evr))
-                        @if let Some(f) = b.finished_at { " · built " (layout::time(f)) } }
+                div.scroll { table.publications {
+                    thead { tr { th { "Build" } th { "Package" } th { "Built" } th { "Published" } th.num { "Build to repository" } } }
+                    tbody { @for p in &recent {
+                        tr {
+                            td { a href={ "/builds/" (p.build.id) } { (p.build.id) } }
+                            td.pkg { (layout::nevr(&p.build.package, &p.build.evr)) }
+                            td { @if let Some(f) = p.build.finished_at { (layout::time(f)) } }
+                            td { @if let Some(at) = p.published_at { (layout::time(at)) } @else { span.muted { "not recorded" } } }
+                            td.num { @if let Some(ms) = p.latency_ms() { (layout::duration(ms.max(0))) } @else { "–" } }
+                        }
+                    } }
                 } }
             }
         }

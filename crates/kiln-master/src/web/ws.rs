@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,8 +53,12 @@ pub(super) async fn upgrade(
     if !same_origin(&headers) {
         return (StatusCode::FORBIDDEN, "a websocket from another site\n").into_response();
     }
+    // A page sends a few small messages: a small read buffer (the default
+    // 128 KiB each would be 125 MiB for 1,000 pages).
     ws.max_message_size(64 << 10)
         .max_frame_size(64 << 10)
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| connection(core, socket))
 }
 
@@ -94,7 +98,7 @@ async fn next_fanout(
 }
 
 async fn connection(core: Arc<Core>, mut ws: WebSocket) {
-    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(8);
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(8);
     let mut logs: HashMap<i64, Owned> = HashMap::new();
     let mut topics = Topics::default();
     let mut rx: Option<broadcast::Receiver<Fanout>> = None;
@@ -194,7 +198,13 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            Some(m) = out_rx.recv() => vec![m],
+            Some(m) = out_rx.recv() => {
+                // A log's text, serialized once for every page in step.
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+                vec![]
+            }
             _ = ping.tick() => {
                 if heard.elapsed() > SILENT {
                     return;
@@ -252,7 +262,43 @@ struct LogOut {
     /// Bytes sent so far (the offset of `pending`).
     sent: u64,
     pending: Vec<u8>,
-    tx: mpsc::Sender<ServerMsg>,
+    tx: mpsc::Sender<Message>,
+    shared: Arc<LogFrames>,
+}
+
+/// The last log message made for each followed job, by its byte range:
+/// the pages that follow a log in step (they flush on the same ticks)
+/// send the same text, serialized once and shared (`Utf8Bytes` is
+/// reference counted), not once per page.
+#[derive(Default)]
+pub(crate) struct LogFrames(std::sync::Mutex<HashMap<i64, (u64, u64, Utf8Bytes)>>);
+
+impl LogFrames {
+    fn get(&self, job: i64, offset: u64, next: u64, text: &[u8]) -> Utf8Bytes {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, n, json)) = m.get(&job) {
+            if *o == offset && *n == next {
+                return json.clone();
+            }
+        }
+        let json: Utf8Bytes = serde_json::to_string(&ServerMsg::Log(LogChunk {
+            job,
+            offset,
+            next,
+            text: String::from_utf8_lossy(text).into_owned(),
+        }))
+        .unwrap_or_default()
+        .into();
+        m.insert(job, (offset, next, json.clone()));
+        json
+    }
+
+    fn forget(&self, job: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job);
+    }
 }
 
 impl LogOut {
@@ -271,22 +317,18 @@ impl LogOut {
             if cut == 0 {
                 break;
             }
-            let text = String::from_utf8_lossy(&piece[..cut]).into_owned();
             let offset = self.sent;
             self.sent += cut as u64;
+            let json = self.shared.get(self.job, offset, self.sent, &piece[..cut]);
             at += cut;
-            self.tx
-                .send(ServerMsg::Log(LogChunk {
-                    job: self.job,
-                    offset,
-                    next: self.sent,
-                    text,
-                }))
-                .await
-                .map_err(|_| ())?;
+            self.tx.send(Message::Text(json)).await.map_err(|_| ())?;
         }
         self.pending.drain(..at);
         Ok(())
+    }
+
+    async fn error(&self, m: String) {
+        let _ = self.tx.send(text(&ServerMsg::Error(m))).await;
     }
 
     /// Bytes known so far (sent and held back).
@@ -297,28 +339,48 @@ impl LogOut {
     /// Send all that is pending, then the end of the log.
     async fn finish(&mut self) {
         if self.flush(true).await.is_ok() {
+            self.shared.forget(self.job);
             let _ = self
                 .tx
-                .send(ServerMsg::LogEnd {
+                .send(text(&ServerMsg::LogEnd {
                     job: self.job,
                     length: self.sent,
-                })
+                }))
                 .await;
         }
     }
 }
 
+/// How often a followed log is sent: what a running build writes in
+/// between goes in one message. The ticks are the same for every page
+/// (counted from one instant), so pages in step send the same messages.
+const LOG_TICK: Duration = Duration::from_millis(250);
+
+fn next_tick() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let now = tokio::time::Instant::now();
+    let tick = LOG_TICK.as_nanos().max(1);
+    let n = now.duration_since(epoch).as_nanos() / tick + 1;
+    epoch + Duration::from_nanos((n * tick) as u64)
+}
+
 /// Send job `job`'s log from byte `offset`, then what it writes until it
 /// ends (`log_end`).
-async fn follow_log(core: Arc<Core>, job: i64, offset: u64, tx: mpsc::Sender<ServerMsg>) {
+async fn follow_log(core: Arc<Core>, job: i64, offset: u64, tx: mpsc::Sender<Message>) {
+    let shared = core.web.log_frames.clone();
     let row = match core.store.read(move |c| kiln_store::get_job(c, job)).await {
         Ok(Some(r)) => r,
         Ok(None) => {
-            let _ = tx.send(ServerMsg::Error(format!("no job {job}"))).await;
+            let _ = tx
+                .send(text(&ServerMsg::Error(format!("no job {job}"))))
+                .await;
             return;
         }
         Err(e) => {
-            let _ = tx.send(ServerMsg::Error(format!("job {job}: {e}"))).await;
+            let _ = tx
+                .send(text(&ServerMsg::Error(format!("job {job}: {e}"))))
+                .await;
             return;
         }
     };
@@ -343,27 +405,28 @@ async fn follow_log(core: Arc<Core>, job: i64, offset: u64, tx: mpsc::Sender<Ser
                 sent: written,
                 pending: Vec::new(),
                 tx,
+                shared,
             };
             return stream_log(&core, build, out, rx).await;
         }
     }
-    let all = match core.logs.read(build, job).await {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = tx
-                .send(ServerMsg::Error(format!("the log of job {job}: {e}")))
-                .await;
-            return;
-        }
-    };
-    let start = (offset as usize).min(all.len());
     let mut out = LogOut {
         job,
-        sent: start as u64,
-        pending: all[start..].to_vec(),
+        sent: offset,
+        pending: Vec::new(),
         tx,
+        shared,
     };
-    drop(all);
+    match core.logs.read_from(build, job, offset).await {
+        Ok((tail, len)) => {
+            out.sent = offset.min(len);
+            out.pending = tail;
+        }
+        Err(e) => {
+            out.error(format!("the log of job {job}: {e}")).await;
+            return;
+        }
+    }
     let Some(rx) = sub else {
         out.finish().await;
         return;
@@ -374,7 +437,36 @@ async fn follow_log(core: Arc<Core>, job: i64, offset: u64, tx: mpsc::Sender<Ser
     stream_log(&core, build, out, rx).await
 }
 
-/// Relay what a running job's log gets, until it ends.
+/// What one event of a followed log asks for.
+enum Step {
+    Go,
+    Reread,
+    End,
+}
+
+fn take(out: &mut LogOut, e: Result<LogEvent, broadcast::error::RecvError>) -> Step {
+    match e {
+        Ok(LogEvent::Data { offset, data }) => {
+            let end = offset + data.len() as u64;
+            let known = out.known();
+            if end <= known {
+                Step::Go
+            } else if offset > known {
+                // A hole: read the log again.
+                Step::Reread
+            } else {
+                out.pending
+                    .extend_from_slice(&data[(known - offset) as usize..]);
+                Step::Go
+            }
+        }
+        Err(broadcast::error::RecvError::Lagged(_)) => Step::Reread,
+        Ok(LogEvent::End) | Err(broadcast::error::RecvError::Closed) => Step::End,
+    }
+}
+
+/// Relay what a running job's log gets, until it ends: at most one
+/// message per [`LOG_TICK`], with all that came in between.
 async fn stream_log(
     core: &Core,
     build: i64,
@@ -383,34 +475,38 @@ async fn stream_log(
 ) {
     let job = out.job;
     loop {
-        match rx.recv().await {
-            Ok(LogEvent::Data { offset, data }) => {
-                let end = offset + data.len() as u64;
-                let known = out.known();
-                if end <= known {
-                    continue;
-                }
-                if offset > known {
-                    // A hole: read the log again.
-                    if reread(core, build, job, &mut out).await.is_err() {
-                        return;
+        let mut step = take(&mut out, rx.recv().await);
+        if matches!(step, Step::Go) {
+            tokio::time::sleep_until(next_tick()).await;
+            loop {
+                match rx.try_recv() {
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        step = take(&mut out, Err(broadcast::error::RecvError::Lagged(n)));
                     }
-                } else {
-                    out.pending
-                        .extend_from_slice(&data[(known - offset) as usize..]);
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        step = Step::End;
+                    }
+                    Ok(e) => {
+                        let s = take(&mut out, Ok(e));
+                        if !matches!(s, Step::Go) {
+                            step = s;
+                        }
+                    }
                 }
-                if out.flush(false).await.is_err() {
+                if !matches!(step, Step::Go) {
+                    break;
+                }
+            }
+        }
+        match step {
+            Step::Go => {}
+            Step::Reread => {
+                if reread(core, build, job, &mut out).await.is_err() {
                     return;
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                if reread(core, build, job, &mut out).await.is_err()
-                    || out.flush(false).await.is_err()
-                {
-                    return;
-                }
-            }
-            Ok(LogEvent::End) | Err(broadcast::error::RecvError::Closed) => {
+            Step::End => {
                 // The complete log may be longer than what was streamed (a
                 // worker's build.log replaced a live log with gaps).
                 if reread(core, build, job, &mut out).await.is_err() {
@@ -420,15 +516,21 @@ async fn stream_log(
                 return;
             }
         }
+        if out.flush(false).await.is_err() {
+            return;
+        }
     }
 }
 
 /// Take what the log holds past what was sent.
 async fn reread(core: &Core, build: i64, job: i64, out: &mut LogOut) -> Result<(), ()> {
-    let all = core.logs.read(build, job).await.map_err(|_| ())?;
-    let from = (out.sent as usize).min(all.len());
-    if all.len() as u64 > out.known() {
-        out.pending = all[from..].to_vec();
+    let (tail, len) = core
+        .logs
+        .read_from(build, job, out.sent)
+        .await
+        .map_err(|_| ())?;
+    if len > out.known() {
+        out.pending = tail;
     }
     Ok(())
 }
@@ -481,11 +583,15 @@ mod tests {
             sent: 10,
             pending: text.as_bytes().to_vec(),
             tx,
+            shared: Arc::default(),
         };
         out.flush(false).await.unwrap();
         let mut got = String::new();
         let mut at = 10;
-        while let Ok(ServerMsg::Log(c)) = rx.try_recv() {
+        while let Ok(Message::Text(t)) = rx.try_recv() {
+            let ServerMsg::Log(c) = serde_json::from_str(t.as_str()).unwrap() else {
+                panic!("not a log message: {t}");
+            };
             assert_eq!(c.offset, at);
             assert_eq!(c.next - c.offset, c.text.len() as u64);
             at = c.next;
@@ -493,5 +599,43 @@ mod tests {
         }
         assert_eq!(got, text);
         assert_eq!(out.sent, 10 + text.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn pages_in_step_share_one_message() {
+        let shared: Arc<LogFrames> = Arc::default();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (tx, mut rx) = mpsc::channel(4);
+            let mut out = LogOut {
+                job: 7,
+                sent: 3,
+                pending: b"line\n".to_vec(),
+                tx,
+                shared: shared.clone(),
+            };
+            out.flush(false).await.unwrap();
+            let Ok(Message::Text(t)) = rx.try_recv() else {
+                panic!("no message")
+            };
+            got.push(t);
+        }
+        assert_eq!(got[0], got[1]);
+        assert_eq!(
+            got[0].as_str().as_ptr(),
+            got[1].as_str().as_ptr(),
+            "one serialization, shared"
+        );
+        // Another range is serialized anew.
+        assert_ne!(shared.get(7, 0, 3, b"abc"), got[0]);
+    }
+
+    #[tokio::test]
+    async fn ticks_are_the_same_for_every_page() {
+        let a = next_tick();
+        let b = next_tick();
+        assert!(a == b || b == a + LOG_TICK, "aligned ticks");
+        assert!(a > tokio::time::Instant::now() - LOG_TICK);
+        assert!(b <= tokio::time::Instant::now() + LOG_TICK);
     }
 }

@@ -161,6 +161,26 @@ fn pages_work_without_javascript_escape_what_builds_print_and_stay_small() {
     );
     assert!(page(&m, "/workers").contains("w1"));
     assert!(page(&m, "/targets/default").contains("[kiln-default]"));
+    // The target's last publications, with when and how long after the
+    // build's end.
+    wait_published(&m, id, Duration::from_secs(60));
+    let t = page(&m, "/targets/default");
+    let table = &t[t
+        .find("table class=\"publications\"")
+        .expect("a publications table")..];
+    let row = &table[table
+        .find(&format!("href=\"/builds/{id}\""))
+        .expect("the build's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert_eq!(
+        row.matches("<time").count(),
+        2,
+        "built and published times: {row}"
+    );
+    assert!(
+        row.contains("s</td>") && !row.contains("not recorded"),
+        "a latency: {row}"
+    );
     for missing in [
         "/builds/999999",
         "/jobs/999999/log",

@@ -45,7 +45,7 @@ impl WorkerOpts {
 
 impl Enrolled {
     /// `dir` was enrolled under `tmp`, which the worker's runs share.
-    pub(super) fn new(name: &str, dir: PathBuf, home: PathBuf, tmp: TempDir) -> Enrolled {
+    pub fn new(name: &str, dir: PathBuf, home: PathBuf, tmp: TempDir) -> Enrolled {
         Enrolled {
             name: name.to_string(),
             dir,
