@@ -25,6 +25,17 @@ pub struct ImageView {
     pub recipe: ImageRecipe,
     /// Its newest builds, newest first (at most 5).
     pub builds: Vec<ImageBuildRef>,
+    /// Where the recipe comes from: `config` (`[[image]]`) or `database`
+    /// (`kiln image add`).
+    #[serde(default)]
+    pub origin: String,
+}
+
+/// The answer to `DELETE /api/v1/images/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageRemoved {
+    /// The recipe removed (its builds stay).
+    pub name: String,
 }
 
 /// A build of an image, in short.

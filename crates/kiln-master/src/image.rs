@@ -29,47 +29,57 @@ pub fn prepare_recipes(cfg: &mut MasterConfig) -> Result<(), ConfigError> {
     for r in &mut cfg.images {
         let shown = kiln_core::names::shown(&r.name);
         let bad = |m: String| ConfigError::Bad(format!("[[image]] {shown}: {m}"));
-        r.check().map_err(|e| {
-            bad(match e {
-                RecipeError::Field { field, why, .. } => format!("{field}: {why}"),
-                RecipeError::Name { source, .. } => source.to_string(),
-            })
-        })?;
-        let Some(t) = targets.iter().find(|t| t.name == r.target) else {
-            return Err(bad(format!(
-                "target {:?} is not declared (targets: {})",
-                r.target,
-                targets
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        if r.arches.is_empty() {
-            r.arches = t
-                .arches
-                .iter()
-                .filter(|a| a.as_str() != "noarch")
-                .cloned()
-                .collect();
-            if r.arches.is_empty() {
-                return Err(bad(format!(
-                    "target {} has no arch an image can be built for; give `arches`",
-                    t.name
-                )));
-            }
-        } else if !t.implicit {
-            if let Some(a) = r.arches.iter().find(|a| !t.arches.contains(a)) {
-                return Err(bad(format!(
-                    "arch {a:?} is not one of target {}'s arches ({})",
-                    t.name,
-                    t.arches.join(", ")
-                )));
-            }
-        }
+        prepare_recipe(r, &targets).map_err(bad)?;
         if !names.insert(r.name.clone()) {
             return Err(bad("is declared twice".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Check one recipe against the declared targets (what [`prepare_recipes`]
+/// does for each `[[image]]`, and `kiln image add` for the one it adds):
+/// the recipe itself, a declared target, its arches among the target's
+/// (default: the target's, `noarch` aside). The error says what is wrong.
+pub fn prepare_recipe(
+    r: &mut ImageRecipe,
+    targets: &[crate::config::Target],
+) -> Result<(), String> {
+    r.check().map_err(|e| match e {
+        RecipeError::Field { field, why, .. } => format!("{field}: {why}"),
+        RecipeError::Name { source, .. } => source.to_string(),
+    })?;
+    let Some(t) = targets.iter().find(|t| t.name == r.target) else {
+        return Err(format!(
+            "target {:?} is not declared (targets: {})",
+            r.target,
+            targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if r.arches.is_empty() {
+        r.arches = t
+            .arches
+            .iter()
+            .filter(|a| a.as_str() != "noarch")
+            .cloned()
+            .collect();
+        if r.arches.is_empty() {
+            return Err(format!(
+                "target {} has no arch an image can be built for; give `arches`",
+                t.name
+            ));
+        }
+    } else if !t.implicit {
+        if let Some(a) = r.arches.iter().find(|a| !t.arches.contains(a)) {
+            return Err(format!(
+                "arch {a:?} is not one of target {}'s arches ({})",
+                t.name,
+                t.arches.join(", ")
+            ));
         }
     }
     Ok(())
@@ -113,6 +123,138 @@ pub fn recipe_of(b: &BuildRow) -> Option<ImageRecipe> {
     serde_json::from_str(b.image.as_deref()?).ok()
 }
 
+/// Every recipe: the configuration's (`[[image]]`), then those added with
+/// `kiln image add` (stored in the database).
+pub async fn recipes(core: &Core) -> Result<Vec<ImageRecipe>, StoreError> {
+    Ok(listed_recipes(core)
+        .await?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
+}
+
+/// Where a recipe comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipeOrigin {
+    Config,
+    Database,
+}
+
+impl RecipeOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipeOrigin::Config => "config",
+            RecipeOrigin::Database => "database",
+        }
+    }
+}
+
+/// Every recipe with where it comes from: the configuration's first, then
+/// the stored ones by name (a stored one that no longer reads or checks,
+/// say its target was removed from the configuration, is left out with a
+/// warning).
+pub async fn listed_recipes(core: &Core) -> Result<Vec<(ImageRecipe, RecipeOrigin)>, StoreError> {
+    let stored = core.store.read(kiln_store::image_recipes::list).await?;
+    let mut out: Vec<(ImageRecipe, RecipeOrigin)> = core
+        .cfg
+        .images
+        .iter()
+        .map(|r| (r.clone(), RecipeOrigin::Config))
+        .collect();
+    for s in stored {
+        if out.iter().any(|(r, _)| r.name == s.name) {
+            tracing::warn!(
+                "stored image {} is hidden by the configuration's",
+                kiln_core::names::shown(&s.name)
+            );
+            continue;
+        }
+        let checked = serde_json::from_str::<ImageRecipe>(&s.recipe)
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| prepare_recipe(&mut r, &core.cfg.targets).map(|()| r));
+        match checked {
+            Ok(r) => out.push((r, RecipeOrigin::Database)),
+            Err(e) => tracing::warn!(
+                "stored image {}: {e}; left out",
+                kiln_core::names::shown(&s.name)
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Why a recipe cannot be added or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeChangeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Store a recipe (`kiln image add`): checked like the configuration's
+/// (same function); refused if its name is the configuration's or already
+/// stored. Returns it as checked (arches filled in).
+pub async fn add_recipe(
+    core: &Core,
+    mut recipe: ImageRecipe,
+    who: Option<String>,
+) -> Result<ImageRecipe, RecipeChangeError> {
+    let shown = kiln_core::names::shown(&recipe.name);
+    prepare_recipe(&mut recipe, &core.cfg.targets)
+        .map_err(|e| RecipeChangeError::Invalid(format!("image {shown}: {e}")))?;
+    if core.cfg.images.iter().any(|r| r.name == recipe.name) {
+        return Err(RecipeChangeError::Conflict(format!(
+            "image {shown} is declared in the master's configuration ([[image]]); \
+             choose another name"
+        )));
+    }
+    let row = kiln_store::image_recipes::StoredRecipe {
+        name: recipe.name.clone(),
+        recipe: serde_json::to_string(&recipe)
+            .map_err(|e| RecipeChangeError::Invalid(format!("image {shown}: {e}")))?,
+        who,
+        created_at: kiln_store::now_ms(),
+    };
+    let added = core
+        .store
+        .write(move |c| kiln_store::image_recipes::add(c, &row))
+        .await?;
+    if !added {
+        return Err(RecipeChangeError::Conflict(format!(
+            "image {shown} is already stored; remove it first (kiln image rm)"
+        )));
+    }
+    Ok(recipe)
+}
+
+/// Remove a stored recipe (`kiln image rm`); its builds stay.
+pub async fn remove_recipe(core: &Core, name: &str) -> Result<(), RecipeChangeError> {
+    let shown = kiln_core::names::shown(name);
+    if core.cfg.images.iter().any(|r| r.name == name) {
+        return Err(RecipeChangeError::Conflict(format!(
+            "image {shown} is declared in the master's configuration; \
+             remove it there"
+        )));
+    }
+    let n = name.to_string();
+    let removed = core
+        .store
+        .write(move |c| kiln_store::image_recipes::remove(c, &n))
+        .await?;
+    if removed {
+        Ok(())
+    } else {
+        Err(RecipeChangeError::NotFound(format!(
+            "no stored image {shown}"
+        )))
+    }
+}
+
 /// One image build at a time: its version is the next after those stored,
 /// which must include the one before it.
 static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -125,12 +267,10 @@ pub async fn build(
     priority: i64,
     submitter: Option<String>,
 ) -> Result<Submitted, StoreError> {
-    let recipe = core
-        .cfg
-        .images
-        .iter()
+    let recipe = recipes(core)
+        .await?
+        .into_iter()
         .find(|r| r.name == name)
-        .cloned()
         .ok_or_else(|| {
             StoreError::NotFound(format!("no image {}", kiln_core::names::shown(name)))
         })?;

@@ -9,6 +9,7 @@ mod grpc;
 pub mod hooks;
 pub mod housekeeping;
 pub mod image;
+mod image_rebuild;
 mod intake;
 pub mod logs;
 pub mod metrics;
@@ -252,6 +253,7 @@ impl Master {
         // known, before any worker can connect.
         check_waits(&core).await?;
         tokio::spawn(publication_task(core.clone(), publications));
+        tokio::spawn(image_rebuild::task(core.clone(), core.events.subscribe()));
         project::load_config_projects(&core).await?;
         tokio::spawn(project::expand_task(core.clone(), made_rx));
         if let Some(m) = core.cfg.mqtt.clone() {

@@ -47,6 +47,26 @@ struct Open {
     written: u64,
     capped: bool,
     tx: broadcast::Sender<LogEvent>,
+    /// The log's last text (at least [`TAIL`] bytes of it once it has
+    /// that many), from byte `tail_start`: a follower that fell behind
+    /// catches up from here without decompressing the log.
+    tail: Vec<u8>,
+    tail_start: u64,
+}
+
+/// Text of a running log kept in memory for followers that fall behind
+/// (between this and twice this).
+const TAIL: usize = 1 << 20;
+
+impl Open {
+    fn keep(&mut self, text: &[u8]) {
+        self.tail.extend_from_slice(text);
+        if self.tail.len() > 2 * TAIL {
+            let drop = self.tail.len() - TAIL;
+            self.tail.drain(..drop);
+            self.tail_start += drop as u64;
+        }
+    }
 }
 
 /// Compressed bytes a running job's log may keep in memory before it
@@ -108,6 +128,8 @@ impl Logs {
                 written,
                 capped: self.cap > 0 && written > self.cap,
                 tx,
+                tail: Vec::new(),
+                tail_start: written,
             });
         }
         let open = map
@@ -166,6 +188,7 @@ impl Logs {
             self.store_frame(o, build, job, &frame)?;
             let offset = o.written;
             o.written += text.len() as u64;
+            o.keep(&text);
             let _ = o.tx.send(LogEvent::Data {
                 offset,
                 data: Bytes::from(text),
@@ -267,6 +290,9 @@ impl Logs {
             }
             o.written = text.len() as u64;
             o.capped = self.cap > 0 && o.written > self.cap;
+            let from = text.len().saturating_sub(TAIL);
+            o.tail = text[from..].to_vec();
+            o.tail_start = from as u64;
             Ok(())
         })
     }
@@ -286,6 +312,13 @@ impl Logs {
         job: i64,
         from: u64,
     ) -> std::io::Result<(Vec<u8>, u64)> {
+        // A running log's recent text is in memory.
+        if let Some(o) = self.table()?.get(&job) {
+            if from >= o.tail_start {
+                let at = ((from - o.tail_start) as usize).min(o.tail.len());
+                return Ok((o.tail[at..].to_vec(), o.written));
+            }
+        }
         let _slot = self.reads.acquire().await.map_err(std::io::Error::other)?;
         let live = match self.table()?.get(&job) {
             Some(Open {
@@ -442,6 +475,28 @@ mod tests {
         assert_eq!(len, big.len() as u64 + 4);
         assert_eq!(&rest[..3], &big[big.len() - 3..]);
         assert_eq!(&rest[3..], b"tail");
+    }
+
+    #[tokio::test]
+    async fn a_follower_behind_reads_the_recent_text_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = logs(dir.path(), 1 << 30);
+        let mut all = Vec::new();
+        for i in 0..3000u32 {
+            let line = format!("line {i:06} {}\n", "x".repeat(1000));
+            logs.append(1, 2, line.as_bytes()).unwrap();
+            all.extend_from_slice(line.as_bytes());
+        }
+        let len = all.len() as u64;
+        // Recent: from the in-memory tail (whole log past 2 MiB).
+        let (recent, n) = logs.read_from(1, 2, len - 5000).await.unwrap();
+        assert_eq!(n, len);
+        assert_eq!(recent, &all[all.len() - 5000..]);
+        // Older than the tail: decoded from the stored log, the same bytes.
+        let (old, n) = logs.read_from(1, 2, 10).await.unwrap();
+        assert_eq!(n, len);
+        assert_eq!(old, &all[10..]);
+        assert!(logs.written(2) == Some(len));
     }
 
     #[tokio::test]

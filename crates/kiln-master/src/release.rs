@@ -524,8 +524,19 @@ pub async fn promote(
         release.to_string(),
         channel.to_string(),
         version.clone(),
-        who,
+        who.clone(),
     );
+    let note = core.notify.release(
+        "release.promoted",
+        crate::notify::ReleaseFacts {
+            release: release.to_string(),
+            channel: channel.to_string(),
+            version: version.clone(),
+            build,
+            who,
+        },
+    );
+    let queued = note.is_some();
     core.store
         .write(move |t| {
             kiln_store::release::record(
@@ -537,9 +548,13 @@ pub async fn promote(
                 "promote",
                 who2.as_deref(),
                 kiln_store::now_ms(),
-            )
+            )?;
+            crate::notify::queue(t, &note)
         })
         .await?;
+    if queued {
+        core.notify.wake();
+    }
     retain(core, release, channel).await;
     let signed_note = match &signed_by {
         Some(f) => format!("SHA256SUMS signed by {f}"),
@@ -663,6 +678,17 @@ pub async fn rollback(
     let (d, v) = (dir.clone(), version.clone());
     blocking(move || switch_latest(&d, &v)).await?;
     let (rel, ch, v) = (release.to_string(), channel.to_string(), version.clone());
+    let note = core.notify.release(
+        "release.rolled_back",
+        crate::notify::ReleaseFacts {
+            release: release.to_string(),
+            channel: channel.to_string(),
+            version: version.clone(),
+            build,
+            who: who.clone(),
+        },
+    );
+    let queued = note.is_some();
     core.store
         .write(move |t| {
             kiln_store::release::record(
@@ -674,9 +700,13 @@ pub async fn rollback(
                 "rollback",
                 who.as_deref(),
                 kiln_store::now_ms(),
-            )
+            )?;
+            crate::notify::queue(t, &note)
         })
         .await?;
+    if queued {
+        core.notify.wake();
+    }
     let previous = current.map(|(v, _)| v);
     let files = std::fs::read_to_string(dir.join(&version).join(SUMS))
         .unwrap_or_default()

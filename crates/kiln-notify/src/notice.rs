@@ -10,7 +10,8 @@ pub struct Notice {
     pub id: String,
     /// `build.queued`, `build.started`, `build.succeeded`, `build.failed`,
     /// `build.canceled`, `build.skipped`, `build.published`, `job.failed`,
-    /// `worker.lost`, `worker.enrolled`, `worker.revoked`, `test`.
+    /// `worker.lost`, `worker.enrolled`, `worker.revoked`,
+    /// `release.promoted`, `release.rolled_back`, `test`.
     pub event: String,
     /// RFC 3339, UTC.
     pub time: String,
@@ -34,7 +35,8 @@ pub struct Notice {
     /// The token name that submitted the build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitter: Option<String>,
-    /// A build from git: project, ref, commits.
+    /// A build from git: project, ref, commits. A release event:
+    /// `{"release", "channel", "version"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

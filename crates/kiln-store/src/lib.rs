@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod browse;
+pub mod image_recipes;
 mod model;
 pub mod notify;
 pub mod release;

@@ -286,6 +286,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX release_promotions_current
         ON release_promotions(release, channel) WHERE current = 1;
     "#,
+    // Image recipes added with `kiln image add` (issue 12): the recipe as
+    // JSON, by name; the configuration's `[[image]]` are not stored.
+    r#"
+    CREATE TABLE image_recipes (
+        name       TEXT PRIMARY KEY,
+        recipe     TEXT NOT NULL,
+        who        TEXT,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the schema up to date.

@@ -41,6 +41,55 @@ pub struct ImageShowArgs {
     pub json: bool,
 }
 
+#[derive(Args)]
+pub struct ImageAddArgs {
+    /// A TOML file holding the recipe: its keys at the top, or one
+    /// `[[image]]` table (several: pick one with --name).
+    pub recipe: std::path::PathBuf,
+    /// The recipe to add when the file has several `[[image]]` tables.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the recipe stored as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ImageRmArgs {
+    /// The recipe's name.
+    pub name: String,
+}
+
+/// `kiln image add RECIPE.toml [--name N] [--json]`.
+pub async fn add(a: ImageAddArgs) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(&a.recipe)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", a.recipe.display()))?;
+    let recipe = crate::images::parse_recipe(&text, a.name.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.recipe.display()))?;
+    let c = Client::from_env()?;
+    let v: ImageView = c.post("/api/v1/images", &recipe).await?;
+    if a.json {
+        emit_value(&v)?;
+    } else {
+        emit(&format!(
+            "image {} added (target {}, arches {})\n",
+            term_safe(&v.name),
+            term_safe(&v.target),
+            term_safe(&v.arches.join(","))
+        ))?;
+    }
+    Ok(0)
+}
+
+/// `kiln image rm NAME`.
+pub async fn rm(a: ImageRmArgs) -> anyhow::Result<i32> {
+    let c = Client::from_env()?;
+    let path = format!("/api/v1/images/{}", urlencode(&a.name));
+    c.send(c.http.delete(c.url(&path))).await?;
+    emit(&format!("image {} removed\n", term_safe(&a.name)))?;
+    Ok(0)
+}
+
 /// `kiln image build NAME [--wait] [--json]`.
 pub async fn build(a: ImageBuildArgs) -> anyhow::Result<i32> {
     let c = Client::from_env()?;
@@ -84,8 +133,8 @@ pub async fn ls(a: ImageLsArgs) -> anyhow::Result<i32> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<12} {:<16} {:<28} LAST BUILD",
-        "IMAGE", "TARGET", "ARCHES", "FORMATS"
+        "{:<20} {:<12} {:<16} {:<28} {:<8} LAST BUILD",
+        "IMAGE", "TARGET", "ARCHES", "FORMATS", "FROM"
     );
     for i in &v {
         let last = i
@@ -95,11 +144,12 @@ pub async fn ls(a: ImageLsArgs) -> anyhow::Result<i32> {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<20} {:<12} {:<16} {:<28} {last}",
+            "{:<20} {:<12} {:<16} {:<28} {:<8} {last}",
             term_safe(&i.name),
             term_safe(&i.target),
             term_safe(&i.arches.join(",")),
             term_safe(&i.formats.join(",")),
+            term_safe(&i.origin),
         );
     }
     emit(&out)?;

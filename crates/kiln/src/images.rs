@@ -29,6 +29,10 @@ pub enum ImageCmd {
     Ls(crate::image_cmds::ImageLsArgs),
     /// An image build: its recipe, jobs and files.
     Show(crate::image_cmds::ImageShowArgs),
+    /// Add an image recipe to the master (stored in its database; admin).
+    Add(crate::image_cmds::ImageAddArgs),
+    /// Remove an image recipe added with `kiln image add` (admin).
+    Rm(crate::image_cmds::ImageRmArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +78,8 @@ pub async fn run(cmd: ImageCmd) -> anyhow::Result<i32> {
         ImageCmd::Build(a) => crate::image_cmds::build(a).await,
         ImageCmd::Ls(a) => crate::image_cmds::ls(a).await,
         ImageCmd::Show(a) => crate::image_cmds::show(a).await,
+        ImageCmd::Add(a) => crate::image_cmds::add(a).await,
+        ImageCmd::Rm(a) => crate::image_cmds::rm(a).await,
     }
 }
 

@@ -24,6 +24,8 @@ pub const EVENTS: &[&str] = &[
     "worker.lost",
     "worker.enrolled",
     "worker.revoked",
+    "release.promoted",
+    "release.rolled_back",
 ];
 
 /// What kind of service a sink is.

@@ -101,6 +101,44 @@ pub(crate) fn worker_notice(event: &str, worker: &str) -> Notice {
     n
 }
 
+/// A release's event: the image build's facts (target, image, version as
+/// `nevr`, build page), the state (`promoted`, `rolled_back`), who did it
+/// as the submitter, the release's URL as the repository, and the release,
+/// channel and version as `source` (`{"release", "channel", "version"}`:
+/// an image build has no git source).
+pub(crate) fn release_notice(
+    event: &str,
+    r: &super::ReleaseFacts,
+    b: Option<&BuildRow>,
+    base: &str,
+) -> Notice {
+    let mut n = match b {
+        Some(b) => build_notice(event, b, base),
+        None => {
+            let mut n = blank(event);
+            n.build = Some(r.build);
+            n
+        }
+    };
+    n.state = event.strip_prefix("release.").map(str::to_string);
+    n.submitter = r.who.clone();
+    n.duration_secs = None;
+    n.reason = Some(format!(
+        "release {} channel {}: version {}",
+        r.release, r.channel, r.version
+    ));
+    n.repository = Some(format!(
+        "{base}/releases/{}/{}/{}/",
+        r.release, r.channel, r.version
+    ));
+    n.source = Some(serde_json::json!({
+        "release": r.release,
+        "channel": r.channel,
+        "version": r.version,
+    }));
+    n
+}
+
 /// The `test` event of `kiln notify test`.
 pub(crate) fn test_notice(sink: &str, base: &str) -> Notice {
     let mut n = blank("test");

@@ -161,6 +161,22 @@ impl Notifier {
         })
     }
 
+    /// A release event (`release.promoted`, `release.rolled_back`), to
+    /// queue in the write that records the promotion or rollback.
+    pub(crate) fn release(&self, event: &'static str, r: ReleaseFacts) -> Option<Pending> {
+        if self.filters.is_empty() || !self.wanted(event) {
+            return None;
+        }
+        Some(Pending {
+            what: What::Release {
+                event,
+                facts: Box::new(r),
+            },
+            filters: self.filters.clone(),
+            base: self.base(),
+        })
+    }
+
     /// Wake every sink's task (rows may have been committed).
     pub fn wake(&self) {
         for s in &self.sinks {
@@ -215,12 +231,29 @@ enum What {
         event: &'static str,
         name: String,
     },
+    Release {
+        event: &'static str,
+        facts: Box<ReleaseFacts>,
+    },
+}
+
+/// What a release event tells: which release, channel and version, from
+/// which image build, by whom.
+#[derive(Clone, Debug)]
+pub(crate) struct ReleaseFacts {
+    pub release: String,
+    pub channel: String,
+    pub version: String,
+    pub build: i64,
+    pub who: Option<String>,
 }
 
 impl What {
     fn event(&self) -> &'static str {
         match self {
-            What::Build { event, .. } | What::Worker { event, .. } => event,
+            What::Build { event, .. }
+            | What::Worker { event, .. }
+            | What::Release { event, .. } => event,
             What::Job(_) => "job.failed",
         }
     }
@@ -258,6 +291,10 @@ pub(crate) fn queue(
             event::job_notice(j, &b, &p.base)
         }
         What::Worker { event, name } => event::worker_notice(event, name),
+        What::Release { event, facts } => {
+            let b = kiln_store::get_build(t, facts.build)?;
+            event::release_notice(event, facts, b.as_ref(), &p.base)
+        }
     };
     enqueue(t, &p.filters, &notice)
 }

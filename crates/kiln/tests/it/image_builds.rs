@@ -317,3 +317,173 @@ fn a_bad_recipe_stops_the_master_with_what_is_wrong() {
         );
     }
 }
+
+/// `rebuild_on_publish = true`: publishing a package the recipe installs
+/// starts an image build by itself (submitter `rebuild_on_publish`), once;
+/// a recipe without it is not built.
+#[test]
+fn publishing_a_package_an_image_installs_rebuilds_the_image() {
+    let base = base_repo();
+    let pkg = Pkg::noarch("rbpkg").version("1.0");
+    let mut config = config_toml(&[], &[target_toml("t", &["x86_64"], &[])]);
+    config += &image_toml(
+        "rb-img",
+        &base.url,
+        &["kiln-hostbase", "rbpkg"],
+        &["rpm -q rbpkg"],
+    );
+    config += "rebuild_on_publish = true\n";
+    config += &image_toml("rb-off", &base.url, &["kiln-hostbase", "rbpkg"], &["true"]);
+    let f = RepoFarm::start(&config, Ctl::new());
+    let m = &f.m;
+
+    let pb = build_and_publish(m, &pkg, "t");
+    assert_eq!(publish_error(&pb), None, "{pb}");
+
+    let builds_of = |name: &str| -> Vec<Value> {
+        let ls = m.cli_json(&["image", "ls", "--json"]);
+        let img = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| jstr(i, "name") == name)
+            .unwrap_or_else(|| panic!("{name} is not listed: {ls}"))
+            .clone();
+        jarr(&img, "builds").to_vec()
+    };
+    let started = wait_until(
+        "an image build started by the publication",
+        BUILD_TIMEOUT,
+        || builds_of("rb-img").first().map(|b| ju64(b, "build")),
+    );
+    let b = m.wait_build_done(started, BUILD_TIMEOUT);
+    assert_eq!(
+        jstr(&b, "state"),
+        "succeeded",
+        "{b}\n---- log ----\n{}",
+        m.job_log(&b)
+    );
+    assert_eq!(jstr(&b, "submitter"), "rebuild_on_publish", "{b}");
+    assert_eq!(builds_of("rb-img").len(), 1, "one publication, one image");
+    assert!(builds_of("rb-off").is_empty(), "rb-off does not rebuild");
+}
+
+/// `kiln image add RECIPE.toml` (admin) stores a recipe in the database,
+/// checked like the configuration's; `kiln image ls` says where each
+/// comes from; the added one builds on the farm; `kiln image rm` removes
+/// it. A name of the configuration, a bad recipe and a reader are refused.
+#[test]
+fn an_image_added_by_the_cli_is_listed_built_and_removed() {
+    let base = base_repo();
+    let mut config = config_toml(&[], &[target_toml("t", &["x86_64"], &[])]);
+    config += &image_toml("cfg-img", &base.url, &["kiln-hostbase"], &["true"]);
+    let f = RepoFarm::start(&config, Ctl::new());
+    let m = &f.m;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+
+    let good = write(
+        "db.toml",
+        &image_toml(
+            "db-img",
+            &base.url,
+            &["kiln-hostbase"],
+            &["rpm -q kiln-hostbase"],
+        ),
+    );
+    let reader = m
+        .cli(&["token", "create", "--name", "r", "--role", "reader"])
+        .assert_ok()
+        .stdout
+        .trim()
+        .to_string();
+    let out = m.cli_token(&reader, &["image", "add", &good]);
+    assert!(!out.success(), "a reader added an image: {out:?}");
+    let added = m.cli_json(&["image", "add", &good, "--json"]);
+    assert_eq!(jstr(&added, "name"), "db-img", "{added}");
+    assert_eq!(added["arches"], serde_json::json!(["x86_64"]), "{added}");
+
+    let ls = m.cli_json(&["image", "ls", "--json"]);
+    let origins: Vec<(String, String)> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (jstr(i, "name"), jstr(i, "origin")))
+        .collect();
+    assert_eq!(
+        origins,
+        vec![
+            ("cfg-img".to_string(), "config".to_string()),
+            ("db-img".to_string(), "database".to_string())
+        ],
+        "{ls}"
+    );
+    let table = m.cli(&["image", "ls"]).assert_ok().stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("db-img") && l.contains("database")),
+        "{table}"
+    );
+
+    // Refused: twice, a configuration's name, a recipe the configuration
+    // would refuse (same words).
+    let out = m.cli(&["image", "add", &good]);
+    assert!(
+        !out.success() && out.stderr.contains("already stored"),
+        "{out:?}"
+    );
+    let clash = write(
+        "clash.toml",
+        &image_toml("cfg-img", &base.url, &["kiln-hostbase"], &["true"]),
+    );
+    let out = m.cli(&["image", "add", &clash]);
+    assert!(
+        !out.success()
+            && out
+                .stderr
+                .contains("image \"cfg-img\" is declared in the master's configuration"),
+        "{out:?}"
+    );
+    let bad = write(
+        "bad.toml",
+        "name = \"bad-img\"\ntarget = \"nope\"\npackages = [\"bash\"]\nformats = [\"ext4\"]\n",
+    );
+    let out = m.cli(&["image", "add", &bad]);
+    assert!(
+        !out.success() && out.stderr.contains("target \"nope\" is not declared"),
+        "{out:?}"
+    );
+
+    // The added recipe builds like a configured one.
+    let b = image_build(m, "db-img");
+    assert_eq!(
+        jstr(&b, "state"),
+        "succeeded",
+        "{b}\n---- log ----\n{}",
+        m.job_log(&b)
+    );
+    assert_eq!(jstr(&b, "image"), "db-img", "{b}");
+
+    // Removed (its builds stay); a configuration's cannot be.
+    let out = m.cli_token(&reader, &["image", "rm", "db-img"]);
+    assert!(!out.success(), "a reader removed an image: {out:?}");
+    m.cli(&["image", "rm", "db-img"]).assert_ok();
+    let ls = m.cli_json(&["image", "ls", "--json"]);
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+    let out = m.cli(&["image", "rm", "cfg-img"]);
+    assert!(
+        !out.success() && out.stderr.contains("configuration"),
+        "{out:?}"
+    );
+    let out = m.cli(&["image", "rm", "db-img"]);
+    assert!(
+        !out.success() && out.stderr.contains("no stored image"),
+        "{out:?}"
+    );
+    assert_eq!(jstr(&m.build(build_id(&b)), "state"), "succeeded");
+}

@@ -753,3 +753,88 @@ events = ["worker.lost", "worker.revoked"]
     });
     assert_eq!(count(&s["ops"], "queued"), 0, "nothing else queued: {s:?}");
 }
+
+/// `release.promoted` and `release.rolled_back` (issue 12's promotions):
+/// a webhook taking only those gets each promotion once, signed, with the
+/// release, channel, version, build and who; the rollback too; no build
+/// event.
+#[test]
+fn release_promotions_are_notified_once() {
+    for t in ["dnf", "bwrap", "zstd", "tar", "mkfs.ext4", "createrepo_c"] {
+        require_tool(t);
+    }
+    let hb = crate::common::hostbase::build_host_base_repo(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostbase"),
+    );
+    let base = crate::common::hostbase::serve_dir(&hb.repo);
+    let hook = Receiver::start(vec![]);
+    let mut config = config_toml(&[], &[target_toml("t", &["x86_64"], &[])]);
+    config += &format!(
+        "\n[[notify]]\nname = \"rel\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n\
+         events = [\"release.promoted\", \"release.rolled_back\"]\n\
+         \n[[image]]\nname = \"nt-img\"\ntarget = \"t\"\nrepos = [{:?}]\narches = [\"x86_64\"]\n\
+         packages = [\"kiln-hostbase\"]\nformats = [\"tar.zst\"]\n",
+        hook.url(),
+        base.url
+    );
+    let f = RepoFarm::start(&config, Ctl::new());
+    let m = &f.m;
+    let build = || {
+        let out = run_timeout(
+            m.cli_cmd(&["image", "build", "nt-img", "--wait", "--json"]),
+            Duration::from_secs(600),
+            "kiln image build --wait --json",
+        );
+        let b: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(jstr(&b, "state"), "succeeded", "{b}");
+        (build_id(&b), jstr(&b, "evr"))
+    };
+    let (id1, v1) = build();
+    let (id2, v2) = build();
+    for id in [id1, id2] {
+        m.cli(&["release", "promote", &id.to_string(), "--release", "edge"])
+            .assert_ok();
+    }
+    m.cli(&["release", "rollback", "edge", "--channel", "stable"])
+        .assert_ok();
+
+    let got = hook.until("release.rolled_back", id1);
+    let events: Vec<(String, u64)> = got
+        .iter()
+        .map(|g| (jstr(&g.json(), "event"), ju64(&g.json(), "build")))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("release.promoted".to_string(), id1),
+            ("release.promoted".to_string(), id2),
+            ("release.rolled_back".to_string(), id1),
+        ],
+        "each promotion once, in order, nothing else"
+    );
+    for (g, (state, v)) in
+        got.iter()
+            .zip([("promoted", &v1), ("promoted", &v2), ("rolled_back", &v1)])
+    {
+        verify_signed(g);
+        let j = g.json();
+        assert_eq!(jstr(&j, "state"), state, "{j}");
+        assert_eq!(jstr(&j, "target"), "t", "{j}");
+        assert_eq!(jstr(&j, "package"), "nt-img", "{j}");
+        assert_eq!(
+            j["source"],
+            serde_json::json!({"release": "edge", "channel": "stable", "version": v}),
+            "{j}"
+        );
+        assert!(!jstr(&j, "submitter").is_empty(), "who: {j}");
+        assert!(
+            jstr(&j, "repository").ends_with(&format!("/releases/edge/stable/{v}/")),
+            "{j}"
+        );
+    }
+    let ids: BTreeSet<String> = got.iter().map(|g| jstr(&g.json(), "id")).collect();
+    assert_eq!(ids.len(), 3, "three events, three ids");
+    wait_until("the three rows delivered", ARRIVE, || {
+        (count(&sinks(m)["rel"], "delivered") == 3).then_some(())
+    });
+}

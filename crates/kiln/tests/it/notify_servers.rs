@@ -533,12 +533,56 @@ impl Watcher {
 /// `#x`, where the watcher also is); the server killed and started again:
 /// the master reconnects and the lines of a build that ran meanwhile
 /// arrive, each once, in order.
+/// A TCP relay in front of the IRC server for the master alone: while
+/// shut, it closes what it accepts, so the test decides when the master
+/// may reach a restarted server (after the watcher is in the channel:
+/// lines sent to an empty channel are lost, by IRC's rules).
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+}
+
+impl Gate {
+    fn start(upstream: u16) -> Gate {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let o = open.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for (mut from, mut to) in
+                    [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Gate { port, open }
+    }
+
+    fn set(&self, open: bool) {
+        self.open.store(open, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn irc_one_line_per_event_and_the_missed_lines_after_a_restart() {
     require_build_tools();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = ngircd(dir.path(), port);
+    let gate = Gate::start(port);
     let mut w = Watcher::join(port, "watcher", &["#kiln", "#x"]);
     let config = format!(
         r##"
@@ -546,12 +590,13 @@ fn irc_one_line_per_event_and_the_missed_lines_after_a_restart() {
 name = "chat"
 kind = "irc"
 server = "127.0.0.1"
-port = {port}
+port = {}
 nick = "kilnbot"
 tls = false
 channels = ["#kiln"]
 retry_base_ms = 500
-"##
+"##,
+        gate.port
     );
     let m = Master::start_with(MasterOpts::default().config(&config));
     let _wk = m.start_worker("ni1", "noarch", "default", 1);
@@ -597,6 +642,7 @@ retry_base_ms = 500
     );
 
     // The server goes away; a build runs meanwhile; the server comes back.
+    gate.set(false);
     server.stop();
     drop(w);
     let srpm3 = Pkg::noarch("ni-later").build_srpm(&m.scratch);
@@ -605,9 +651,9 @@ retry_base_ms = 500
         (ju64(&sink(&m, "chat"), "queued") >= 4).then_some(())
     });
     let server2 = ngircd(dir.path(), port);
-    // In the channel before the master is back (it waits at least a
-    // second between attempts to connect).
+    // In the channel before the master may reach the server again.
     let mut w = Watcher::join(port, "watcher", &["#kiln", "#x"]);
+    gate.set(true);
     let url3 = format!("{}/builds/{id3}", m.api_url);
     assert_eq!(
         w.build_lines(&url3, "build.published"),
