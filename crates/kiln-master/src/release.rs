@@ -520,41 +520,19 @@ pub async fn promote(
         Ok(signer.map(|s| s.fingerprint))
     })
     .await?;
-    let (rel, ch, v, who2) = (
-        release.to_string(),
-        channel.to_string(),
-        version.clone(),
-        who.clone(),
-    );
-    let note = core.notify.release(
+    record(
+        core,
         "release.promoted",
+        "promote",
         crate::notify::ReleaseFacts {
             release: release.to_string(),
             channel: channel.to_string(),
             version: version.clone(),
             build,
-            who,
+            who: who.clone(),
         },
-    );
-    let queued = note.is_some();
-    core.store
-        .write(move |t| {
-            kiln_store::release::record(
-                t,
-                &rel,
-                &ch,
-                &v,
-                build,
-                "promote",
-                who2.as_deref(),
-                kiln_store::now_ms(),
-            )?;
-            crate::notify::queue(t, &note)
-        })
-        .await?;
-    if queued {
-        core.notify.wake();
-    }
+    )
+    .await?;
     retain(core, release, channel).await;
     let signed_note = match &signed_by {
         Some(f) => format!("SHA256SUMS signed by {f}"),
@@ -644,6 +622,37 @@ fn past_retention(rows: &[&PromotionRow], keep: usize) -> Vec<String> {
     drop
 }
 
+/// Record a promotion or a rollback (`action`) and queue its notification
+/// (`event`) in the same commit; wake the sinks once it is durable.
+async fn record(
+    core: &Core,
+    event: &'static str,
+    action: &'static str,
+    facts: crate::notify::ReleaseFacts,
+) -> Result<(), ReleaseError> {
+    let note = core.notify.release(event, facts.clone());
+    let queued = note.is_some();
+    core.store
+        .write(move |t| {
+            kiln_store::release::record(
+                t,
+                &facts.release,
+                &facts.channel,
+                &facts.version,
+                facts.build,
+                action,
+                facts.who.as_deref(),
+                kiln_store::now_ms(),
+            )?;
+            crate::notify::queue(t, &note)
+        })
+        .await?;
+    if queued {
+        core.notify.wake();
+    }
+    Ok(())
+}
+
 /// Point `latest` of `channel` back at the version promoted before the
 /// current one (one still on disk), recorded as a history entry.
 pub async fn rollback(
@@ -677,9 +686,10 @@ pub async fn rollback(
     };
     let (d, v) = (dir.clone(), version.clone());
     blocking(move || switch_latest(&d, &v)).await?;
-    let (rel, ch, v) = (release.to_string(), channel.to_string(), version.clone());
-    let note = core.notify.release(
+    record(
+        core,
         "release.rolled_back",
+        "rollback",
         crate::notify::ReleaseFacts {
             release: release.to_string(),
             channel: channel.to_string(),
@@ -687,26 +697,8 @@ pub async fn rollback(
             build,
             who: who.clone(),
         },
-    );
-    let queued = note.is_some();
-    core.store
-        .write(move |t| {
-            kiln_store::release::record(
-                t,
-                &rel,
-                &ch,
-                &v,
-                build,
-                "rollback",
-                who.as_deref(),
-                kiln_store::now_ms(),
-            )?;
-            crate::notify::queue(t, &note)
-        })
-        .await?;
-    if queued {
-        core.notify.wake();
-    }
+    )
+    .await?;
     let previous = current.map(|(v, _)| v);
     let files = std::fs::read_to_string(dir.join(&version).join(SUMS))
         .unwrap_or_default()

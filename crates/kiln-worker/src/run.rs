@@ -1389,17 +1389,7 @@ async fn build(
     };
     let (mut success, mut message, packages, input, made) = match ran {
         Ok(Ended { outcome: o, .. }) if o.canceled => {
-            log.write(b"kiln: build canceled\n");
-            let finished = pb::Finished {
-                job_id: a.job_id,
-                attempt: a.attempt,
-                success: false,
-                message: o.message,
-                artifacts: vec![],
-                canceled: true,
-                source: None,
-            };
-            return (finished, HashMap::new());
+            return (canceled(a, o.message, &log), HashMap::new());
         }
         Ok(e) => (
             e.outcome.success,
@@ -1994,6 +1984,20 @@ async fn upload_all(
         }
     }
     Ok(())
+}
+
+/// The report of a job its cancel stopped (said at the end of its log).
+fn canceled(a: &pb::Assign, message: String, log: &dyn LogSink) -> pb::Finished {
+    log.write(b"kiln: build canceled\n");
+    pb::Finished {
+        job_id: a.job_id,
+        attempt: a.attempt,
+        success: false,
+        message,
+        artifacts: vec![],
+        canceled: true,
+        source: None,
+    }
 }
 
 #[cfg(test)]

@@ -81,18 +81,34 @@ impl Drop for Master {
 }
 
 pub(crate) fn start_master(data: &Path, durability: &str) -> anyhow::Result<Master> {
+    start_master_with(data, durability, "")
+}
+
+/// [`start_master`] with `config` (TOML, if not empty) as its config file.
+pub(crate) fn start_master_with(
+    data: &Path,
+    durability: &str,
+    config: &str,
+) -> anyhow::Result<Master> {
     let exe = std::env::current_exe().context("finding the kiln binary")?;
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "master",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--worker-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data")
-        .arg(data)
-        .args(["--durability", durability])
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "master",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--worker-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data")
+    .arg(data)
+    .args(["--durability", durability]);
+    if !config.is_empty() {
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let cfg = data.join("bench.toml");
+        std::fs::write(&cfg, config).with_context(|| format!("writing {}", cfg.display()))?;
+        cmd.arg("--config").arg(cfg);
+    }
+    let mut child = cmd
         .env("KILN_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()

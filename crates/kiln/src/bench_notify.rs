@@ -21,7 +21,6 @@
 //!     change's commit costs, apart from the hanging).
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::bench::{
     follow_events, follow_stream, latency, pct, remove_in_background, rss_kib, spawn_worker,
-    submit_many, upload_example, wait_connected, Master, Watched,
+    submit_many, upload_example, wait_connected, Watched,
 };
 use crate::client::Client;
 use kiln_worker::backend::Noop;
@@ -153,53 +152,6 @@ fn hanging(l: TcpListener) -> Arc<std::sync::atomic::AtomicUsize> {
     n
 }
 
-/// `kiln master` on free ports with `config` (TOML) as its config file.
-fn start_master(data: &Path, durability: &str, config: &str) -> anyhow::Result<Master> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let cfg = data.join("bench-notify.toml");
-    std::fs::write(&cfg, config).with_context(|| format!("writing {}", cfg.display()))?;
-    let exe = std::env::current_exe().context("finding the kiln binary")?;
-    let mut child = std::process::Command::new(exe)
-        .args([
-            "master",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--worker-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data")
-        .arg(data)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--durability", durability])
-        .env("KILN_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting kiln master")?;
-    let out = child.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .context("reading the master's listening line")?;
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|p| p.strip_prefix(k))
-            .map(str::to_string)
-    };
-    let (api, worker_url) = (field("api="), field("worker="));
-    let token = std::fs::read_to_string(data.join("admin.token"))
-        .context("reading admin.token")?
-        .trim()
-        .to_string();
-    let m = Master {
-        child,
-        api: api.context("no api= in the listening line")?,
-        worker_url: worker_url.context("no worker= in the listening line")?,
-        token,
-    };
-    Ok(m)
-}
-
 fn webhook(name: &str, port: u16, extra: &str) -> String {
     format!(
         "[[notify]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\n{extra}\n"
@@ -275,7 +227,7 @@ async fn commit_to_receiver(
     let port = l.local_addr()?.port();
     let inbox = receiver(l);
     let config = webhook("bench", port, "events = [\"build.succeeded\"]");
-    let master = start_master(&tmp.join("a-master"), &a.durability, &config)?;
+    let master = crate::bench::start_master_with(&tmp.join("a-master"), &a.durability, &config)?;
     let c = Client::new(&master.api, Some(master.token.clone()))?;
     let sha = upload_example(&c, &tmp.join("a")).await?;
     spawn_worker(
@@ -373,7 +325,7 @@ async fn down_sink(a: &BenchNotifyArgs, tmp: &Path) -> anyhow::Result<()> {
     let n = a.queued;
     // Without sinks: what the builds themselves cost.
     let (b0, a0) = {
-        let master = start_master(&tmp.join("b0-master"), &a.durability, "")?;
+        let master = crate::bench::start_master_with(&tmp.join("b0-master"), &a.durability, "")?;
         let c = Arc::new(Client::new(&master.api, Some(master.token.clone()))?);
         let sha = upload_example(&c, &tmp.join("b0")).await?;
         queue_builds(&c, &sha, master.child.id(), n).await?
@@ -384,7 +336,7 @@ async fn down_sink(a: &BenchNotifyArgs, tmp: &Path) -> anyhow::Result<()> {
         l.local_addr()?.port()
     };
     let config = webhook("down", port, "retry_base_ms = 100");
-    let master = start_master(&tmp.join("b-master"), &a.durability, &config)?;
+    let master = crate::bench::start_master_with(&tmp.join("b-master"), &a.durability, &config)?;
     let pid = master.child.id();
     let c = Arc::new(Client::new(&master.api, Some(master.token.clone()))?);
     let sha = upload_example(&c, &tmp.join("b")).await?;
@@ -477,18 +429,18 @@ async fn hanging_vs_none(
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let port = l.local_addr()?.port();
     let accepted = hanging(l);
-    let hang = start_master(
+    let hang = crate::bench::start_master_with(
         &tmp.join("c-hang"),
         &a.durability,
         &webhook("hang", port, "timeout_secs = 120"),
     )?;
-    let none = start_master(&tmp.join("c-none"), &a.durability, "")?;
+    let none = crate::bench::start_master_with(&tmp.join("c-none"), &a.durability, "")?;
     // A third master with a sink that answers at once: what writing the
     // outbox rows costs, apart from the hanging.
     let fl = TcpListener::bind("127.0.0.1:0").await?;
     let fport = fl.local_addr()?.port();
     let _inbox = receiver(fl);
-    let fast = start_master(
+    let fast = crate::bench::start_master_with(
         &tmp.join("c-fast"),
         &a.durability,
         &webhook("fast", fport, ""),

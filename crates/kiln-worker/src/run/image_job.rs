@@ -45,17 +45,7 @@ pub(super) async fn run(
     };
     let (mut success, mut message, outcome) = match built {
         Ok(o) if o.canceled => {
-            log.write(b"kiln: build canceled\n");
-            let finished = pb::Finished {
-                job_id: a.job_id,
-                attempt: a.attempt,
-                success: false,
-                message: o.message,
-                artifacts: vec![],
-                canceled: true,
-                source: None,
-            };
-            return (finished, HashMap::new());
+            return (super::canceled(a, o.message, log), HashMap::new());
         }
         Ok(o) => (o.success, o.message.clone(), Some(o)),
         Err(e) => (false, format!("worker error: {e}"), None),
