@@ -23,8 +23,10 @@ fn dashboard_and_build_page_follow_a_build_live_without_a_reload() {
     let m = Master::start();
     let _w = m.start_worker("a", "x86_64,noarch", "default", 1);
     let br = Browser::start();
+    // Long enough that a slow browser on a loaded machine still opens the
+    // build page before the build ends.
     let srpm = Pkg::noarch("br-live")
-        .build_script("sleep 5")
+        .build_script("sleep 15")
         .build_srpm(&m.scratch);
 
     // The dashboard, open before the build is submitted.
@@ -76,25 +78,29 @@ fn dashboard_and_build_page_follow_a_build_live_without_a_reload() {
 
 #[test]
 fn the_log_page_shows_lines_as_they_are_written() {
+    const TICKS: u32 = 20;
     require_build_tools();
     let m = Master::start();
     let _w = m.start_worker("a", "x86_64,noarch", "default", 1);
     let br = Browser::start();
-    let pkg = Pkg::noarch("br-log")
-        .build_script("for i in 1 2 3 4 5 6; do echo br-tick-$i; sleep 1; done");
+    // 20 ticks, a second apart: the page must open before the last one,
+    // which a browser on a loaded machine does with room to spare.
+    let pkg = Pkg::noarch("br-log").build_script(&format!(
+        "for i in $(seq 1 {TICKS}); do echo br-tick-$i; sleep 1; done"
+    ));
     let id = build_id(&m.submit(&pkg.build_srpm(&m.scratch), &[]));
     let job = ju64(&m.wait_job_running(id), "id");
 
     br.goto(&format!("{}/jobs/{job}/log", m.api_url));
     br.mark();
     let ticks = |text: &str| {
-        (1..=6)
+        (1..=TICKS)
             .filter(|i| text.contains(&format!("br-tick-{i}\n")))
             .max()
     };
     let first = ticks(&br.text("#log").unwrap_or_default());
     assert!(
-        first.is_none_or(|n| n < 6),
+        first.is_none_or(|n| n < TICKS),
         "the page was opened before the build ended: {first:?}"
     );
     // A tick the page did not hold shows up before the build's end does.
@@ -107,7 +113,7 @@ fn the_log_page_shows_lines_as_they_are_written() {
     assert!(!ended, "a line came while the job ran, not only at its end");
     // The end: the last line, and the job's state, without a reload.
     br.wait_text("#log", UI + BUILD_TIMEOUT, |t| {
-        t.contains("br-tick-6") && t.contains(&end)
+        t.contains(&format!("br-tick-{TICKS}\n")) && t.contains(&end)
     });
     br.wait_text("#job-state", UI, |t| t == "succeeded");
     assert!(br.marked(), "the log page was not reloaded");
@@ -202,7 +208,7 @@ fn sign_in_upload_and_build_sign_out_and_what_a_reader_sees() {
     br.goto(&format!("{base}/submit"));
     assert_eq!(br.count("#submit-form"), 1, "{}", br.body_text());
     let srpm = Pkg::noarch("br-upload")
-        .build_script("sleep 3")
+        .build_script("sleep 10")
         .build_srpm(&m.scratch);
     br.type_into("#srpm", srpm.to_str().unwrap());
     br.click("#submit-go");
@@ -249,7 +255,7 @@ fn sign_in_upload_and_build_sign_out_and_what_a_reader_sees() {
 
     // A reader: no form, no cancel button on an active build.
     let running = Pkg::noarch("br-reader")
-        .build_script("sleep 5")
+        .build_script("sleep 120")
         .build_srpm(&m.scratch);
     let other = build_id(&m.submit(&running, &[]));
     sign_in(&rita);
