@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use kiln_core::names::{check_arch, check_file_name, check_ident};
@@ -179,7 +180,7 @@ impl Farm for FarmService {
         let core = self.core.clone();
         tokio::spawn(async move {
             core.apply(fx).await;
-            session_loop(core.clone(), &name, conn, inbound, tx).await;
+            let silent = session_loop(core.clone(), &name, conn, inbound, tx).await;
             // The session's unanswered queries end with it, under the
             // scheduler lock (a query is registered under it too, with the
             // session it found current).
@@ -198,7 +199,14 @@ impl Farm for FarmService {
                 tracing::info!("worker {name} disconnected");
                 let n = name.clone();
                 std::mem::drop(core.store.write(move |t| kiln_store::touch_worker(t, &n)));
-                crate::notify::worker_left(&core, &name);
+                // A silent worker's leases lapsed already: it is lost now.
+                // One that hung up may come back within a lease period.
+                let grace = if silent {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(core.cfg.lease_secs)
+                };
+                crate::notify::worker_left(&core, &name, grace);
             }
         });
         let out = UnboundedReceiverStream::new(rx).map(Ok);
@@ -395,24 +403,42 @@ impl FarmService {
     }
 }
 
+/// How long a session may stay silent (no heartbeat, no message) before
+/// the master ends it: twice the lease, so a few heartbeats (one every
+/// third of a lease) may be late, and at least 3 s.
+pub(crate) fn silence_limit(lease_secs: u64) -> Duration {
+    Duration::from_secs(lease_secs.saturating_mul(2).max(3))
+}
+
+/// Serves one worker's session until it ends. True when the master ended
+/// it because the worker fell silent (a hung process or a dead link that
+/// keeps its TCP connection open).
 async fn session_loop(
     core: Arc<Core>,
     name: &str,
     conn: u64,
     mut inbound: Streaming<pb::WorkerMsg>,
     tx: mpsc::UnboundedSender<pb::MasterMsg>,
-) {
+) -> bool {
+    let limit = silence_limit(core.cfg.lease_secs);
     loop {
-        let m = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
+        let m = match tokio::time::timeout(limit, inbound.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return false,
+            Ok(Err(e)) => {
                 tracing::debug!("worker {name} stream: {e}");
-                return;
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "worker {name}: nothing heard for {} s (no heartbeat); session ended",
+                    limit.as_secs()
+                );
+                return true;
             }
         };
         if !core.sched().is_current(name, conn) {
-            return;
+            return false;
         }
         let Some(m) = m.msg else { continue };
         match m {

@@ -140,6 +140,19 @@ pub async fn prune_notifications(
         .await
 }
 
+/// Marks `dead` the queued notifications of sinks no longer configured
+/// (they could never go out). How many.
+pub async fn retire_unconfigured_sinks(
+    store: &kiln_store::Store,
+    configured: Vec<String>,
+) -> Result<u64, kiln_store::StoreError> {
+    store
+        .write(move |t| {
+            kiln_store::notify::retire_unconfigured(t, &configured, kiln_store::now_ms())
+        })
+        .await
+}
+
 /// Remove everything in `tmp/`: partial files of a killed master and of
 /// refused uploads. Nothing reads them; at start nothing writes there yet.
 pub fn clean_tmp(paths: &Paths) -> usize {

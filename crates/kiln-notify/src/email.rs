@@ -361,6 +361,9 @@ mod tests {
             repository: None,
             log_tail: vec!["error: x\x1b[31m".into()],
             url: Some("https://kiln.example.org:8443/builds/42".into()),
+            release: None,
+            channel: None,
+            version: None,
         }
     }
 

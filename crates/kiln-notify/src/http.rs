@@ -294,6 +294,9 @@ mod tests {
             repository: None,
             log_tail: vec!["error: ```oops```".into()],
             url: Some("http://kiln.example/builds/7".into()),
+            release: None,
+            channel: None,
+            version: None,
         }
     }
 

@@ -692,6 +692,9 @@ mod tests {
             repository: None,
             log_tail: vec![],
             url: None,
+            release: None,
+            channel: None,
+            version: None,
         }
     }
 

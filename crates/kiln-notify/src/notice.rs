@@ -29,14 +29,15 @@ pub struct Notice {
     pub job: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
-    /// The state the event reports (`succeeded`, `failed`...).
+    /// The state the event reports: the part of `event` after its dot
+    /// (`build.started` → `started`, `build.failed` → `failed`,
+    /// `worker.lost` → `lost`), as the MQTT topic says it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// The token name that submitted the build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitter: Option<String>,
-    /// A build from git: project, ref, commits. A release event:
-    /// `{"release", "channel", "version"}`.
+    /// A build from git: project, ref, commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +57,15 @@ pub struct Notice {
     /// The build's page (from the master's `public_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// `release.*`: the release's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// `release.*`: its channel (`stable`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// `release.*`: the version `latest` points at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Notice {

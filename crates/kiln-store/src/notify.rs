@@ -274,6 +274,30 @@ pub fn prune(c: &Connection, before: i64) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// Queued rows of sinks not in `configured` (removed from the config) can
+/// never be delivered: they are marked `dead` with the reason, so they
+/// are counted, pruned like any ended row, and queued again by
+/// `retry_dead` if the sink comes back. How many.
+pub fn retire_unconfigured(c: &Connection, configured: &[String], now: i64) -> Result<u64> {
+    let names: Vec<String> = c
+        .prepare_cached(
+            "SELECT DISTINCT sink FROM notify_outbox WHERE state = 'queued' AND sink <> ''",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut n = 0;
+    for name in names.iter().filter(|s| !configured.contains(s)) {
+        n += c
+            .prepare_cached(
+                "UPDATE notify_outbox SET state = 'dead', next_at = ?2, \
+                 last_error = 'the sink is no longer in the configuration' \
+                 WHERE sink = ?1 AND state = 'queued'",
+            )?
+            .execute(params![name, now])? as u64;
+    }
+    Ok(n)
+}
+
 /// The e-mail address recorded on the live token named `name` (the
 /// submitter of a build), for `to_submitter`.
 pub fn token_email(c: &Connection, name: &str) -> Result<Option<String>> {
@@ -380,6 +404,24 @@ mod tests {
         assert_eq!(store.write(|t| prune(t, 4000)).await.unwrap(), 1);
         assert_eq!(store.read(|c| rows_of(c, "a")).await.unwrap().len(), 1);
         assert_eq!(store.read(|c| rows_of(c, "b")).await.unwrap().len(), 1);
+        // Sink `b` removed from the config: its queued row is dead, with
+        // the reason; `a`'s is left alone; retry brings `b`'s back.
+        let known = sinks(&["a"]);
+        assert_eq!(
+            store
+                .write(move |t| retire_unconfigured(t, &known, 6000))
+                .await
+                .unwrap(),
+            1
+        );
+        let b = store.read(|c| sink_counts(c, "b")).await.unwrap();
+        assert_eq!((b.queued, b.dead), (0, 1));
+        assert!(b
+            .last_error
+            .unwrap()
+            .contains("no longer in the configuration"));
+        assert_eq!(store.read(|c| sink_counts(c, "a")).await.unwrap().queued, 1);
+        assert_eq!(store.write(|t| retry_dead(t, "b", 7000)).await.unwrap(), 1);
         // An empty sink name is refused (it means "not fanned out").
         assert!(store
             .write(|t| enqueue(t, &sinks(&[""]), &notice("e3", "x"), 1))

@@ -51,6 +51,9 @@ fn blank(event: &str) -> Notice {
         repository: None,
         log_tail: Vec::new(),
         url: None,
+        release: None,
+        channel: None,
+        version: None,
     }
 }
 
@@ -69,7 +72,14 @@ pub(crate) fn build_notice(event: &str, b: &BuildRow, base: &str) -> Notice {
         }
     }
     n.build = Some(b.id);
-    n.state = Some(b.state.as_str().to_string());
+    // The event's state, as the MQTT topic says it (`build.started` is
+    // `started`, though the build's stored state is `building`).
+    n.state = Some(
+        event
+            .strip_prefix("build.")
+            .unwrap_or(b.state.as_str())
+            .to_string(),
+    );
     n.submitter = b.submitter.clone();
     n.source = b.source.as_ref().and_then(|s| serde_json::to_value(s).ok());
     if b.state.is_final() {
@@ -103,9 +113,8 @@ pub(crate) fn worker_notice(event: &str, worker: &str) -> Notice {
 
 /// A release's event: the image build's facts (target, image, version as
 /// `nevr`, build page), the state (`promoted`, `rolled_back`), who did it
-/// as the submitter, the release's URL as the repository, and the release,
-/// channel and version as `source` (`{"release", "channel", "version"}`:
-/// an image build has no git source).
+/// as the submitter, the release's URL as the repository, and the
+/// release, channel and version in fields of their own.
 pub(crate) fn release_notice(
     event: &str,
     r: &super::ReleaseFacts,
@@ -131,11 +140,9 @@ pub(crate) fn release_notice(
         "{base}/releases/{}/{}/{}/",
         r.release, r.channel, r.version
     ));
-    n.source = Some(serde_json::json!({
-        "release": r.release,
-        "channel": r.channel,
-        "version": r.version,
-    }));
+    n.release = Some(r.release.clone());
+    n.channel = Some(r.channel.clone());
+    n.version = Some(r.version.clone());
     n
 }
 

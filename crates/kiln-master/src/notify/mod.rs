@@ -21,7 +21,9 @@
 //!   older than the sink's `max_age_hours`, then the row is `dead`. A sink
 //!   that hangs holds up only its own task.
 //! - A worker is lost when its session ended and it has not come back
-//!   within a lease period (`lease_secs`).
+//!   within a lease period (`lease_secs`), or at once when the master
+//!   ended its session because it fell silent (no heartbeat for twice the
+//!   lease: `grpc::silence_limit`) while its connection stayed open.
 //! - For tests, a `[[notify]]` table also takes `retry_base_ms` (the first
 //!   backoff; default 1000) and `max_age_secs` (overrides `max_age_hours`);
 //!   neither is documented as a setting.
@@ -349,8 +351,23 @@ pub fn start(core: &Arc<Core>) {
     tokio::spawn(prune_task(core.clone()));
 }
 
-/// Prunes old delivered and dead rows now and once a day.
+/// At start, retires the queued rows of sinks removed from the config;
+/// prunes old delivered and dead rows now and once a day.
 async fn prune_task(core: Arc<Core>) {
+    let names = core
+        .notify
+        .sinks
+        .iter()
+        .map(|s| s.cfg.name.clone())
+        .collect();
+    match crate::housekeeping::retire_unconfigured_sinks(&core.store, names).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "notifications: {n} queued for sinks no longer configured, marked dead \
+             (`kiln notify retry NAME` once the sink is back)"
+        ),
+        Err(e) => tracing::error!("notifications: retiring removed sinks' rows: {e}"),
+    }
     loop {
         match crate::housekeeping::prune_notifications(&core.store, core.notify.retention()).await {
             Ok(0) => {}
@@ -430,14 +447,14 @@ async fn fan_out_once(core: &Arc<Core>) -> kiln_store::Result<()> {
     }
 }
 
-/// A worker's session ended: if it has not come back within a lease
-/// period (`lease_secs`: by then its jobs are given to others too),
-/// `worker.lost` is queued.
-pub(crate) fn worker_left(core: &Arc<Core>, worker: &str) {
+/// A worker's session ended: if it has not come back within `grace` (a
+/// lease period, `lease_secs`, for one that hung up: by then its jobs are
+/// given to others too; none for one the master cut off because it fell
+/// silent), `worker.lost` is queued.
+pub(crate) fn worker_left(core: &Arc<Core>, worker: &str, grace: Duration) {
     if core.notify.worker("worker.lost", worker).is_none() {
         return;
     }
-    let grace = Duration::from_secs(core.cfg.lease_secs);
     let core = core.clone();
     let worker = worker.to_string();
     tokio::spawn(async move {

@@ -130,6 +130,9 @@ pub fn notice(id: &str, event: &str) -> Notice {
         repository: None,
         log_tail: vec![],
         url: Some("https://kiln.example.org/builds/42".into()),
+        release: None,
+        channel: None,
+        version: None,
     }
 }
 
