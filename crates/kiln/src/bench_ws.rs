@@ -1,9 +1,13 @@
 //! `kiln bench-ws`: the websocket fan-out (issue 10). A real `kiln master`
 //! child process; in this process, one worker whose job writes its log
-//! steadily (the log followed), a few workers that run no-op jobs (the
-//! dispatch measured), and N websocket clients on `/api/v1/ws`, each
+//! steadily (the log followed) and a few workers that run no-op jobs (the
+//! dispatch measured); in a second child process (this binary again, with
+//! the hidden `--clients-for`), N websocket clients on `/api/v1/ws`, each
 //! following the running job's log and its build, as a browser on the log
-//! page does. Figures: the master's extra RSS with the clients, the log
+//! page does. The clients are a process of their own, as browsers are
+//! elsewhere: with `--pin`, the master and this process run on CPU 0 and
+//! the clients on CPU 1, so the clients' own work does not count as the
+//! master's. Figures: the master's extra RSS with the clients, the log
 //! bytes they received, the master's CPU, and the submit-to-start latency
 //! of other jobs without the clients, with them, and without them again,
 //! all in one run. See BENCHMARKS.md.
@@ -43,6 +47,22 @@ pub struct BenchWsArgs {
     /// the bytes delivered are measured.
     #[arg(long, default_value_t = 10)]
     follow_secs: u64,
+    /// Pin the master and this process to CPU 0, the clients' process to
+    /// CPU 1 (needs two CPUs).
+    #[arg(long)]
+    pin: bool,
+    /// Internal: be the clients' process, on this websocket URL.
+    #[arg(long, hide = true)]
+    clients_for: Option<String>,
+    /// Internal (with `--clients-for`): the build followed.
+    #[arg(long, hide = true, default_value_t = 0)]
+    build: i64,
+    /// Internal (with `--clients-for`): the job whose log is followed.
+    #[arg(long, hide = true, default_value_t = 0)]
+    job: i64,
+    /// Internal (with `--clients-for`): the log offset to follow from.
+    #[arg(long, hide = true, default_value_t = 0)]
+    offset: u64,
 }
 
 /// A backend whose job writes a line of about 100 bytes `rate` times a
@@ -180,8 +200,187 @@ fn raise_fd_limit() {
     }
 }
 
+/// Pins every thread of process `pid` (0: this one) to `cpu`; threads
+/// made later inherit it from the thread that makes them.
+fn pin_process(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    let pid = if pid == 0 { std::process::id() } else { pid };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?;
+    for t in tasks {
+        let tid: libc::pid_t = t?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .context("a thread id that is not a number")?;
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+        // sched_setaffinity only read and write that set.
+        let r = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if r != 0 {
+            bail!(
+                "pinning thread {tid} to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the clients' process says on its stdout.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    log_bytes: u64,
+    messages: u64,
+    errors: u64,
+}
+
+impl Counts {
+    fn parse(line: &str) -> anyhow::Result<Counts> {
+        let v: Vec<u64> = line
+            .strip_prefix("counts ")
+            .with_context(|| format!("the clients' process said {line:?}"))?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("the clients' process said {line:?}"))?;
+        match v[..] {
+            [log_bytes, messages, errors] => Ok(Counts {
+                log_bytes,
+                messages,
+                errors,
+            }),
+            _ => bail!("the clients' process said {line:?}"),
+        }
+    }
+}
+
+/// The clients' process: connects `--clients` clients, says `ready SECS`
+/// once each received log, then answers `report` on stdin with `counts
+/// LOG_BYTES MESSAGES ERRORS`, and `stop` (or the end of stdin) with the
+/// same line after closing them all.
+async fn clients_process(a: &BenchWsArgs, ws_url: &str) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let got = Arc::new(Received::default());
+    let (cstop_tx, cstop_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.clients.max(1));
+    let connecting = Arc::new(Semaphore::new(64));
+    let t_connect = Instant::now();
+    let mut tasks = Vec::with_capacity(a.clients);
+    for _ in 0..a.clients {
+        let permit = connecting.clone().acquire_owned().await?;
+        let (url, got, ready, stop) = (
+            ws_url.to_string(),
+            got.clone(),
+            ready_tx.clone(),
+            cstop_rx.clone(),
+        );
+        let (b, job, offset) = (a.build, a.job, a.offset);
+        tasks.push(tokio::spawn(async move {
+            // Held until connected and subscribed (64 handshakes at once).
+            let r = client(url, b, job, offset, got.clone(), ready, stop, permit).await;
+            if let Err(e) = &r {
+                got.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("bench-ws: client: {e:#}");
+            }
+        }));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while ready < a.clients {
+        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+            Ok(Some(())) => ready += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let counts = |g: &Received| {
+        format!(
+            "counts {} {} {}",
+            g.log_bytes.load(Ordering::Relaxed),
+            g.messages.load(Ordering::Relaxed),
+            g.errors.load(Ordering::Relaxed)
+        )
+    };
+    let mut out = std::io::stdout();
+    if ready < a.clients {
+        writeln!(
+            out,
+            "error: only {ready} of {} clients received the log ({} errors)",
+            a.clients,
+            got.errors.load(Ordering::Relaxed)
+        )?;
+        return Ok(1);
+    }
+    writeln!(out, "ready {:.2}", t_connect.elapsed().as_secs_f64())?;
+    out.flush()?;
+    // Commands on stdin, read by a thread of its own.
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if cmd_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(cmd) = cmd_rx.recv().await {
+        if cmd.trim() != "report" {
+            break;
+        }
+        writeln!(out, "{}", counts(&got))?;
+        out.flush()?;
+    }
+    let _ = cstop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    writeln!(out, "{}", counts(&got))?;
+    out.flush()?;
+    Ok(0)
+}
+
+/// The clients' process as the bench drives it.
+struct ClientsProc {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ClientsProc {
+    async fn line(&mut self) -> anyhow::Result<String> {
+        self.lines
+            .next_line()
+            .await?
+            .context("the clients' process ended")
+    }
+
+    async fn report(&mut self) -> anyhow::Result<Counts> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(b"report\n").await?;
+        Counts::parse(&self.line().await?)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<Counts> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(b"stop\n").await?;
+        let c = Counts::parse(&self.line().await?)?;
+        self.child.wait().await?;
+        Ok(c)
+    }
+}
+
 pub async fn bench_ws(a: BenchWsArgs) -> anyhow::Result<i32> {
     raise_fd_limit();
+    if let Some(url) = &a.clients_for {
+        return clients_process(&a, url).await;
+    }
+    if a.pin {
+        // The master, started after this, inherits CPU 0.
+        pin_process(0, 0)?;
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -274,60 +473,49 @@ async fn run(a: &BenchWsArgs, tmp: &Path) -> anyhow::Result<i32> {
         .bytes()
         .await?
         .len() as u64;
-    let got = Arc::new(Received::default());
-    let (cstop_tx, cstop_rx) = watch::channel(false);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.clients.max(1));
-    let connecting = Arc::new(Semaphore::new(64));
-    let t_connect = Instant::now();
-    let mut tasks = Vec::with_capacity(a.clients);
-    for _ in 0..a.clients {
-        let permit = connecting.clone().acquire_owned().await?;
-        let (url, got, ready, stop) = (
-            ws_url.clone(),
-            got.clone(),
-            ready_tx.clone(),
-            cstop_rx.clone(),
-        );
-        let b = b.id;
-        tasks.push(tokio::spawn(async move {
-            // Held until connected and subscribed (64 handshakes at once).
-            let r = client(url, b, job, offset, got.clone(), ready, stop, permit).await;
-            if let Err(e) = &r {
-                got.errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("bench-ws: client: {e:#}");
-            }
-        }));
+    let exe = std::env::current_exe().context("finding the kiln binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("bench-ws")
+        .arg("--clients-for")
+        .arg(&ws_url)
+        .args(["--clients", &a.clients.to_string()])
+        .args(["--build", &b.id.to_string()])
+        .args(["--job", &job.to_string()])
+        .args(["--offset", &offset.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting the clients' process")?;
+    if a.pin {
+        // Before it connects anything: its threads exist, later ones
+        // inherit from them.
+        pin_process(child.id().context("the clients' process ended")?, 1)?;
     }
-    drop(ready_tx);
-    let mut ready = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while ready < a.clients {
-        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
-            Ok(Some(())) => ready += 1,
-            Ok(None) => break,
-            Err(_) => break,
-        }
-    }
-    if ready < a.clients {
-        bail!(
-            "only {ready} of {} clients received the log ({} errors)",
-            a.clients,
-            got.errors.load(Ordering::Relaxed)
-        );
-    }
+    let stdin = child.stdin.take().context("no stdin")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    use tokio::io::AsyncBufReadExt;
+    let mut clients = ClientsProc {
+        child,
+        stdin,
+        lines: tokio::io::BufReader::new(stdout).lines(),
+    };
+    let said = clients.line().await?;
+    let Some(secs) = said.strip_prefix("ready ") else {
+        bail!("the clients' process: {said}");
+    };
     println!(
-        "{} clients connected, subscribed and receiving the log in {:.2} s",
+        "{} clients (a process of their own{}) connected, subscribed and receiving the log in {secs} s",
         a.clients,
-        t_connect.elapsed().as_secs_f64()
+        if a.pin { ", on CPU 1; the master on CPU 0" } else { "" }
     );
     let rss_with = rss_kib(pid)?;
-    let bytes0 = got.log_bytes.load(Ordering::Relaxed);
+    let bytes0 = clients.report().await?.log_bytes;
     let cpu0 = cpu_ticks(pid)?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.follow_secs)).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_ticks(pid)? - cpu0) as f64 / clock_ticks_per_sec() as f64 / secs * 100.0;
-    let rate = (got.log_bytes.load(Ordering::Relaxed) - bytes0) as f64 / secs;
+    let rate = clients.report().await?.log_bytes.saturating_sub(bytes0) as f64 / secs;
     let with = latency(&c, &ev, &sha, a.samples, false).await?;
     let rss_peak = rss_kib(pid)?.max(rss_with);
     println!(
@@ -347,10 +535,7 @@ async fn run(a: &BenchWsArgs, tmp: &Path) -> anyhow::Result<i32> {
     );
 
     // The clients leave; the same measure again.
-    let _ = cstop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let got = clients.stop().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = latency(&c, &ev, &sha, a.samples, false).await?;
     println!(
@@ -359,8 +544,8 @@ async fn run(a: &BenchWsArgs, tmp: &Path) -> anyhow::Result<i32> {
         mib(rss_kib(pid)?),
         pct(&after, 50),
         pct(&after, 99),
-        got.messages.load(Ordering::Relaxed),
-        got.errors.load(Ordering::Relaxed),
+        got.messages,
+        got.errors,
     );
     let _: serde_json::Value = c
         .post(

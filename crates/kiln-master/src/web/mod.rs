@@ -33,7 +33,7 @@ pub(crate) mod ws;
 /// The `.repo` file text (the same as `GET /api/v1/targets/T/repo`'s).
 pub use pages::repo_file_text;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -112,7 +112,33 @@ struct Ring {
     /// lost (the hub fell behind the event stream) or are of an earlier run.
     floor: u64,
     events: VecDeque<Arc<Numbered>>,
+    /// The events of one build, for the pages that follow only it (a build
+    /// page, a log page): they are not woken by the rest of the farm's
+    /// events. Made by the first such page, dropped once none is left.
+    builds: HashMap<i64, broadcast::Sender<Fanout>>,
 }
+
+/// Which events a receiver gets: all of them (the dashboard, or a page
+/// that follows several builds), or one build's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    All,
+    Build(i64),
+}
+
+impl Scope {
+    fn takes(self, n: &Numbered) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Build(b) => n.build == b,
+        }
+    }
+}
+
+/// How many events a one-build receiver holds before it lags (a build has
+/// a handful of events; a page that falls this far behind resumes from the
+/// ring).
+const BUILD_CHANNEL: usize = 64;
 
 /// An event with its id, serialized once for every websocket.
 pub(crate) struct Numbered {
@@ -140,6 +166,7 @@ impl Default for Hub {
                 next: base,
                 floor: base - 1,
                 events: VecDeque::new(),
+                builds: HashMap::new(),
             }),
             tx,
             hours: Cached::default(),
@@ -179,6 +206,12 @@ impl Hub {
         while r.events.len() > KEEP {
             r.events.pop_front();
         }
+        if let Some(tx) = r.builds.get(&build) {
+            if tx.send(Fanout::Event(n.clone())).is_err() {
+                // Nobody follows that build any more.
+                r.builds.remove(&build);
+            }
+        }
         let _ = self.tx.send(Fanout::Event(n));
     }
 
@@ -189,31 +222,59 @@ impl Hub {
         r.floor = r.next;
         r.next += 1;
         r.events.clear();
+        for tx in r.builds.values() {
+            let _ = tx.send(Fanout::Gap);
+        }
         let _ = self.tx.send(Fanout::Gap);
     }
 
-    /// Follow the events from now: a receiver, and the newest id.
-    pub(crate) fn follow(&self) -> (broadcast::Receiver<Fanout>, u64) {
-        let r = self.lock();
-        (self.tx.subscribe(), r.next - 1)
+    /// A receiver of `scope`'s events (under the ring's lock).
+    fn subscribe(&self, r: &mut Ring, scope: Scope) -> broadcast::Receiver<Fanout> {
+        match scope {
+            Scope::All => self.tx.subscribe(),
+            Scope::Build(b) => {
+                if let Some(tx) = r.builds.get(&b) {
+                    return tx.subscribe();
+                }
+                // Channels of builds nobody follows any more go.
+                r.builds.retain(|_, tx| tx.receiver_count() > 0);
+                let (tx, rx) = broadcast::channel(BUILD_CHANNEL);
+                r.builds.insert(b, tx);
+                rx
+            }
+        }
     }
 
-    /// Follow the events after `last`: a receiver, the newest id, and the
-    /// events after `last` up to it; None when they are not all kept (the
-    /// page must reload).
+    /// Follow `scope`'s events from now: a receiver, and the newest id.
+    pub(crate) fn follow(&self, scope: Scope) -> (broadcast::Receiver<Fanout>, u64) {
+        let mut r = self.lock();
+        let rx = self.subscribe(&mut r, scope);
+        (rx, r.next - 1)
+    }
+
+    /// Follow `scope`'s events after `last`: a receiver, the newest id, and
+    /// `scope`'s events after `last` up to it; None when they are not all
+    /// kept (the page must reload).
     pub(crate) fn resume(
         &self,
         last: u64,
+        scope: Scope,
     ) -> Option<(broadcast::Receiver<Fanout>, u64, Vec<Arc<Numbered>>)> {
-        let r = self.lock();
+        let mut r = self.lock();
         let newest = r.next - 1;
         let first_kept = r.next - r.events.len() as u64;
         if last < r.floor || last > newest || last + 1 < first_kept {
             return None;
         }
         let skip = (last + 1 - first_kept) as usize;
-        let missed = r.events.iter().skip(skip).cloned().collect();
-        Some((self.tx.subscribe(), newest, missed))
+        let missed = r
+            .events
+            .iter()
+            .skip(skip)
+            .filter(|n| scope.takes(n))
+            .cloned()
+            .collect();
+        Some((self.subscribe(&mut r, scope), newest, missed))
     }
 }
 
@@ -452,12 +513,12 @@ mod tests {
         let hub = Hub::default();
         let start = hub.last_id();
         // A page made before any event resumes with nothing missed.
-        let (_rx, newest, missed) = hub.resume(start).unwrap();
+        let (_rx, newest, missed) = hub.resume(start, Scope::All).unwrap();
         assert_eq!((newest, missed.len()), (start, 0));
         for b in 1..=5 {
             hub.publish(event(b));
         }
-        let (mut rx, newest, missed) = hub.resume(start + 2).unwrap();
+        let (mut rx, newest, missed) = hub.resume(start + 2, Scope::All).unwrap();
         assert_eq!(newest, start + 5);
         assert_eq!(
             missed.iter().map(|n| n.build).collect::<Vec<_>>(),
@@ -472,8 +533,47 @@ mod tests {
         }
         assert!(rx.try_recv().is_err());
         // From the future, or from an earlier run: reload.
-        assert!(hub.resume(start + 7).is_none());
-        assert!(hub.resume(start - 5).is_none());
+        assert!(hub.resume(start + 7, Scope::All).is_none());
+        assert!(hub.resume(start - 5, Scope::All).is_none());
+    }
+
+    /// A page that follows one build gets its events alone, in order, and
+    /// resumes with that build's events only; the farm's other events do
+    /// not reach its receiver; a gap does.
+    #[test]
+    fn a_page_of_one_build_gets_only_that_builds_events() {
+        let hub = Hub::default();
+        let start = hub.last_id();
+        let (mut one, _) = hub.follow(Scope::Build(7));
+        let (mut all, _) = hub.follow(Scope::All);
+        for b in [1, 7, 2, 7, 3] {
+            hub.publish(event(b));
+        }
+        let mut got = Vec::new();
+        while let Ok(Fanout::Event(n)) = one.try_recv() {
+            got.push((n.id - start, n.build));
+        }
+        assert_eq!(got, [(2, 7), (4, 7)]);
+        let mut n_all = 0;
+        while all.try_recv().is_ok() {
+            n_all += 1;
+        }
+        assert_eq!(n_all, 5);
+        let (_, newest, missed) = hub.resume(start + 2, Scope::Build(7)).unwrap();
+        assert_eq!(newest, start + 5);
+        assert_eq!(
+            missed
+                .iter()
+                .map(|n| (n.id - start, n.build))
+                .collect::<Vec<_>>(),
+            [(4, 7)]
+        );
+        hub.gap();
+        assert!(matches!(one.try_recv(), Ok(Fanout::Gap)));
+        // Once nobody follows build 7, its channel goes.
+        drop(one);
+        hub.publish(event(7));
+        assert!(hub.lock().builds.is_empty());
     }
 
     #[test]
@@ -483,19 +583,25 @@ mod tests {
         for b in 0..(KEEP as i64 + 3) {
             hub.publish(event(b));
         }
-        assert!(hub.resume(start).is_none(), "the oldest were dropped");
-        assert!(hub.resume(start + 2).is_none());
-        let (_, _, missed) = hub.resume(start + 3).unwrap();
+        assert!(
+            hub.resume(start, Scope::All).is_none(),
+            "the oldest were dropped"
+        );
+        assert!(hub.resume(start + 2, Scope::All).is_none());
+        let (_, _, missed) = hub.resume(start + 3, Scope::All).unwrap();
         assert_eq!(missed.len(), KEEP);
         let before = hub.last_id();
-        let (mut rx, _) = hub.follow();
+        let (mut rx, _) = hub.follow(Scope::All);
         hub.gap();
         assert!(matches!(rx.try_recv(), Ok(Fanout::Gap)));
-        assert!(hub.resume(before).is_none(), "events were lost after it");
+        assert!(
+            hub.resume(before, Scope::All).is_none(),
+            "events were lost after it"
+        );
         // A page made after the gap resumes.
         let after = hub.last_id();
         hub.publish(event(1));
-        let (_, _, missed) = hub.resume(after).unwrap();
+        let (_, _, missed) = hub.resume(after, Scope::All).unwrap();
         assert_eq!(missed.len(), 1);
     }
 

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use kiln_api::live::{ClientMsg, LogChunk, ServerMsg, Topic};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Fanout, Numbered};
+use super::{Fanout, Numbered, Scope};
 use crate::logs::LogEvent;
 use crate::Core;
 
@@ -67,7 +67,7 @@ fn text(m: &ServerMsg) -> Message {
 }
 
 /// What a connection's event subscriptions select.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Topics {
     all: bool,
     builds: HashSet<i64>,
@@ -76,6 +76,20 @@ struct Topics {
 impl Topics {
     fn wants(&self, n: &Numbered) -> bool {
         self.all || self.builds.contains(&n.build)
+    }
+
+    /// The hub's receiver that carries them: one build's events for a page
+    /// that follows one build (it is not woken by the rest of the farm),
+    /// else all.
+    fn scope(&self) -> Scope {
+        match (self.all, self.builds.len()) {
+            (false, 1) => self
+                .builds
+                .iter()
+                .next()
+                .map_or(Scope::All, |b| Scope::Build(*b)),
+            _ => Scope::All,
+        }
     }
 }
 
@@ -102,6 +116,8 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
     let mut logs: HashMap<i64, Owned> = HashMap::new();
     let mut topics = Topics::default();
     let mut rx: Option<broadcast::Receiver<Fanout>> = None;
+    // What `rx` carries.
+    let mut scope = Scope::All;
     // The newest event id this connection has dealt with, and since which
     // one it has (the events after it up to `seen` were sent already).
     let mut seen = 0u64;
@@ -126,19 +142,46 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                             }
                         }
                         Ok(ClientMsg::Subscribe(t)) => {
+                            let old = topics.clone();
                             match t {
                                 Topic::Build { build } => { topics.builds.insert(build); }
                                 _ => topics.all = true,
                             }
+                            let want = topics.scope();
                             if rx.is_none() {
-                                let (r, newest) = core.web.follow();
+                                let (r, newest) = core.web.follow(want);
                                 rx = Some(r);
+                                scope = want;
                                 seen = newest;
                                 since = Some(newest);
+                                vec![ServerMsg::Ready { last: seen }]
+                            } else if want == scope {
+                                vec![ServerMsg::Ready { last: seen }]
+                            } else {
+                                // From one build's events to all of them:
+                                // what the old receiver had not given yet
+                                // comes from the ring.
+                                match core.web.resume(seen, want) {
+                                    Some((r, newest, missed)) => {
+                                        let mut out: Vec<Message> = missed
+                                            .iter()
+                                            .filter(|n| old.wants(n))
+                                            .map(|n| Message::Text(n.json.clone().into()))
+                                            .collect();
+                                        rx = Some(r);
+                                        scope = want;
+                                        seen = newest;
+                                        out.push(text(&ServerMsg::Ready { last: seen }));
+                                        if send_all(&mut ws, out).await.is_err() {
+                                            return;
+                                        }
+                                        vec![]
+                                    }
+                                    None => vec![ServerMsg::Reload(true)],
+                                }
                             }
-                            vec![ServerMsg::Ready { last: seen }]
                         }
-                        Ok(ClientMsg::Resume(last)) => match core.web.resume(last) {
+                        Ok(ClientMsg::Resume(last)) => match core.web.resume(last, topics.scope()) {
                             Some((r, newest, missed)) => {
                                 // What this connection sent already is not
                                 // sent twice.
@@ -149,6 +192,7 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                                     .map(|n| Message::Text(n.json.clone().into()))
                                     .collect();
                                 rx = Some(r);
+                                scope = topics.scope();
                                 since = Some(since.map_or(last, |s| s.min(last)));
                                 seen = newest;
                                 out.push(text(&ServerMsg::Ready { last: newest }));
@@ -179,7 +223,7 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // This page fell behind: what it missed is in the ring,
                     // or it reloads.
-                    match core.web.resume(seen) {
+                    match core.web.resume(seen, scope) {
                         Some((r, newest, missed)) => {
                             rx = Some(r);
                             seen = newest;

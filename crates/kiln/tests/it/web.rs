@@ -351,6 +351,72 @@ fn ends(v: &Value, build: u64) -> bool {
     })
 }
 
+/// A page that follows one build (a build page) gets that build's events,
+/// all of them and no other; when it also subscribes to the dashboard it
+/// gets every event from there on, none missed between the two.
+#[test]
+fn a_page_of_one_build_gets_its_events_and_no_other() {
+    require_build_tools();
+    let m = Master::start();
+    let _w = m.start_worker("w1", "x86_64,noarch", "default", 2);
+    let t = Duration::from_secs(120);
+    let mut reference = Ws::connect(&m);
+    reference.send(r#"{"subscribe": "dashboard"}"#);
+    let _ = reference.recv(t).unwrap();
+    let slow = Pkg::noarch("web-one-a").build_script("sleep 2");
+    let b1 = build_id(&m.submit(&slow.build_srpm(&m.scratch), &[]));
+    let mut one = Ws::connect(&m);
+    one.send(&format!(r#"{{"subscribe": {{"build": {b1}}}}}"#));
+    let from = ju64(&one.recv(t).unwrap()["ready"], "last");
+    let b2 = build_id(&m.submit(&Pkg::noarch("web-one-b").build_srpm(&m.scratch), &[]));
+    let got = one.until(t, |v| ends(v, b1));
+    let seen = reference.until(t, |v| ends(v, b1));
+    let mut seen_all = seen.clone();
+    if !seen.iter().any(|v| ends(v, b2)) {
+        seen_all.extend(reference.until(t, |v| ends(v, b2)));
+    }
+    let end = got.iter().filter_map(event_id).max().unwrap();
+    let want: Vec<&Value> = seen_all
+        .iter()
+        .filter(|v| {
+            v.get("event").is_some_and(|e| ju64(e, "build") == b1)
+                && event_id(v).is_some_and(|i| i > from && i <= end)
+        })
+        .collect();
+    let events: Vec<&Value> = got.iter().filter(|v| v.get("event").is_some()).collect();
+    assert!(want.len() >= 2, "{want:?}");
+    assert_eq!(events, want, "build {b1}'s events, all and only them");
+    assert!(
+        seen_all
+            .iter()
+            .any(|v| v.get("event").is_some_and(|e| ju64(e, "build") == b2)),
+        "the other build had events: {seen_all:?}"
+    );
+    // Now the dashboard too: every event from its `ready` on.
+    one.send(r#"{"subscribe": "dashboard"}"#);
+    let ready = one.until(t, |v| v.get("ready").is_some());
+    let switched = ju64(&ready.last().unwrap()["ready"], "last");
+    let b3 = build_id(&m.submit(&Pkg::noarch("web-one-c").build_srpm(&m.scratch), &[]));
+    let after = one.until(t, |v| ends(v, b3));
+    let ids: Vec<u64> = after.iter().filter_map(event_id).collect();
+    let mut reference_ids: Vec<u64> = reference
+        .until(t, |v| ends(v, b3))
+        .iter()
+        .chain(seen_all.iter())
+        .filter_map(event_id)
+        .filter(|i| *i > switched && *i <= *ids.last().unwrap())
+        .collect();
+    reference_ids.sort();
+    reference_ids.dedup();
+    assert_eq!(ids, reference_ids, "every event after the switch, in order");
+    assert!(
+        after
+            .iter()
+            .any(|v| v.get("event").is_some_and(|e| ju64(e, "build") == b3)),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn the_websocket_pushes_events_resumes_without_gap_and_streams_logs() {
     require_build_tools();
