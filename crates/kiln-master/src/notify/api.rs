@@ -138,7 +138,7 @@ pub(crate) async fn retry(core: &Core, name: &str) -> Result<RetryAnswer, ApiErr
         .store
         .write(move |t| kiln_store::notify::retry_dead(t, &n, kiln_store::now_ms()))
         .await?;
-    sink.wake.notify_one();
+    sink.kick.notify_one();
     tracing::info!("notifications: {name}: {requeued} dead notifications queued again");
     Ok(RetryAnswer {
         name: name.to_string(),

@@ -181,7 +181,10 @@ async fn enrich(core: &Core, n: &mut Notice) {
 }
 
 /// The task of one sink. Sleeps until rows are committed for it (its
-/// `wake`) or its head row's retry is due; never polls.
+/// `wake`) or its head row's retry is due; never polls. While the head
+/// waits for its retry, rows committed behind it cannot go first
+/// (delivery is in order): only an admin's `kick` (dead rows queued
+/// again) cuts that wait short, not every commit of the farm.
 pub(crate) async fn run(core: Arc<Core>, sink: Arc<Sink>) {
     let name = sink.cfg.name.clone();
     let base = sink.cfg.retry_base();
@@ -193,6 +196,9 @@ pub(crate) async fn run(core: Arc<Core>, sink: Arc<Sink>) {
         let rung = sink.wake.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
+        let kicked = sink.kick.notified();
+        tokio::pin!(kicked);
+        kicked.as_mut().enable();
         let n2 = name.clone();
         let head = match core
             .store
@@ -207,7 +213,10 @@ pub(crate) async fn run(core: Arc<Core>, sink: Arc<Sink>) {
             }
         };
         let Some(row) = head else {
-            rung.await;
+            tokio::select! {
+                _ = &mut rung => {}
+                _ = &mut kicked => {}
+            }
             continue;
         };
         let now = kiln_store::now_ms();
@@ -215,7 +224,7 @@ pub(crate) async fn run(core: Arc<Core>, sink: Arc<Sink>) {
             let wait = Duration::from_millis((row.next_at - now) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = &mut rung => {}
+                _ = &mut kicked => {}
             }
             continue;
         }

@@ -59,6 +59,9 @@ pub struct Sink {
     pub transport: Transport,
     /// Rung when rows may have been committed for it.
     pub(crate) wake: Notify,
+    /// Rung when an admin changed its rows (dead rows queued again): its
+    /// head may have changed, even while the head waits for a retry.
+    pub(crate) kick: Notify,
 }
 
 /// The sinks, and what the scheduler's writes need to queue events.
@@ -80,6 +83,7 @@ impl Notifier {
                 cfg: s.clone(),
                 transport,
                 wake: Notify::new(),
+                kick: Notify::new(),
             }));
         }
         Ok(Notifier {
