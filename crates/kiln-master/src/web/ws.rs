@@ -163,11 +163,7 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                                 // comes from the ring.
                                 match core.web.resume(seen, want) {
                                     Some((r, newest, missed)) => {
-                                        let mut out: Vec<Message> = missed
-                                            .iter()
-                                            .filter(|n| old.wants(n))
-                                            .map(|n| Message::Text(n.json.clone().into()))
-                                            .collect();
+                                        let mut out = replay(&missed, |n| old.wants(n));
                                         rx = Some(r);
                                         scope = want;
                                         seen = newest;
@@ -186,11 +182,7 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                                 // What this connection sent already is not
                                 // sent twice.
                                 let sent = |id: u64| since.is_some_and(|s| id > s && id <= seen);
-                                let mut out: Vec<Message> = missed
-                                    .iter()
-                                    .filter(|n| topics.wants(n) && !sent(n.id))
-                                    .map(|n| Message::Text(n.json.clone().into()))
-                                    .collect();
+                                let mut out = replay(&missed, |n| topics.wants(n) && !sent(n.id));
                                 rx = Some(r);
                                 scope = topics.scope();
                                 since = Some(since.map_or(last, |s| s.min(last)));
@@ -227,11 +219,7 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
                         Some((r, newest, missed)) => {
                             rx = Some(r);
                             seen = newest;
-                            let out = missed
-                                .iter()
-                                .filter(|n| topics.wants(n))
-                                .map(|n| Message::Text(n.json.clone().into()))
-                                .collect();
+                            let out = replay(&missed, |n| topics.wants(n));
                             if send_all(&mut ws, out).await.is_err() {
                                 return;
                             }
@@ -270,6 +258,15 @@ async fn connection(core: Arc<Core>, mut ws: WebSocket) {
             }
         }
     }
+}
+
+/// The messages of the events of `missed` that `keep` keeps, in order.
+fn replay(missed: &[Arc<Numbered>], keep: impl Fn(&Numbered) -> bool) -> Vec<Message> {
+    missed
+        .iter()
+        .filter(|n| keep(n))
+        .map(|n| Message::Text(n.json.clone().into()))
+        .collect()
 }
 
 async fn send_all(ws: &mut WebSocket, msgs: Vec<Message>) -> Result<(), axum::Error> {
