@@ -180,7 +180,7 @@ pub fn retry_dead(c: &Connection, sink: &str, now: i64) -> Result<u64> {
     let n = c
         .prepare_cached(
             "UPDATE notify_outbox SET state = 'queued', attempts = 0, next_at = ?2, \
-             created_at = ?2 WHERE sink = ?1 AND state = 'dead'",
+             created_at = ?2 WHERE sink = ?1 AND state <> 'queued' AND state = 'dead'",
         )?
         .execute(params![sink, now])?;
     Ok(n as u64)
@@ -201,9 +201,19 @@ pub struct SinkCounts {
 
 /// The counts of one sink.
 pub fn sink_counts(c: &Connection, sink: &str) -> Result<SinkCounts> {
-    let mut out = SinkCounts::default();
+    let mut out = SinkCounts {
+        queued: c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM notify_outbox WHERE sink = ?1 AND state = 'queued'",
+            )?
+            .query_row([sink], |r| r.get::<_, i64>(0))?
+            .max(0) as u64,
+        ..SinkCounts::default()
+    };
+    // Each count by its partial index (queued, ended).
     let mut stmt = c.prepare_cached(
-        "SELECT state, COUNT(*) FROM notify_outbox WHERE sink = ?1 GROUP BY state",
+        "SELECT state, COUNT(*) FROM notify_outbox WHERE sink = ?1 AND state <> 'queued' \
+         GROUP BY state",
     )?;
     let rows = stmt.query_map([sink], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
@@ -219,14 +229,20 @@ pub fn sink_counts(c: &Connection, sink: &str) -> Result<SinkCounts> {
     }
     out.last_error = c
         .prepare_cached(
-            "SELECT last_error FROM notify_outbox WHERE sink = ?1 AND state <> 'delivered' \
-             AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
+            "SELECT last_error FROM ( \
+               SELECT id, last_error FROM notify_outbox WHERE sink = ?1 AND state = 'queued' \
+                 AND last_error IS NOT NULL \
+               UNION ALL \
+               SELECT id, last_error FROM notify_outbox WHERE sink = ?1 AND state <> 'queued' \
+                 AND state = 'dead' AND last_error IS NOT NULL) \
+             ORDER BY id DESC LIMIT 1",
         )?
         .query_row([sink], |r| r.get(0))
         .optional()?;
     out.last_delivered_at = c
         .prepare_cached(
-            "SELECT MAX(delivered_at) FROM notify_outbox WHERE sink = ?1 AND state = 'delivered'",
+            "SELECT MAX(delivered_at) FROM notify_outbox WHERE sink = ?1 AND state <> 'queued' \
+             AND state = 'delivered'",
         )?
         .query_row([sink], |r| r.get(0))?;
     Ok(out)
@@ -334,6 +350,35 @@ mod tests {
 
     fn sinks(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The admin's queries (counts, last error, retry) read the partial
+    /// indexes, not the whole table: the outbox keeps days of rows.
+    #[test]
+    fn admin_queries_use_the_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("kiln.db")).unwrap();
+        crate::schema::migrate(&mut c).unwrap();
+        for sql in [
+            "SELECT COUNT(*) FROM notify_outbox WHERE sink = 'a' AND state = 'queued'",
+            "SELECT state, COUNT(*) FROM notify_outbox WHERE sink = 'a' AND state <> 'queued' \
+             GROUP BY state",
+            "SELECT id FROM notify_outbox WHERE sink = 'a' AND state <> 'queued' AND state = 'dead'",
+            "SELECT MAX(delivered_at) FROM notify_outbox WHERE sink = 'a' AND state <> 'queued' \
+             AND state = 'delivered'",
+        ] {
+            let plan: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                plan.iter().any(|p| p.contains("USING") && p.contains("INDEX")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 
     #[tokio::test]
