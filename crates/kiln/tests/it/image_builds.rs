@@ -5,7 +5,8 @@
 //! test's base repository served over HTTP): one build, one job of kind
 //! image per arch, the formats, `manifest.json`, `SHA256SUMS` and the logs
 //! reported as artifacts and filed under `images/<name>/<build>/<arch>/`;
-//! never published. A recipe whose `test` fails gives a failed build whose
+//! never published. A recipe with `boot` boots on the worker under qemu.
+//! A recipe whose `test` fails gives a failed build whose
 //! job log ends with the test's output; a bad recipe stops the master.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -274,6 +275,62 @@ fn an_image_is_built_by_the_farm_from_the_targets_published_packages() {
         files_under(&m.data.join("images"))
     );
     assert!(bad["publish"].is_null(), "{bad}");
+}
+
+/// The boot test through the farm: a recipe with `boot`, built by a
+/// worker. The image's kernel boots its cpio initramfs under qemu (TCG),
+/// the marker comes, the job's log says so and carries the kernel's
+/// console, the manifest records the result, and no qemu is left.
+#[test]
+fn an_image_with_a_boot_test_boots_on_the_worker() {
+    require_tool("qemu-system-x86_64");
+    let r = crate::images::repos();
+    let mut config = config_toml(&[], &[target_toml("t", &["x86_64"], &[])]);
+    config += &format!(
+        "\n[[image]]\nname = \"farm-boot\"\ntarget = \"t\"\nrepos = [{:?}, {:?}]\n\
+         arches = [\"x86_64\"]\npackages = [\"kiln-img-kernel\", \"kiln-img-init\"]\n\
+         formats = [\"cpio\"]\n\
+         boot = {{ kernel = \"/boot/vmlinuz\", expect = \"{}\", timeout = \"180s\" }}\n",
+        r.base.url,
+        r.fixtures.url,
+        crate::images::BOOT_MARKER
+    );
+    let f = RepoFarm::start(&config, Ctl::new());
+    let m = &f.m;
+    let b = image_build(m, "farm-boot");
+    let log = m.job_log(&b);
+    assert_eq!(jstr(&b, "state"), "succeeded", "{b}\n---- log ----\n{log}");
+    assert!(log.contains("boot test passed"), "{log}");
+    assert!(
+        log.contains("Linux version"),
+        "the kernel's console is not in the job's log: {log}"
+    );
+    let dir = m
+        .data
+        .join("images")
+        .join("farm-boot")
+        .join(build_id(&b).to_string())
+        .join("x86_64");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["boot"]["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Passed")),
+        "{manifest}"
+    );
+    // qemu ran with the image's own cpio (its command line is in the
+    // log), and none is left.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("boot test (") && l.contains("farm-boot.cpio")),
+        "{log}"
+    );
+    let left = pids_where(|argv| {
+        argv.first().is_some_and(|a| a.contains("qemu-system"))
+            && argv.iter().any(|a| a.contains("farm-boot.cpio"))
+    });
+    assert!(left.is_empty(), "qemu left behind: {left:?}");
 }
 
 #[test]

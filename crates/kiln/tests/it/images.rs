@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 /// The longest an image build may take here.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-const BOOT_MARKER: &str = "KILN-BOOT-OK";
+pub(crate) const BOOT_MARKER: &str = "KILN-BOOT-OK";
 
 /// The repositories the images come from, served for the whole run.
-struct Repos {
-    base: HttpServer,
-    fixtures: HttpServer,
+pub(crate) struct Repos {
+    pub(crate) base: HttpServer,
+    pub(crate) fixtures: HttpServer,
     /// The fixture repository's directory (its rpm files).
     fixtures_dir: PathBuf,
     base_dir: PathBuf,
@@ -34,7 +34,7 @@ fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("images")
 }
 
-fn repos() -> &'static Repos {
+pub(crate) fn repos() -> &'static Repos {
     static R: OnceLock<Repos> = OnceLock::new();
     R.get_or_init(|| {
         for t in [
