@@ -381,7 +381,11 @@ impl Farm for FarmService {
 impl FarmService {
     async fn state_of(&self, j: &JobRef, key: &pb::UploadKey) -> pb::UploadState {
         let done = self.core.paths.staged(j.job, j.attempt, &key.name);
-        let filed = self.core.paths.incoming(j.build, &j.arch).join(&key.name);
+        // Where the result filed it (an image build's files go to
+        // `images/`): a worker that sends its result again after a master
+        // restart does not upload a filed file again.
+        let image = self.core.sched().image_of(j.build);
+        let filed = crate::intake::job_files(&self.core.paths, j, image.as_deref()).join(&key.name);
         for p in [&done, &filed] {
             if let Ok(m) = tokio::fs::metadata(p).await {
                 if m.len() == key.size {
