@@ -708,6 +708,70 @@ url = "{}"
     assert!(out.contains("0 dead notifications"), "{out}");
 }
 
+/// A sink removed from the config: its queued rows could never go out.
+/// At the next start they are marked dead with the reason (so they are
+/// counted and pruned like any ended row); once the sink is configured
+/// again, `kiln notify retry` queues them and they are delivered, once.
+#[test]
+fn a_sink_removed_from_the_config_has_its_rows_marked_dead() {
+    require_build_tools();
+    let port = closed_port();
+    let sink = |url: &str| {
+        format!(
+            "\n[[notify]]\nname = \"gone\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+             events = [\"build.queued\"]\nretry_base_ms = 200\n"
+        )
+    };
+    let mut m = Master::start_with(
+        MasterOpts::default().config(&sink(&format!("http://127.0.0.1:{port}/hook"))),
+    );
+    // Nobody serves channel `none`: the builds stay queued.
+    let srpm = Pkg::noarch("nt-gone").build_srpm(&m.scratch);
+    for _ in 0..3 {
+        m.submit(&srpm, &["--scratch", "--channel", "none"]);
+    }
+    wait_until("3 queued notifications", ARRIVE, || {
+        (count(&sinks(&m)["gone"], "queued") == 3).then_some(())
+    });
+    // Started without the sink: nothing to list, nothing lost.
+    m.rewrite_config("");
+    m.restart();
+    assert!(sinks(&m).is_empty());
+    assert!(
+        m.stderr_text().contains("no longer configured"),
+        "{}",
+        m.stderr_text()
+    );
+    // The sink is back, now reachable.
+    let r = Receiver::start(vec![]);
+    m.rewrite_config(&sink(&r.url()));
+    m.restart();
+    let s = sinks(&m);
+    assert_eq!(
+        (count(&s["gone"], "queued"), count(&s["gone"], "dead")),
+        (0, 3),
+        "{s:?}"
+    );
+    assert!(
+        s["gone"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer in the configuration"),
+        "{s:?}"
+    );
+    let out = m.cli(&["notify", "retry", "gone"]).assert_ok().stdout;
+    assert!(out.contains("3 dead notifications"), "{out}");
+    let mut ids = BTreeSet::new();
+    for _ in 0..3 {
+        let j = r.next().json();
+        assert_eq!(jstr(&j, "event"), "build.queued", "{j}");
+        assert!(ids.insert(jstr(&j, "id")), "twice: {j}");
+    }
+    wait_until("3 delivered", ARRIVE, || {
+        (count(&sinks(&m)["gone"], "delivered") == 3).then_some(())
+    });
+}
+
 /// A worker gone for longer than a lease period is `worker.lost`; so is
 /// one that keeps its connection open but falls silent (stopped with
 /// SIGSTOP: no heartbeat), and it connects again once it runs; one that
