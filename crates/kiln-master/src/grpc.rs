@@ -409,7 +409,8 @@ impl FarmService {
 
 /// How long a session may stay silent (no heartbeat, no message) before
 /// the master ends it: twice the lease, so a few heartbeats (one every
-/// third of a lease) may be late, and at least 3 s.
+/// third of a lease) may be late, and at least 3 s. It is checked every
+/// half of it, so a silent session ends within 1.5 times this.
 pub(crate) fn silence_limit(lease_secs: u64) -> Duration {
     Duration::from_secs(lease_secs.saturating_mul(2).max(3))
 }
@@ -425,20 +426,32 @@ async fn session_loop(
     tx: mpsc::UnboundedSender<pb::MasterMsg>,
 ) -> bool {
     let limit = silence_limit(core.cfg.lease_secs);
+    // Silence is checked on a coarse tick, not with a timer per message
+    // (log frames come by the hundred per second). `message` keeps its
+    // state in the stream: dropping it at a tick loses nothing.
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + limit / 2, limit / 2);
+    let mut heard = tokio::time::Instant::now();
     loop {
-        let m = match tokio::time::timeout(limit, inbound.message()).await {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => return false,
-            Ok(Err(e)) => {
+        let m = tokio::select! {
+            m = inbound.message() => m,
+            _ = check.tick() => {
+                if heard.elapsed() >= limit {
+                    tracing::warn!(
+                        "worker {name}: nothing heard for {} s (no heartbeat); session ended",
+                        limit.as_secs()
+                    );
+                    return true;
+                }
+                continue;
+            }
+        };
+        heard = tokio::time::Instant::now();
+        let m = match m {
+            Ok(Some(m)) => m,
+            Ok(None) => return false,
+            Err(e) => {
                 tracing::debug!("worker {name} stream: {e}");
                 return false;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "worker {name}: nothing heard for {} s (no heartbeat); session ended",
-                    limit.as_secs()
-                );
-                return true;
             }
         };
         if !core.sched().is_current(name, conn) {
