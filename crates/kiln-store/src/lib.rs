@@ -3,7 +3,9 @@
 //! Every write goes through [`Store::write`], which hands the closure to one
 //! writer thread. That thread gathers whatever writes are waiting and commits
 //! them in one transaction (group commit: one fsync for many state changes),
-//! each in its own savepoint so one failing write does not undo the others.
+//! each in its own savepoint so one failing write does not undo the others
+//! (a write alone in its group runs without one: if it fails, the
+//! transaction is rolled back).
 //! Reads run on a small pool of read connections (WAL lets them run beside the
 //! writer). Only this crate speaks SQL; a PostgreSQL backend would implement
 //! the same methods.
@@ -66,7 +68,11 @@ pub enum Durability {
 /// A write closure runs inside the group transaction and returns its reply,
 /// which is delivered only once the commit outcome is known.
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type WriteFn = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
+/// Runs a write in the group's transaction: alone in it (`true`: no
+/// savepoint needed) or among others. Returns the reply and whether the
+/// write failed (a write alone that failed has its transaction rolled
+/// back instead of committed).
+type WriteFn = Box<dyn FnOnce(&Transaction<'_>, bool) -> (Reply, bool) + Send>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -109,6 +115,12 @@ fn open(path: &Path, durability: Durability, write: bool) -> Result<Connection> 
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    if write {
+        // The group commit's savepoints journal the pages each write
+        // touches; past 64 KiB that sub-journal spilled to a temporary
+        // file (opened, written and unlinked in the commit's path).
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+    }
     Ok(conn)
 }
 
@@ -167,15 +179,20 @@ impl Store {
         F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: WriteFn = Box::new(move |t| {
-            let r = run_in_savepoint(t, f);
-            Box::new(move |committed: Result<(), String>| {
+        let job: WriteFn = Box::new(move |t, alone| {
+            // A write alone in its group needs no savepoint: if it fails,
+            // the whole transaction is rolled back. (A savepoint copies
+            // every page the write touches into the sub-journal first.)
+            let r = if alone { f(t) } else { run_in_savepoint(t, f) };
+            let failed = r.is_err();
+            let reply: Reply = Box::new(move |committed: Result<(), String>| {
                 let r = match committed {
                     Ok(()) => r,
                     Err(e) => Err(StoreError::CommitFailed(e)),
                 };
                 let _ = tx.send(r);
-            })
+            });
+            (reply, failed)
         });
         let queued = self
             .inner
@@ -297,12 +314,30 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>, m: &WriterMetr
         };
         let started = std::time::Instant::now();
         let n = batch.len() as u64;
-        let replies: Vec<Reply> = batch.into_iter().map(|f| f(&tx)).collect();
-        let outcome = tx.commit().map_err(|e| {
-            tracing::error!("commit failed: {e}");
-            m.failed.fetch_add(1, Relaxed);
-            e.to_string()
-        });
+        let alone = n == 1;
+        let mut all_failed = true;
+        let replies: Vec<Reply> = batch
+            .into_iter()
+            .map(|f| {
+                let (reply, failed) = f(&tx, alone);
+                all_failed &= failed;
+                reply
+            })
+            .collect();
+        let outcome = if alone && all_failed {
+            // The one write failed without a savepoint: undo it all. Its
+            // reply carries its own error.
+            if let Err(e) = tx.rollback() {
+                tracing::error!("rollback failed: {e}");
+            }
+            Ok(())
+        } else {
+            tx.commit().map_err(|e| {
+                tracing::error!("commit failed: {e}");
+                m.failed.fetch_add(1, Relaxed);
+                e.to_string()
+            })
+        };
         m.latency.observe(started.elapsed().as_secs_f64());
         m.commits.fetch_add(1, Relaxed);
         m.writes.fetch_add(n, Relaxed);

@@ -1278,6 +1278,50 @@ mod tests {
         assert_eq!(store.read(|c| list_builds(c, 100)).await.unwrap().len(), 50);
     }
 
+    /// A write that fails after changing rows leaves none of them, alone
+    /// in its group (no savepoint: the transaction is rolled back) or
+    /// among others (its savepoint is; the others commit).
+    #[tokio::test]
+    async fn a_failing_write_leaves_nothing_alone_or_in_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        let half = || {
+            move |t: &rusqlite::Transaction<'_>| -> Result<()> {
+                insert_build(t, &nb(&["x86_64"]))?;
+                Err(StoreError::Invalid("refused after an insert".into()))
+            }
+        };
+        // Alone: nothing else is queued.
+        let e = store.write(half()).await.unwrap_err();
+        assert!(e.to_string().contains("refused after an insert"), "{e}");
+        assert_eq!(store.read(|c| list_builds(c, 10)).await.unwrap().len(), 0);
+        // In a group: the writer is held by a first write while three
+        // more are queued, so they are committed together.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let first = store.write(move |t| {
+            let _ = go_rx.recv();
+            insert_build(t, &nb(&["x86_64"]))
+        });
+        let a = store.write(|t| insert_build(t, &nb(&["x86_64"])));
+        let bad = store.write(half());
+        let b = store.write(|t| insert_build(t, &nb(&["x86_64"])));
+        go_tx.send(()).unwrap();
+        first.await.unwrap();
+        a.await.unwrap();
+        assert!(bad.await.is_err());
+        b.await.unwrap();
+        assert_eq!(store.read(|c| list_builds(c, 10)).await.unwrap().len(), 3);
+        // And a write alone after them still commits.
+        store
+            .write(|t| insert_build(t, &nb(&["x86_64"])))
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(&dir.path().join("kiln.db"), Durability::Full).unwrap();
+        assert_eq!(store.read(|c| list_builds(c, 10)).await.unwrap().len(), 4);
+    }
+
     #[tokio::test]
     async fn tokens_are_one_time() {
         let dir = tempfile::tempdir().unwrap();

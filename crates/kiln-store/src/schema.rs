@@ -345,6 +345,53 @@ const MIGRATIONS: &[&str] = &[
                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
     END;
     "#,
+    // The outbox's CHECK on `state` was an `IN` list of three: SQLite
+    // builds an ephemeral B-tree of the list for every row inserted or
+    // updated (a temporary database opened and closed per row, in the
+    // dispatch's commit). The same CHECK written with `=` and `OR` is
+    // three comparisons. The table is made again the same way as in 15.
+    r#"
+    DROP TRIGGER notify_build_published;
+    DROP TRIGGER notify_build_skipped;
+    CREATE TABLE notify_outbox_v3 (
+        id           INTEGER PRIMARY KEY,
+        sink         TEXT NOT NULL,
+        event_id     TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        build_id     INTEGER,
+        notice       TEXT NOT NULL,
+        state        TEXT NOT NULL
+                     CHECK (state = 'queued' OR state = 'delivered' OR state = 'dead'),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        last_error   TEXT,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    INSERT INTO notify_outbox_v3 (id, sink, event_id, event, build_id, notice, state, attempts,
+                                  next_at, last_error, created_at, delivered_at)
+        SELECT id, sink, event_id, event, build_id, notice, state, attempts,
+               next_at, last_error, created_at, delivered_at FROM notify_outbox;
+    DROP TABLE notify_outbox;
+    ALTER TABLE notify_outbox_v3 RENAME TO notify_outbox;
+    CREATE INDEX notify_outbox_queued ON notify_outbox(sink, id) WHERE state = 'queued';
+    CREATE INDEX notify_outbox_sink_ended ON notify_outbox(sink, state) WHERE state <> 'queued';
+    CREATE INDEX notify_outbox_ended ON notify_outbox(created_at) WHERE state <> 'queued';
+    CREATE TRIGGER notify_build_published AFTER UPDATE OF publish ON builds
+        WHEN NEW.publish = 'published' AND OLD.publish IS NOT 'published'
+    BEGIN
+        INSERT INTO notify_outbox (sink, event_id, event, build_id, notice, state, next_at, created_at)
+        VALUES ('', lower(hex(randomblob(12))), 'build.published', NEW.id, '{}', 'queued', 0,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    CREATE TRIGGER notify_build_skipped AFTER UPDATE OF state ON builds
+        WHEN NEW.state = 'skipped' AND OLD.state IS NOT 'skipped'
+    BEGIN
+        INSERT INTO notify_outbox (sink, event_id, event, build_id, notice, state, next_at, created_at)
+        VALUES ('', lower(hex(randomblob(12))), 'build.skipped', NEW.id, '{}', 'queued', 0,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END;
+    "#,
 ];
 
 /// Bring the schema up to date.

@@ -33,8 +33,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::bench::{
-    follow_events, follow_stream, latency, pct, remove_in_background, rss_kib, spawn_worker,
-    submit_many, upload_example, wait_connected, Watched,
+    clock_ticks_per_sec, cpu_ticks, follow_events, follow_stream, latency, pct,
+    remove_in_background, rss_kib, spawn_worker, submit_many, upload_example, wait_connected,
+    Watched,
 };
 use crate::client::Client;
 use kiln_worker::backend::Noop;
@@ -489,6 +490,11 @@ async fn hanging_vs_none(
     let mut with = Vec::with_capacity(a.samples);
     let mut without = Vec::with_capacity(a.samples);
     let mut answering = Vec::with_capacity(a.samples);
+    let masters = [&hang, &none, &fast];
+    let cpu0 = masters
+        .iter()
+        .map(|m| cpu_ticks(m.child.id()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // The order turns each round: a sample runs while the master sampled
     // just before finishes its build (the answering sink's master then
     // delivers two notifications), so each master follows each other
@@ -505,6 +511,13 @@ async fn hanging_vs_none(
                 _ => answering.extend(v),
             }
         }
+    }
+    // CPU (all of a master's threads) per sampled build, in ms.
+    let hz = clock_ticks_per_sec() as f64;
+    let mut cpu = Vec::new();
+    for (m, c0) in masters.iter().zip(&cpu0) {
+        let c1 = cpu_ticks(m.child.id())?;
+        cpu.push(c1.saturating_sub(*c0) as f64 * 1000.0 / hz / a.samples.max(1) as f64);
     }
     let held = accepted.load(std::sync::atomic::Ordering::SeqCst);
     let ls = sink_counts(&sides[0].0, "hang").await?;
@@ -525,6 +538,10 @@ async fn hanging_vs_none(
         pct(&with, 99) / pct(&without, 99),
         p50w / pct(&answering, 50),
         pct(&with, 99) / pct(&answering, 99)
+    );
+    println!(
+        "    master CPU per build (submit to succeeded, all threads): hanging {:.2} ms, none {:.2} ms, answering {:.2} ms",
+        cpu[0], cpu[1], cpu[2]
     );
     Ok(())
 }
