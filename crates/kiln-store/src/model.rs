@@ -400,6 +400,13 @@ pub fn get_build(c: &Connection, id: i64) -> Result<Option<BuildRow>> {
     )
 }
 
+/// A build's target (none if there is no such build).
+pub fn build_target(c: &Connection, id: i64) -> Result<Option<String>> {
+    Ok(c.prepare_cached("SELECT target FROM builds WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
 pub fn list_builds(c: &Connection, limit: u32) -> Result<Vec<BuildRow>> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {BUILD_COLS} FROM builds ORDER BY id DESC LIMIT ?1"

@@ -180,6 +180,42 @@ async fn enrich(core: &Core, n: &mut Notice) {
     }
 }
 
+/// A row's notice: as written when it was queued, or, for a build's
+/// event (queued with an empty notice), made now from the build's row.
+/// `Err(Some(e))`: the row can never be sent (it is made dead);
+/// `Err(None)`: the database could not be read (logged; try again).
+async fn notice_of(core: &Core, row: &OutboxRow) -> Result<Notice, Option<String>> {
+    if !row.notice.is_empty() {
+        return serde_json::from_str::<Notice>(&row.notice)
+            .map_err(|e| Some(format!("unreadable notice: {e}")));
+    }
+    let Some(build) = row.build else {
+        return Err(Some(format!(
+            "{} {} has no notice and no build",
+            row.event, row.event_id
+        )));
+    };
+    let b = match core
+        .store
+        .read(move |c| kiln_store::get_build(c, build))
+        .await
+    {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(Some(format!("build {build} is gone"))),
+        Err(e) => {
+            tracing::error!("notifications: reading build {build}: {e}");
+            return Err(None);
+        }
+    };
+    Ok(super::event::later_build_notice(
+        &row.event,
+        &row.event_id,
+        row.created_at,
+        &b,
+        &core.notify.base(),
+    ))
+}
+
 /// The task of one sink. Sleeps until rows are committed for it (its
 /// `wake`) or its head row's retry is due; never polls. While the head
 /// waits for its retry, rows committed behind it cannot go first
@@ -230,14 +266,17 @@ pub(crate) async fn run(core: Arc<Core>, sink: Arc<Sink>) {
         }
         let notice = match current.take() {
             Some((id, n)) if id == row.id => n,
-            _ => match serde_json::from_str::<Notice>(&row.notice) {
+            _ => match notice_of(&core, &row).await {
                 Ok(mut n) => {
                     enrich(&core, &mut n).await;
                     n
                 }
-                Err(e) => {
-                    let e = format!("unreadable notice: {e}");
+                Err(Some(e)) => {
                     record(&core, &row, Err((e, now, true))).await;
+                    continue;
+                }
+                Err(None) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },

@@ -90,6 +90,43 @@ pub(crate) fn build_notice(event: &str, b: &BuildRow, base: &str) -> Notice {
     n
 }
 
+/// Whether a build event ends the build (its row's reason and finish
+/// time are then the event's).
+fn ends_build(event: &str) -> bool {
+    matches!(
+        event,
+        "build.succeeded" | "build.failed" | "build.canceled" | "build.skipped" | "build.published"
+    )
+}
+
+/// A build event's notice, made when it is delivered (or fanned out)
+/// from the build's row as it is then, with the event's id and time (the
+/// outbox row's). The state is the event's; a duration and a reason are
+/// given only by an event that ends the build: the row of a build whose
+/// `build.started` waited in the outbox may have ended since. A
+/// publication names the target's repository.
+pub(crate) fn later_build_notice(
+    event: &str,
+    event_id: &str,
+    at_ms: i64,
+    b: &BuildRow,
+    base: &str,
+) -> Notice {
+    let mut n = build_notice(event, b, base);
+    n.id = event_id.to_string();
+    n.time = rfc3339(at_ms);
+    if ends_build(event) {
+        n.duration_secs = secs(b.created_at, b.finished_at);
+    } else {
+        n.duration_secs = None;
+        n.reason = None;
+    }
+    if event == "build.published" {
+        n.repository = Some(format!("{base}/repos/{}/", b.target));
+    }
+    n
+}
+
 /// `job.failed`: the job's facts over its build's (the log's last lines
 /// are added when it is delivered: the log is stored after this commit).
 pub(crate) fn job_notice(j: &JobRow, b: &BuildRow, base: &str) -> Notice {
@@ -175,6 +212,63 @@ pub(crate) fn tail(log: &[u8], n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed_build() -> BuildRow {
+        BuildRow {
+            id: 7,
+            target: "c9".into(),
+            package: "hello".into(),
+            evr: "1.0-1".into(),
+            srpm_name: "hello-1.0-1.src.rpm".into(),
+            srpm_sha256: "ab".into(),
+            srpm_size: 1,
+            channel: "default".into(),
+            disttag: String::new(),
+            priority: 0,
+            scratch: false,
+            ci: false,
+            state: BuildState::Failed,
+            reason: Some("x86_64 failed".into()),
+            excluded_arches: Vec::new(),
+            created_at: 1_700_000_000_000,
+            finished_at: Some(1_700_000_042_000),
+            publish: None,
+            publish_error: None,
+            batch: None,
+            waits_for: Vec::new(),
+            source: None,
+            submitter: Some("alice".into()),
+            image: None,
+        }
+    }
+
+    /// A `build.started` delivered after its build failed says what was
+    /// true when it was queued: started, at its own time, with its own
+    /// id, no reason and no duration; the `build.failed` of the same row
+    /// has both.
+    #[test]
+    fn a_notice_made_at_delivery_keeps_its_events_facts() {
+        let b = failed_build();
+        let n = later_build_notice("build.started", "e1", 1_700_000_001_000, &b, "http://k");
+        assert_eq!(n.id, "e1");
+        assert_eq!(n.time, "2023-11-14T22:13:21Z");
+        assert_eq!(n.state.as_deref(), Some("started"));
+        assert_eq!((n.reason, n.duration_secs), (None, None));
+        assert_eq!(n.nevr.as_deref(), Some("hello-1.0-1"));
+        assert_eq!(n.submitter.as_deref(), Some("alice"));
+        assert_eq!(n.url.as_deref(), Some("http://k/builds/7"));
+        let n = later_build_notice("build.failed", "e2", 1_700_000_042_000, &b, "http://k");
+        assert_eq!(n.state.as_deref(), Some("failed"));
+        assert_eq!(n.reason.as_deref(), Some("x86_64 failed"));
+        assert_eq!(n.duration_secs, Some(42));
+        assert_eq!(n.repository, None);
+        let mut ok = failed_build();
+        ok.state = BuildState::Succeeded;
+        ok.reason = None;
+        let n = later_build_notice("build.published", "e3", 1_700_000_050_000, &ok, "http://k");
+        assert_eq!(n.state.as_deref(), Some("published"));
+        assert_eq!(n.repository.as_deref(), Some("http://k/repos/c9/"));
+    }
 
     #[test]
     fn times_and_tails() {

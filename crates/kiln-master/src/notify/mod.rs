@@ -277,18 +277,7 @@ pub(crate) fn queue(
     };
     let notice = match &p.what {
         What::Build { id, event, row } => {
-            let read;
-            let b = match row {
-                Some(b) => b.as_ref(),
-                None => match kiln_store::get_build(t, *id)? {
-                    Some(b) => {
-                        read = b;
-                        &read
-                    }
-                    None => return Ok(()),
-                },
-            };
-            event::build_notice(event, b, &p.base)
+            return queue_build(t, &p.filters, *id, event, row.as_deref());
         }
         What::Job(j) => {
             let Some(b) = kiln_store::get_build(t, j.build)? else {
@@ -303,6 +292,55 @@ pub(crate) fn queue(
         }
     };
     enqueue(t, &p.filters, &notice)
+}
+
+/// A build's event is queued with an empty notice: its delivery makes it
+/// from the build's row ([`event::later_build_notice`]: the event's id,
+/// time and state). The dispatch's commit then holds one small row per
+/// sink and nothing else: no read of the build's row (only its target,
+/// when a sink filters on targets and the write did not have the row),
+/// no JSON.
+fn queue_build(
+    t: &kiln_store::notify::Connection,
+    filters: &[SinkConfig],
+    id: i64,
+    event: &str,
+    row: Option<&BuildRow>,
+) -> kiln_store::Result<()> {
+    let takers: Vec<&SinkConfig> = filters.iter().filter(|s| s.takes(event, None)).collect();
+    if takers.is_empty() {
+        return Ok(());
+    }
+    let target = if takers.iter().any(|s| s.targets.is_some()) {
+        match row {
+            Some(b) => Some(b.target.clone()),
+            None => match kiln_store::build_target(t, id)? {
+                Some(target) => Some(target),
+                None => return Ok(()),
+            },
+        }
+    } else {
+        None
+    };
+    let sinks: Vec<String> = takers
+        .iter()
+        .filter(|s| s.takes(event, target.as_deref()))
+        .map(|s| s.name.clone())
+        .collect();
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    kiln_store::notify::enqueue(
+        t,
+        &sinks,
+        &kiln_store::notify::NewNotice {
+            event_id: event::new_id(),
+            event: event.to_string(),
+            build: Some(id),
+            notice: String::new(),
+        },
+        kiln_store::now_ms(),
+    )
 }
 
 /// Insert `n` for every sink of `filters` that takes it.
@@ -420,26 +458,25 @@ async fn fan_out_once(core: &Arc<Core>) -> kiln_store::Result<()> {
         }
         let n = rows.len();
         let filters = core.notify.filters.clone();
-        let base = core.notify.base();
         core.store
             .write(move |t| {
                 let now = kiln_store::now_ms();
                 for r in &rows {
-                    let sinks = match r.build.map(|b| kiln_store::get_build(t, b)).transpose()? {
-                        Some(Some(b)) => {
-                            let mut notice = event::build_notice(&r.event, &b, &base);
-                            notice.id = r.event_id.clone();
-                            if r.event == "build.published" {
-                                notice.state = Some("published".into());
-                                notice.repository = Some(format!("{base}/repos/{}/", b.target));
-                            }
-                            let sinks = matching(&filters, &notice);
-                            let json = serde_json::to_string(&notice).unwrap_or_default();
-                            (sinks, json)
-                        }
-                        _ => (Vec::new(), String::new()),
+                    // The notice is made at delivery, like any build
+                    // event's; a build that is gone goes to no sink.
+                    let target = r
+                        .build
+                        .map(|b| kiln_store::build_target(t, b))
+                        .transpose()?;
+                    let sinks: Vec<String> = match target.flatten() {
+                        Some(target) => filters
+                            .iter()
+                            .filter(|s| s.takes(&r.event, Some(&target)))
+                            .map(|s| s.name.clone())
+                            .collect(),
+                        None => Vec::new(),
                     };
-                    kiln_store::notify::fan_out(t, r.id, &sinks.0, &sinks.1, now)?;
+                    kiln_store::notify::fan_out(t, r.id, &sinks, "", now)?;
                 }
                 Ok(())
             })
