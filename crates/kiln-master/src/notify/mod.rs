@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_notify::Notice;
-use kiln_store::{BuildRow, JobRow};
+use kiln_store::JobRow;
 use tokio::sync::Notify;
 
 pub use config::{SinkConfig, SinkKind};
@@ -127,12 +127,12 @@ impl Notifier {
             Write::InsertBuild { build, .. } => What::Build {
                 id: build.id,
                 event: "build.queued",
-                row: Some(Box::new(build.clone())),
+                target: Some(build.target.clone()),
             },
             Write::SetBuildState { build, state, .. } => What::Build {
                 id: *build,
                 event: event::build_event(*state)?,
-                row: None,
+                target: None,
             },
             Write::SaveJob(j) | Write::FinishJob { job: j, .. }
                 if j.state == kiln_core::state::JobState::Failed =>
@@ -229,8 +229,9 @@ enum What {
     Build {
         id: i64,
         event: &'static str,
-        /// The row when the write has it (an insert); else read.
-        row: Option<Box<BuildRow>>,
+        /// The build's target when the write has it (an insert); else
+        /// read if a sink filters on targets.
+        target: Option<String>,
     },
     Job(Box<JobRow>),
     Worker {
@@ -276,8 +277,8 @@ pub(crate) fn queue(
         return Ok(());
     };
     let notice = match &p.what {
-        What::Build { id, event, row } => {
-            return queue_build(t, &p.filters, *id, event, row.as_deref());
+        What::Build { id, event, target } => {
+            return queue_build(t, &p.filters, *id, event, target.as_deref());
         }
         What::Job(j) => {
             let Some(b) = kiln_store::get_build(t, j.build)? else {
@@ -305,15 +306,15 @@ fn queue_build(
     filters: &[SinkConfig],
     id: i64,
     event: &str,
-    row: Option<&BuildRow>,
+    target: Option<&str>,
 ) -> kiln_store::Result<()> {
     let takers: Vec<&SinkConfig> = filters.iter().filter(|s| s.takes(event, None)).collect();
     if takers.is_empty() {
         return Ok(());
     }
     let target = if takers.iter().any(|s| s.targets.is_some()) {
-        match row {
-            Some(b) => Some(b.target.clone()),
+        match target {
+            Some(target) => Some(target.to_string()),
             None => match kiln_store::build_target(t, id)? {
                 Some(target) => Some(target),
                 None => return Ok(()),
