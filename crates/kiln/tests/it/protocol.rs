@@ -20,6 +20,16 @@ struct Session {
 }
 
 async fn connect(m: &Master, e: &Enrolled, channel: &str, running: Vec<pb::RunningJob>) -> Session {
+    connect_arch(m, e, channel, "noarch", running).await
+}
+
+async fn connect_arch(
+    m: &Master,
+    e: &Enrolled,
+    channel: &str,
+    arch: &str,
+    running: Vec<pb::RunningJob>,
+) -> Session {
     let read = |f: &str| std::fs::read_to_string(e.dir.join(f)).expect(f);
     let cfg = kiln_core::pki::worker_client_config(
         &read("ca.crt"),
@@ -35,7 +45,7 @@ async fn connect(m: &Master, e: &Enrolled, channel: &str, running: Vec<pb::Runni
     tx.send(pb::WorkerMsg {
         msg: Some(Out::Hello(pb::Hello {
             name: e.name.clone(),
-            arches: vec!["noarch".into()],
+            arches: vec![arch.into()],
             channels: vec![channel.into()],
             capacity: 1,
             version: "test".into(),
@@ -455,4 +465,76 @@ fn the_result_log_completes_a_live_log_that_missed_chunks() {
     assert_eq!(jstr(&b, "state"), "failed", "{b}");
     let shown = m.job_log(&b);
     assert_eq!(shown.as_bytes(), &log_text[..]);
+}
+
+/// An image job's file that the master had filed under `images/` when it
+/// died, before it recorded the result (the state a crash between the two
+/// leaves, made here by moving the staged file the way the intake does):
+/// after the restart, the worker that still holds the job asks for the
+/// file's state and is told it is complete, so it is not uploaded again; a
+/// file never uploaded is still wanted.
+#[test]
+fn an_image_file_filed_before_a_crash_is_not_uploaded_again() {
+    let mut config =
+        crate::common::config_toml(&[], &[crate::common::target_toml("t", &["x86_64"], &[])]);
+    config += "\n[[image]]\nname = \"hand-img\"\ntarget = \"t\"\n\
+               repos = [\"http://127.0.0.1:9/\"]\narches = [\"x86_64\"]\n\
+               packages = [\"bash\"]\nformats = [\"tar.zst\"]\n";
+    let mut m = Master::start_with(MasterOpts::default().config(&config));
+    let e = m.enroll("hand-img-worker");
+    let b = m.cli_json(&["image", "build", "hand-img", "--json"]);
+    let build = build_id(&b);
+    let data = random_bytes(200 * 1024);
+    let (a, k) = runtime().block_on(async {
+        let mut s = connect_arch(&m, &e, "default", "x86_64", vec![]).await;
+        let a = next_assign(&mut s).await;
+        assert_eq!(a.build_id, build);
+        s.tx.send(pb::WorkerMsg {
+            msg: Some(Out::Accepted(pb::Accepted {
+                job_id: a.job_id,
+                attempt: a.attempt,
+            })),
+        })
+        .await
+        .unwrap();
+        let k = key(&a, "hand-img.tar.zst", &data);
+        let st = upload(&mut s.client, k.clone(), 0, &data).await.unwrap();
+        assert!(st.complete, "{st:?}");
+        (a, k)
+    });
+    m.kill();
+    let staged = m
+        .data
+        .join("uploads")
+        .join(format!("{}-{}-{}", a.job_id, a.attempt, k.name));
+    assert!(staged.exists(), "{} not staged", staged.display());
+    let filed = m
+        .data
+        .join("images/hand-img")
+        .join(build.to_string())
+        .join("x86_64");
+    std::fs::create_dir_all(&filed).unwrap();
+    std::fs::rename(&staged, filed.join(&k.name)).unwrap();
+    m.restart();
+    runtime().block_on(async {
+        let running = vec![pb::RunningJob {
+            job_id: a.job_id,
+            attempt: a.attempt,
+        }];
+        let mut s = connect_arch(&m, &e, "default", "x86_64", running).await;
+        let st = s
+            .client
+            .upload_status(k.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (st.have, st.complete),
+            (k.size, true),
+            "a filed image file is not wanted again"
+        );
+        let other = key(&a, "hand-img.ext4", b"never sent");
+        let st = s.client.upload_status(other).await.unwrap().into_inner();
+        assert_eq!((st.have, st.complete), (0, false));
+    });
 }
