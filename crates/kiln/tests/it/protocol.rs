@@ -104,6 +104,37 @@ async fn next_ack(s: &mut Session) -> pb::FinishAck {
     }
 }
 
+/// What the master has of `k`: (bytes, complete).
+async fn status(s: &mut Session, k: &pb::UploadKey) -> (u64, bool) {
+    let st = s
+        .client
+        .upload_status(k.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    (st.have, st.complete)
+}
+
+/// Tell the master the worker took the job.
+async fn accept(s: &Session, a: &pb::Assign) {
+    s.tx.send(pb::WorkerMsg {
+        msg: Some(Out::Accepted(pb::Accepted {
+            job_id: a.job_id,
+            attempt: a.attempt,
+        })),
+    })
+    .await
+    .unwrap();
+}
+
+/// The job of `a` as a worker reports it running.
+fn held(a: &pb::Assign) -> pb::RunningJob {
+    pb::RunningJob {
+        job_id: a.job_id,
+        attempt: a.attempt,
+    }
+}
+
 fn key(a: &pb::Assign, name: &str, data: &[u8]) -> pb::UploadKey {
     pb::UploadKey {
         job_id: a.job_id,
@@ -153,14 +184,8 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
             .await
             .unwrap();
         assert_eq!((st.have, st.complete), (100 * 1024, false));
-        let st = s
-            .client
-            .upload_status(k.clone())
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(
-            (st.have, st.complete),
+            status(&mut s, &k).await,
             (100 * 1024, false),
             "status after the break"
         );
@@ -175,13 +200,7 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
             .await
             .unwrap();
         assert_eq!((st.have, st.complete), (300 * 1024, true));
-        let st = s
-            .client
-            .upload_status(k.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(st.complete);
+        assert_eq!(status(&mut s, &k).await, (300 * 1024, true));
 
         // A wrong sha256 is refused and nothing is kept.
         let mut bad = key(&a, "bad.log", b"hello");
@@ -190,8 +209,7 @@ fn an_interrupted_upload_resumes_and_bad_names_are_refused() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
-        let st = s.client.upload_status(bad).await.unwrap().into_inner();
-        assert_eq!((st.have, st.complete), (0, false));
+        assert_eq!(status(&mut s, &bad).await, (0, false));
 
         // Names with a slash, "..", or a control character never touch a path.
         for name in ["../escape.log", "a/b.log", "x\n.log", "..", ".hidden"] {
@@ -276,18 +294,8 @@ fn a_job_held_past_its_timeout_is_failed_by_the_master() {
         let mut s = connect(&m, &e, "hand", vec![]).await;
         let a = next_assign(&mut s).await;
         assert_eq!(a.build_id, build);
-        s.tx.send(pb::WorkerMsg {
-            msg: Some(Out::Accepted(pb::Accepted {
-                job_id: a.job_id,
-                attempt: a.attempt,
-            })),
-        })
-        .await
-        .unwrap();
-        let running = vec![pb::RunningJob {
-            job_id: a.job_id,
-            attempt: a.attempt,
-        }];
+        accept(&s, &a).await;
+        let running = vec![held(&a)];
         let mut beat = tokio::time::interval(std::time::Duration::from_millis(300));
         loop {
             tokio::select! {
@@ -489,14 +497,7 @@ fn an_image_file_filed_before_a_crash_is_not_uploaded_again() {
         let mut s = connect_arch(&m, &e, "default", "x86_64", vec![]).await;
         let a = next_assign(&mut s).await;
         assert_eq!(a.build_id, build);
-        s.tx.send(pb::WorkerMsg {
-            msg: Some(Out::Accepted(pb::Accepted {
-                job_id: a.job_id,
-                attempt: a.attempt,
-            })),
-        })
-        .await
-        .unwrap();
+        accept(&s, &a).await;
         let k = key(&a, "hand-img.tar.zst", &data);
         let st = upload(&mut s.client, k.clone(), 0, &data).await.unwrap();
         assert!(st.complete, "{st:?}");
@@ -517,24 +518,14 @@ fn an_image_file_filed_before_a_crash_is_not_uploaded_again() {
     std::fs::rename(&staged, filed.join(&k.name)).unwrap();
     m.restart();
     runtime().block_on(async {
-        let running = vec![pb::RunningJob {
-            job_id: a.job_id,
-            attempt: a.attempt,
-        }];
+        let running = vec![held(&a)];
         let mut s = connect_arch(&m, &e, "default", "x86_64", running).await;
-        let st = s
-            .client
-            .upload_status(k.clone())
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(
-            (st.have, st.complete),
+            status(&mut s, &k).await,
             (k.size, true),
             "a filed image file is not wanted again"
         );
         let other = key(&a, "hand-img.ext4", b"never sent");
-        let st = s.client.upload_status(other).await.unwrap().into_inner();
-        assert_eq!((st.have, st.complete), (0, false));
+        assert_eq!(status(&mut s, &other).await, (0, false));
     });
 }
