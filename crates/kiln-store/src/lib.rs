@@ -315,16 +315,16 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteFn>, m: &WriterMetr
         let started = std::time::Instant::now();
         let n = batch.len() as u64;
         let alone = n == 1;
-        let mut all_failed = true;
+        let mut failed_alone = false;
         let replies: Vec<Reply> = batch
             .into_iter()
             .map(|f| {
                 let (reply, failed) = f(&tx, alone);
-                all_failed &= failed;
+                failed_alone = alone && failed;
                 reply
             })
             .collect();
-        let outcome = if alone && all_failed {
+        let outcome = if failed_alone {
             // The one write failed without a savepoint: undo it all. Its
             // reply carries its own error.
             if let Err(e) = tx.rollback() {

@@ -308,26 +308,22 @@ fn queue_build(
     event: &str,
     target: Option<&str>,
 ) -> kiln_store::Result<()> {
-    let takers: Vec<&SinkConfig> = filters.iter().filter(|s| s.takes(event, None)).collect();
-    if takers.is_empty() {
-        return Ok(());
-    }
-    let target = if takers.iter().any(|s| s.targets.is_some()) {
-        match target {
-            Some(target) => Some(target.to_string()),
-            None => match kiln_store::build_target(t, id)? {
+    // The target is read only if a sink that takes the event filters on it.
+    let read;
+    let target = match target {
+        None if filters
+            .iter()
+            .any(|s| s.targets.is_some() && s.takes(event, None)) =>
+        {
+            read = kiln_store::build_target(t, id)?;
+            match read.as_deref() {
                 Some(target) => Some(target),
                 None => return Ok(()),
-            },
+            }
         }
-    } else {
-        None
+        target => target,
     };
-    let sinks: Vec<String> = takers
-        .iter()
-        .filter(|s| s.takes(event, target.as_deref()))
-        .map(|s| s.name.clone())
-        .collect();
+    let sinks = matching(filters, event, target);
     if sinks.is_empty() {
         return Ok(());
     }
@@ -350,7 +346,7 @@ fn enqueue(
     filters: &[SinkConfig],
     n: &Notice,
 ) -> kiln_store::Result<()> {
-    let sinks = matching(filters, n);
+    let sinks = matching(filters, &n.event, n.target.as_deref());
     if sinks.is_empty() {
         return Ok(());
     }
@@ -374,10 +370,11 @@ fn enqueue(
     )
 }
 
-fn matching(filters: &[SinkConfig], n: &Notice) -> Vec<String> {
+/// The names of the sinks that take `event` of `target`.
+fn matching(filters: &[SinkConfig], event: &str, target: Option<&str>) -> Vec<String> {
     filters
         .iter()
-        .filter(|s| s.takes(&n.event, n.target.as_deref()))
+        .filter(|s| s.takes(event, target))
         .map(|s| s.name.clone())
         .collect()
 }
@@ -469,12 +466,8 @@ async fn fan_out_once(core: &Arc<Core>) -> kiln_store::Result<()> {
                         .build
                         .map(|b| kiln_store::build_target(t, b))
                         .transpose()?;
-                    let sinks: Vec<String> = match target.flatten() {
-                        Some(target) => filters
-                            .iter()
-                            .filter(|s| s.takes(&r.event, Some(&target)))
-                            .map(|s| s.name.clone())
-                            .collect(),
+                    let sinks = match target.flatten() {
+                        Some(target) => matching(&filters, &r.event, Some(&target)),
                         None => Vec::new(),
                     };
                     kiln_store::notify::fan_out(t, r.id, &sinks, "", now)?;
